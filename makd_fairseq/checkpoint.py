@@ -1,0 +1,67 @@
+"""Safe checkpoint loading: ``weights_only`` stays on, the types fairseq checkpoints hold are allow-listed.
+
+torch >= 2.6 loads with ``weights_only=True``; fairseq checkpoints pickle an ``argparse.Namespace``
+(the model/task arguments) and, in metric state, possibly numpy scalars. Only those are added.
+"""
+
+import argparse
+import os
+
+import numpy as np
+import torch
+
+
+def _numpy_scalar_types():
+    # numpy >= 2 moved ``core`` to ``_core``; checkpoints written by either name the one they had
+    types = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64))]
+    for module in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        try:
+            types.append(__import__(module, fromlist=["scalar"]).scalar)
+        except (ImportError, AttributeError):
+            pass
+    return types
+
+
+CHECKPOINT_TYPES = [argparse.Namespace, *_numpy_scalar_types()]
+
+
+def allow_checkpoint_types() -> None:
+    """Allow-list what fairseq checkpoints hold for torch's weights_only unpickler."""
+    if hasattr(torch.serialization, "add_safe_globals"):  # torch >= 2.4
+        torch.serialization.add_safe_globals(CHECKPOINT_TYPES)
+
+
+class CheckpointError(ValueError):
+    """A path that is not a loadable fairseq checkpoint; the message is one line for the user."""
+
+
+def load_checkpoint(path: str) -> dict:
+    """fairseq's ``load_checkpoint_to_cpu`` with one-line errors for missing, broken or unsafe files."""
+    from fairseq import checkpoint_utils
+
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(path)
+    except Exception as e:  # the unpickler raises anything from IndexError to UnpicklingError
+        msg = str(e)
+        if "Weights only load failed" in msg:
+            detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise CheckpointError(
+                f"{path}: refused: it holds a type that is not allow-listed for safe "
+                f"(weights_only) loading: {detail}"
+            ) from None
+        first = msg.strip().splitlines()[0] if msg.strip() else "truncated or corrupt"
+        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({type(e).__name__}: {first})") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state)")
+    return state
+
+
+def model_args(state: dict) -> argparse.Namespace:
+    """The model's argument namespace from a checkpoint of either fairseq era."""
+    cfg = state.get("cfg")
+    args = cfg["model"] if cfg is not None else state.get("args")
+    if not isinstance(args, argparse.Namespace):
+        raise CheckpointError("checkpoint has no legacy model arguments (argparse.Namespace)")
+    return args

@@ -1,0 +1,248 @@
+"""Low-rank factorization: the ``LowRankLinear`` layer and factorizing a model to a budget.
+
+A target ``nn.Linear`` with weight ``W`` (d_out x d_in) becomes ``up(down(x))`` with
+``up.weight = U_r Σ_r^½`` (d_out x r, keeps the bias) and ``down.weight = Σ_r^½ V_rᵀ`` (r x d_in),
+the truncated SVD of ``W``. Modules are swapped by name, fairseq's model code is not edited.
+"""
+
+import fnmatch
+import json
+import logging
+import math
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+ALLOCATIONS = ("uniform", "spectrum")
+
+
+class RankError(ValueError):
+    """A rank request that cannot be met (bad rank, impossible budget, no targets)."""
+
+
+class LowRankLinear(nn.Module):
+    """``nn.Linear`` contract (B x * x d_in -> B x * x d_out, bias kept) through two factors."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, bias: bool = True):
+        super().__init__()
+        if not 1 <= rank <= min(in_features, out_features):
+            raise RankError(
+                f"rank {rank} is outside [1, min(d_out, d_in)={min(in_features, out_features)}]"
+            )
+        self.in_features, self.out_features, self.rank = in_features, out_features, rank
+        self.down = nn.Linear(in_features, rank, bias=False)  # Σ_r^½ V_rᵀ
+        self.up = nn.Linear(rank, out_features, bias=bias)  # U_r Σ_r^½, plus the original bias
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.down(x))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, rank: int, svd=None) -> "LowRankLinear":
+        """Truncated-SVD factors of ``linear``; ``svd`` may pass a precomputed (U, S, Vh)."""
+        w = linear.weight.detach()
+        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
+        u, s, vh = svd if svd is not None else torch.linalg.svd(w.float(), full_matrices=False)
+        root = s[:rank].sqrt()
+        with torch.no_grad():
+            layer.up.weight.copy_((u[:, :rank] * root).to(w))
+            layer.down.weight.copy_((root[:, None] * vh[:rank]).to(w))
+            if linear.bias is not None:
+                layer.up.bias.copy_(linear.bias.detach())
+        return layer.to(device=w.device, dtype=w.dtype)
+
+    def merged_weight(self) -> Tensor:
+        return self.up.weight @ self.down.weight
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+@dataclass
+class Matrix:
+    """One target matrix as the allocator sees it; ``spectrum`` holds its singular values."""
+
+    name: str
+    d_out: int
+    d_in: int
+    spectrum: Optional[Tensor] = None
+
+    @property
+    def full_rank(self) -> int:
+        return min(self.d_out, self.d_in)
+
+    @property
+    def dense_params(self) -> int:
+        return self.d_out * self.d_in
+
+    @property
+    def break_even(self) -> int:
+        """Largest rank whose two factors are no bigger than the dense matrix."""
+        return max(1, self.dense_params // (self.d_out + self.d_in))
+
+    def params(self, rank: int) -> int:
+        return rank * (self.d_out + self.d_in)
+
+    def residual(self, rank: int) -> float:
+        """‖W − W_r‖_F / ‖W‖_F, exact from the singular values."""
+        energy = self.spectrum.double().pow(2)
+        return math.sqrt(energy[rank:].sum().item() / max(energy.sum().item(), 1e-300))
+
+
+def find_targets(model: nn.Module, targets: Iterable[str] = DEFAULT_TARGETS) -> Dict[str, nn.Linear]:
+    """Linear modules of the encoder/decoder matched by ``targets``.
+
+    A pattern without a dot names the module's own attribute (``fc1``); a pattern with dots is
+    an fnmatch over the full name (``decoder.layers.*.fc1``).
+    """
+    found = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear) or not name.startswith(("encoder.", "decoder.")):
+            continue
+        leaf = name.rsplit(".", 1)[-1]
+        if any(fnmatch.fnmatchcase(name if "." in p else leaf, p) for p in targets):
+            found[name] = module
+    return found
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def allocate_ranks(
+    matrices: List[Matrix],
+    total_params: int,
+    *,
+    rank: Optional[int] = None,
+    rank_ratio: Optional[float] = None,
+    param_budget: Optional[float] = None,
+    allocation: str = "uniform",
+) -> Dict[str, int]:
+    """Ranks for ``matrices`` from exactly one of ``rank``, ``rank_ratio`` or ``param_budget``.
+
+    ``param_budget`` is a fraction of ``total_params`` (the dense model's parameters, embeddings
+    included). ``uniform`` compresses every matrix by the same factor; ``spectrum`` spends the
+    budget on the singular values that carry the most energy per parameter, across all matrices.
+    """
+    if not matrices:
+        raise RankError("no target matrix found: check --targets against the model's Linear layers")
+    if sum(x is not None for x in (rank, rank_ratio, param_budget)) != 1:
+        raise RankError("give exactly one of --rank, --rank-ratio, --param-budget")
+    if rank is not None:
+        for m in matrices:
+            if not 1 <= rank <= m.full_rank:
+                raise RankError(
+                    f"--rank {rank} is outside [1, min(d_out, d_in)={m.full_rank}] for {m.name} "
+                    f"({m.d_out}x{m.d_in})"
+                )
+        return {m.name: rank for m in matrices}
+    if rank_ratio is not None:
+        if not 0 < rank_ratio <= 1:
+            raise RankError(f"--rank-ratio must be in (0, 1], got {rank_ratio}")
+        return {m.name: max(1, round(rank_ratio * m.full_rank)) for m in matrices}
+
+    if allocation not in ALLOCATIONS:
+        raise RankError(f"--allocation must be one of {ALLOCATIONS}, got {allocation!r}")
+    fixed = total_params - sum(m.dense_params for m in matrices)
+    available = param_budget * total_params - fixed
+    smallest = (fixed + sum(m.params(1) for m in matrices)) / total_params
+    if param_budget <= 0 or available < sum(m.params(1) for m in matrices):
+        raise RankError(
+            f"--param-budget {param_budget:g} cannot be met: the smallest achievable budget is "
+            f"{smallest:.4f} (every target at rank 1; {fixed} parameters are not factorized)"
+        )
+    if allocation == "uniform":
+        ranks = _uniform(matrices, available)
+    else:
+        if any(m.spectrum is None for m in matrices):
+            raise RankError("--allocation spectrum needs the teacher's weights (use makd-init)")
+        ranks = _spectrum(matrices, available)
+    return ranks
+
+
+def _uniform(matrices: List[Matrix], available: float) -> Dict[str, int]:
+    def ranks_at(alpha):
+        return {m.name: max(1, math.floor(alpha * m.break_even)) for m in matrices}
+
+    def cost(ranks):
+        return sum(m.params(ranks[m.name]) for m in matrices)
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):  # bisection on the shared compression factor
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cost(ranks_at(mid)) <= available else (lo, mid)
+    ranks = ranks_at(lo)
+    spent = cost(ranks)
+    # hand the remainder out one rank at a time, least-served matrices first
+    for m in sorted(matrices, key=lambda m: ranks[m.name] / m.break_even):
+        if ranks[m.name] < m.break_even and spent + m.params(1) <= available:
+            ranks[m.name] += 1
+            spent += m.params(1)
+    return ranks
+
+
+def _spectrum(matrices: List[Matrix], available: float) -> Dict[str, int]:
+    ranks = {m.name: 1 for m in matrices}
+    spent = sum(m.params(1) for m in matrices)
+    candidates: List[Tuple[float, int, Matrix]] = []
+    for m in matrices:
+        energy = m.spectrum.double().pow(2)
+        share = energy / energy.sum().clamp_min(1e-300)
+        for j in range(1, m.break_even):
+            candidates.append((share[j].item() / (m.d_out + m.d_in), j, m))
+    # singular values are sorted, so the global order keeps every matrix's choice a prefix
+    candidates.sort(key=lambda c: (-c[0], c[1]))
+    for _, j, m in candidates:
+        if ranks[m.name] == j and spent + m.params(1) <= available:
+            ranks[m.name] += 1
+            spent += m.params(1)
+    return ranks
+
+
+def svd_matrices(targets: Dict[str, nn.Linear], with_spectrum: bool) -> Tuple[List[Matrix], dict]:
+    """Allocator view of ``targets``; with ``with_spectrum`` also their SVDs, computed once."""
+    matrices, svds = [], {}
+    for name, lin in targets.items():
+        spectrum = None
+        if with_spectrum:
+            svds[name] = torch.linalg.svd(lin.weight.detach().float(), full_matrices=False)
+            spectrum = svds[name][1]
+        matrices.append(Matrix(name, lin.out_features, lin.in_features, spectrum))
+    return matrices, svds
+
+
+def factorize_(model: nn.Module, ranks: Dict[str, int], svds: Optional[dict] = None) -> nn.Module:
+    """Replace each Linear named in ``ranks`` by its truncated-SVD ``LowRankLinear``, in place."""
+    from fairseq.modules import MultiheadAttention
+
+    modules = dict(model.named_modules())
+    for name, rank in ranks.items():
+        linear = modules.get(name)
+        if not isinstance(linear, nn.Linear):
+            raise RankError(f"{name} is not a Linear layer of this model")
+        if rank > linear.weight.size(0) or rank > linear.weight.size(1):
+            raise RankError(
+                f"rank {rank} for {name} exceeds min(d_out, d_in)={min(linear.weight.shape)}"
+            )
+        parent_name, _, attr = name.rpartition(".")
+        svd = (svds or {}).get(name)
+        setattr(modules[parent_name], attr, LowRankLinear.from_linear(linear, rank, svd))
+    for module in model.modules():
+        if isinstance(module, MultiheadAttention) and any(
+            isinstance(c, LowRankLinear) for c in module.children()
+        ):
+            # the fused path reads q_proj.weight etc. directly; make attention call the modules
+            module._set_skip_embed_dim_check()
+    return model
+
+
+def ranks_of(model: nn.Module) -> Dict[str, int]:
+    return {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
+
+
+def dumps_ranks(ranks: Dict[str, int]) -> str:
+    return json.dumps(ranks, sort_keys=True, separators=(",", ":"))

@@ -1,0 +1,1 @@
+from . import lowrank_transformer  # noqa: F401

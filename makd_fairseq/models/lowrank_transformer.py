@@ -1,0 +1,140 @@
+"""``lowrank_transformer``: fairseq's Transformer with its target projections factorized.
+
+The ranks are part of the model config (``--lowrank-ranks``, a JSON object name -> rank), so a
+checkpoint rebuilds itself in ``fairseq-generate``. They come from, in this order:
+``--lowrank-ranks`` (JSON text, a JSON file, or a checkpoint holding them), ``--rank`` /
+``--rank-ratio`` / ``--param-budget`` (uniform allocation, for training from scratch), or the
+checkpoint given by ``--finetune-from-model`` (a ``makd-init`` student).
+"""
+
+import json
+import logging
+import os
+
+from fairseq.models import register_model, register_model_architecture
+from fairseq.models.bart.model import bart_base_architecture
+from fairseq.models.transformer.transformer_legacy import (
+    TransformerModel,
+    base_architecture,
+    transformer_iwslt_de_en,
+    transformer_vaswani_wmt_en_de_big,
+    transformer_wmt_en_de,
+)
+
+from ..checkpoint import load_checkpoint, model_args
+from ..lowrank import (
+    ALLOCATIONS,
+    DEFAULT_TARGETS,
+    allocate_ranks,
+    count_params,
+    dumps_ranks,
+    factorize_,
+    find_targets,
+    svd_matrices,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def add_rank_args(parser):
+    """Flags that choose ranks; shared by the model and ``makd-init``."""
+    parser.add_argument("--rank", type=int, metavar="N", help="the same rank for every target matrix")
+    parser.add_argument("--rank-ratio", type=float, metavar="F",
+                        help="rank = F * min(d_out, d_in) for every target matrix")
+    parser.add_argument("--param-budget", type=float, metavar="F",
+                        help="student parameters as a fraction of the dense model's (embeddings included)")
+    parser.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
+                        help="how --param-budget is spread: uniform (same compression for every matrix) "
+                             "or spectrum (by singular-value energy, needs trained weights)")
+    parser.add_argument("--targets", "--lowrank-targets", dest="lowrank_targets",
+                        default=",".join(DEFAULT_TARGETS), metavar="PATTERNS",
+                        help="comma-separated Linear names to factorize: a leaf name (fc1) or an "
+                             "fnmatch pattern over the full name (decoder.layers.*.fc1)")
+
+
+def read_ranks(spec: str) -> dict:
+    """Ranks from JSON text, a JSON file, or a checkpoint whose model config holds them."""
+    if spec.lstrip().startswith("{"):
+        return json.loads(spec)
+    if not os.path.isfile(spec):
+        raise ValueError(f"--lowrank-ranks {spec}: neither JSON nor an existing file")
+    if spec.endswith(".json"):
+        with open(spec) as f:
+            return json.load(f)
+    ranks = getattr(model_args(load_checkpoint(spec)), "lowrank_ranks", None)
+    if not ranks:
+        raise ValueError(f"{spec}: this checkpoint holds no low-rank student (no lowrank_ranks)")
+    return json.loads(ranks)
+
+
+def choose_ranks(args, model) -> dict:
+    """Ranks for the dense ``model`` built from ``args`` (see the module docstring for the order)."""
+    if getattr(args, "lowrank_ranks", None):
+        return read_ranks(args.lowrank_ranks)
+    if any(getattr(args, k, None) is not None for k in ("rank", "rank_ratio", "param_budget")):
+        targets = find_targets(model, args.lowrank_targets.split(","))
+        matrices, svds = svd_matrices(targets, with_spectrum=args.allocation == "spectrum")
+        return allocate_ranks(
+            matrices, count_params(model), rank=args.rank, rank_ratio=args.rank_ratio,
+            param_budget=args.param_budget, allocation=args.allocation,
+        )
+    init = getattr(args, "finetune_from_model", None)
+    if init and os.path.isfile(init):
+        logger.info(f"lowrank_transformer: ranks from --finetune-from-model {init}")
+        return read_ranks(init)
+    raise ValueError(
+        "lowrank_transformer needs ranks: give --lowrank-ranks (a makd-init student checkpoint or "
+        "JSON), --rank, --rank-ratio or --param-budget, or --finetune-from-model a makd-init student"
+    )
+
+
+@register_model("lowrank_transformer")
+class LowRankTransformerModel(TransformerModel):
+    """A Transformer whose chosen Linear layers are ``LowRankLinear`` (see ``makd_fairseq.lowrank``)."""
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        parser.add_argument("--lowrank-ranks", metavar="JSON|FILE",
+                            help="per-matrix ranks: JSON text, a .json file, or a student checkpoint")
+        add_rank_args(parser)
+
+    @classmethod
+    def build_model(cls, args, task):
+        model = super().build_model(args, task)
+        ranks = choose_ranks(args, model)
+        factorize_(model, ranks)
+        args.lowrank_ranks = dumps_ranks(ranks)  # saved with every checkpoint: it rebuilds itself
+        return model
+
+
+def lowrank_base_architecture(args):
+    args.lowrank_ranks = getattr(args, "lowrank_ranks", None)
+    args.lowrank_targets = getattr(args, "lowrank_targets", ",".join(DEFAULT_TARGETS))
+    args.allocation = getattr(args, "allocation", "uniform")
+    for key in ("rank", "rank_ratio", "param_budget"):
+        setattr(args, key, getattr(args, key, None))
+    base_architecture(args)
+
+
+register_model_architecture("lowrank_transformer", "lowrank_transformer")(lowrank_base_architecture)
+
+# presets mirror fairseq's: the dense preset fills its defaults, then ours fill the rest
+PRESETS = {
+    "transformer_iwslt_de_en": transformer_iwslt_de_en,
+    "transformer_wmt_en_de": transformer_wmt_en_de,
+    "transformer_vaswani_wmt_en_de_big": transformer_vaswani_wmt_en_de_big,
+    "bart_base": bart_base_architecture,
+}
+
+
+def _preset(dense_arch):
+    def fill(args):
+        dense_arch(args)
+        lowrank_base_architecture(args)
+
+    return fill
+
+
+for _name, _dense in PRESETS.items():
+    register_model_architecture("lowrank_transformer", "lowrank_" + _name)(_preset(_dense))

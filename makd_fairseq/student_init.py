@@ -1,0 +1,154 @@
+"""``makd-init``: a low-rank student checkpoint from a trained fairseq Transformer teacher.
+
+    makd-init --teacher T.pt --param-budget 0.5 --out S.pt [--allocation spectrum]
+
+The student keeps the teacher's config (task, dictionaries, dimensions), switches the arch to
+its ``lowrank_*`` counterpart and stores the ranks, so ``fairseq-train --finetune-from-model S.pt``
+and ``fairseq-generate --path S.pt`` rebuild it without further flags.
+"""
+
+import argparse
+import copy
+import os
+import sys
+
+import torch
+from tabulate import tabulate
+
+from .checkpoint import CheckpointError, load_checkpoint, model_args
+from .lowrank import RankError, allocate_ranks, count_params, dumps_ranks, factorize_, find_targets, svd_matrices
+from .models.lowrank_transformer import add_rank_args
+
+
+class _ShapeTask:
+    """The two dictionaries a fairseq model is built from, sized as the checkpoint's embeddings."""
+
+    def __init__(self, model_state):
+        from fairseq.data import Dictionary
+
+        def sized(n):
+            d = Dictionary()
+            while len(d) < n:
+                d.add_symbol(f"madeupword{len(d):06d}")
+            return d
+
+        src = model_state["encoder.embed_tokens.weight"].size(0)
+        tgt = model_state["decoder.embed_tokens.weight"].size(0)
+        self.source_dictionary = sized(src)
+        self.target_dictionary = self.source_dictionary if src == tgt else sized(tgt)
+
+
+def build_dense(args: argparse.Namespace, model_state: dict) -> torch.nn.Module:
+    """The teacher as a fairseq model object with its trained weights (no data directory needed)."""
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+    from fairseq.models.transformer import TransformerModel
+
+    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
+    model_cls = ARCH_MODEL_REGISTRY.get(arch)
+    if model_cls is None or not issubclass(model_cls, TransformerModel):
+        raise CheckpointError(f"arch {arch!r} is not a fairseq encoder-decoder Transformer (or BART)")
+    if "encoder.embed_tokens.weight" not in model_state:
+        raise CheckpointError(f"arch {arch!r}: the checkpoint has no encoder.embed_tokens.weight")
+    args = copy.deepcopy(args)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    model = model_cls.build_model(args, _ShapeTask(model_state))
+    state = {k: v for k, v in model_state.items() if not k.startswith("classification_heads.")}
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()
+
+
+def student_arch(teacher_arch: str) -> str:
+    from fairseq.models import ARCH_MODEL_REGISTRY
+
+    name = "lowrank_" + teacher_arch
+    return name if name in ARCH_MODEL_REGISTRY else "lowrank_transformer"
+
+
+def make_student(state: dict, args: argparse.Namespace):
+    """Factorize the teacher in ``state``; returns (student checkpoint state, table rows, totals)."""
+    from omegaconf import OmegaConf
+
+    margs = model_args(state)
+    model = build_dense(margs, state["model"])
+    targets = find_targets(model, args.lowrank_targets.split(","))
+    if not targets:
+        raise RankError(
+            f"arch {margs.arch!r} has no Linear layer matching --targets {args.lowrank_targets}"
+        )
+    matrices, svds = svd_matrices(targets, with_spectrum=True)
+    teacher_params = count_params(model)
+    ranks = allocate_ranks(
+        matrices, teacher_params, rank=args.rank, rank_ratio=args.rank_ratio,
+        param_budget=args.param_budget, allocation=args.allocation,
+    )
+    factorize_(model, ranks, svds)
+    rows = [
+        [m.name, f"{m.d_out}x{m.d_in}", ranks[m.name], m.dense_params, m.params(ranks[m.name]),
+         f"{m.residual(ranks[m.name]):.4f}"]
+        for m in matrices
+    ]
+    student_params = count_params(model)
+
+    sargs = copy.deepcopy(margs)
+    sargs.arch = sargs._name = student_arch(margs.arch)
+    sargs.lowrank_ranks = dumps_ranks(ranks)
+    sargs.lowrank_targets, sargs.allocation = args.lowrank_targets, args.allocation
+    sargs.rank = sargs.rank_ratio = sargs.param_budget = None
+    cfg = state["cfg"]
+    cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else dict(cfg)
+    cfg["model"] = sargs
+    student = {
+        "cfg": cfg,
+        "model": model.state_dict(),
+        # fresh training state in fairseq's own layout: fairseq-train starts at update 0, epoch 1
+        "optimizer_history": [{"criterion_name": None, "optimizer_name": None,
+                               "lr_scheduler_state": {}, "num_updates": 0}],
+        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
+        "makd": {"teacher": os.path.abspath(args.teacher), "teacher_params": teacher_params,
+                 "student_params": student_params, "allocation": args.allocation},
+    }
+    return student, rows, (teacher_params, student_params)
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(
+        prog="makd-init", description="Write a low-rank student checkpoint initialised by truncated SVD "
+                                      "of a trained fairseq Transformer teacher.")
+    parser.add_argument("--teacher", required=True, metavar="T.pt", help="teacher checkpoint")
+    parser.add_argument("--out", required=True, metavar="S.pt", help="student checkpoint to write")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
+    add_rank_args(parser)
+    return parser
+
+
+def main(argv=None) -> int:
+    import makd_fairseq  # noqa: F401  (safe-loading allow-list, architectures)
+
+    args = get_parser().parse_args(argv)
+    try:
+        if os.path.exists(args.out) and os.path.samefile(args.out, args.teacher):
+            raise FileExistsError(f"--out {args.out} is the teacher itself; choose another path")
+        if os.path.exists(args.out) and not args.force:
+            raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
+        if sum(x is not None for x in (args.rank, args.rank_ratio, args.param_budget)) != 1:
+            raise RankError("give exactly one of --rank, --rank-ratio, --param-budget")
+        student, rows, (teacher_params, student_params) = make_student(load_checkpoint(args.teacher), args)
+    except (CheckpointError, RankError, FileExistsError, RuntimeError, ValueError) as e:
+        print(f"makd-init: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+    print(tabulate(rows, headers=["matrix", "shape", "rank", "params before", "params after",
+                                  "residual ‖W−W_r‖/‖W‖"], disable_numparse=True))
+    print(f"teacher params: {teacher_params}")
+    print(f"student params: {student_params}")
+    print(f"ratio: {student_params / teacher_params:.4f}")
+    tmp = args.out + ".tmp"
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    torch.save(student, tmp)
+    os.replace(tmp, args.out)  # atomic: a failed write never leaves a half file at --out
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="makd-fairseq",
+    version="0.1.0",
+    description="Low-rank students for fairseq seq2seq Transformers with Multi-aspect Knowledge Distillation",
+    long_description=open("README.md").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["makd_fairseq", "makd_fairseq.*"]),
+    install_requires=[
+        # on Python 3.11 upstream fairseq 0.12.2 does not install; fairseq-fixed is fairseq main
+        "fairseq-fixed==0.12.3.1; python_version >= '3.11'",
+        "fairseq>=0.12.2; python_version < '3.11'",
+        "torch>=2.0",
+        "hydra-core>=1.0.7",
+        "omegaconf>=2.0.6",
+        "sentencepiece",
+        "sacrebleu>=2.0",
+        "rouge-score",
+        "tabulate",
+        "lz4",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main"]},
+)
