@@ -1,0 +1,94 @@
+"""Shared fixtures: real data (committed Debian DDTP excerpts), a teacher trained by fairseq-train.
+
+Everything runs through the real fairseq CLIs on tiny sizes so the whole suite stays on 2 cores.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "debian"
+USER_DIR = str(ROOT / "makd_fairseq")
+
+# the teacher's shape; a student trained with fairseq-train repeats these flags
+TINY_ARCH = [
+    "--encoder-layers", "2", "--decoder-layers", "2",
+    "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+    "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
+    "--encoder-attention-heads", "4", "--decoder-attention-heads", "4",
+    "--share-all-embeddings",
+]
+TRAIN_COMMON = [
+    "--cpu", "--seed", "1", "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "2048",
+    "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1",
+    "--num-workers", "0", "--no-progress-bar",
+]
+
+
+def run(*args, check=True, **kwargs):
+    """Run a CLI; on failure show its output (the assertion message is all a CI log keeps)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, **kwargs)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def makd_init(*args, check=True):
+    return run(sys.executable, "-m", "makd_fairseq.student_init", *args, check=check)
+
+
+@pytest.fixture(scope="session")
+def mt_data(tmp_path_factory):
+    """English->German Debian descriptions, binarized by fairseq-preprocess (joined dictionary)."""
+    dest = tmp_path_factory.mktemp("mt") / "bin"
+    src = FIXTURES / "translation"
+    run("fairseq-preprocess", "--source-lang", "en", "--target-lang", "de",
+        "--trainpref", src / "train", "--validpref", src / "valid", "--testpref", src / "test",
+        "--destdir", dest, "--joined-dictionary", "--nwordssrc", "1000", "--workers", "1")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def teacher(mt_data, tmp_path_factory):
+    """A small Transformer teacher trained by fairseq-train; returns its checkpoint path."""
+    save = tmp_path_factory.mktemp("teacher")
+    run("fairseq-train", mt_data, "--arch", "transformer", *TINY_ARCH, *TRAIN_COMMON,
+        "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+        "--max-update", "60", "--save-dir", save)
+    return save / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def full_rank_student(teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("student_full") / "student.pt"
+    makd_init("--teacher", teacher, "--rank-ratio", "1.0", "--out", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def half_student(teacher, tmp_path_factory):
+    out = tmp_path_factory.mktemp("student_half") / "student.pt"
+    makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", out)
+    return out
+
+
+def load(path, data):
+    """(model in eval mode, task) through fairseq's own loader, as fairseq-generate does."""
+    import makd_fairseq  # noqa: F401
+    from fairseq import checkpoint_utils
+
+    models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
+        [str(path)], arg_overrides={"data": str(data)}
+    )
+    return models[0].eval(), task
+
+
+def valid_batch(task, split="valid", max_sentences=16):
+    task.load_dataset(split)
+    itr = task.get_batch_iterator(task.dataset(split), max_sentences=max_sentences).next_epoch_itr(shuffle=False)
+    return next(iter(itr))

@@ -1,0 +1,115 @@
+"""Tests for examples/debian_descriptions/prepare.py on the committed DDTP excerpt
+(tests/fixtures/debian/ddtp), run as a real subprocess like a user would."""
+import importlib.util
+import itertools
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "examples", "debian_descriptions")
+PREPARE = os.path.join(EXAMPLE, "prepare.py")
+DDTP = os.path.join(ROOT, "tests", "fixtures", "debian", "ddtp")
+SPLITS = ("train", "valid", "test")
+
+sys.path.insert(0, EXAMPLE)
+import prepare  # noqa: E402
+
+
+def run_prepare(out, *extra, lists_dir=DDTP):
+    """Run prepare.py (no spm unless extra overrides) -> CompletedProcess with text output."""
+    cmd = [sys.executable, PREPARE, "--lists-dir", str(lists_dir), "--out", str(out),
+           "--valid-size", "30", "--test-size", "30", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+
+def read_lines(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read().splitlines()
+
+
+@pytest.fixture(scope="module")
+def out1(tmp_path_factory):
+    out = tmp_path_factory.mktemp("debian") / "seed1"
+    res = run_prepare(out, "--no-spm")
+    assert res.returncode == 0, res.stderr
+    return out
+
+
+def manifest(out):
+    with open(os.path.join(out, "manifest.json")) as f:
+        return json.load(f)
+
+
+def test_counts_and_format(out1):
+    counts = manifest(out1)["counts"]
+    for task, exts in prepare.TASKS.items():
+        for split in SPLITS:
+            assert counts[task][split] > 0, (task, split)
+            cols = [read_lines(out1 / task / f"{split}.{e}") for e in exts + ("pkg",)]
+            assert all(len(c) == counts[task][split] for c in cols)
+            assert all(line.strip() and "\t" not in line for c in cols[:2] for line in c)
+
+
+@pytest.mark.parametrize("task", sorted(prepare.TASKS))
+def test_no_text_crosses_splits(out1, task):
+    texts = {s: {prepare.norm(line) for e in prepare.TASKS[task] for line in read_lines(out1 / task / f"{s}.{e}")}
+             for s in SPLITS}
+    for a, b in itertools.combinations(SPLITS, 2):
+        assert not texts[a] & texts[b], (a, b, sorted(texts[a] & texts[b])[:3])
+
+
+@pytest.mark.parametrize("task", sorted(prepare.TASKS))
+def test_no_family_crosses_splits(out1, task):
+    fams = {s: {prepare.family(p) for line in read_lines(out1 / task / f"{s}.pkg") for p in line.split()}
+            for s in SPLITS}
+    for a, b in itertools.combinations(SPLITS, 2):
+        assert not fams[a] & fams[b], (a, b, sorted(fams[a] & fams[b])[:3])
+
+
+def test_family_examples():
+    assert len({prepare.family(p) for p in ("libfoo2", "libfoo-dev", "foo", "foo-doc", "python3-foo")}) == 1
+    assert prepare.family("libx11-6") == prepare.family("libx11-dev") == "x11"
+    assert prepare.family("bar") != prepare.family("foo")
+
+
+def test_hash_depends_only_on_inputs_and_seed(out1, tmp_path):
+    same, other = run_prepare(tmp_path / "a", "--no-spm"), run_prepare(tmp_path / "b", "--no-spm", "--seed", "2")
+    assert same.returncode == 0 and other.returncode == 0, same.stderr + other.stderr
+    assert manifest(tmp_path / "a")["sha256"] == manifest(out1)["sha256"]
+    assert f"sha256: {manifest(out1)['sha256']}" in same.stdout
+    assert manifest(tmp_path / "b")["sha256"] != manifest(out1)["sha256"]
+
+
+def test_refuses_non_empty_out(tmp_path):
+    keep = tmp_path / "keep.txt"
+    keep.write_text("user data\n")
+    res = run_prepare(tmp_path, "--no-spm")
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "--force" in res.stderr
+    assert keep.read_text() == "user data\n" and os.listdir(tmp_path) == ["keep.txt"]
+
+
+def test_missing_lists_dir(tmp_path):
+    res = run_prepare(tmp_path / "out", "--no-spm", lists_dir=tmp_path / "nowhere")
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and "Translation" in res.stderr and "nowhere" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("fairseq") is None or importlib.util.find_spec("sentencepiece") is None,
+                    reason="fairseq and sentencepiece are needed for the spm + fairseq-preprocess path")
+def test_spm_and_fairseq_preprocess(tmp_path):
+    res = run_prepare(tmp_path, "--spm-vocab", "200")
+    assert res.returncode == 0, res.stderr
+    for task, (src, tgt) in prepare.TASKS.items():
+        d = tmp_path / task
+        assert (d / "spm.model").exists() and read_lines(d / f"valid.spm.{src}")
+        for split in SPLITS:
+            for lang in (src, tgt):
+                assert (d / "bin" / f"{split}.{src}-{tgt}.{lang}.bin").stat().st_size > 0
+        # joined dictionary: both sides share one vocabulary
+        assert read_lines(d / "bin" / f"dict.{src}.txt") == read_lines(d / "bin" / f"dict.{tgt}.txt")
