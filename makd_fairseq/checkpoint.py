@@ -44,15 +44,16 @@ def load_checkpoint(path: str) -> dict:
     try:
         state = checkpoint_utils.load_checkpoint_to_cpu(path)
     except Exception as e:  # the unpickler raises anything from IndexError to UnpicklingError
-        msg = str(e)
-        if "Weights only load failed" in msg:
-            detail = msg.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        blocked = next((line for line in lines if "GLOBAL" in line), None)
+        if blocked:  # the weights_only unpickler met a type outside the allow-list
+            blocked = blocked.split("WeightsUnpickler error:")[-1].strip()
             raise CheckpointError(
                 f"{path}: refused: it holds a type that is not allow-listed for safe "
-                f"(weights_only) loading: {detail}"
+                f"(weights_only) loading: {blocked}"
             ) from None
-        first = msg.strip().splitlines()[0] if msg.strip() else "truncated or corrupt"
-        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({type(e).__name__}: {first})") from None
+        detail = next((line for line in lines if "Weights only load failed" not in line), "truncated or corrupt")
+        raise CheckpointError(f"{path}: not a readable fairseq checkpoint ({type(e).__name__}: {detail})") from None
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"{path}: not a fairseq checkpoint (no 'model' state)")
     return state

@@ -1,0 +1,207 @@
+"""Students from makd-init against their teacher, through fairseq's own loaders and CLIs."""
+
+import json
+import os
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import TINY_ARCH, TRAIN_COMMON, USER_DIR, load, makd_init, run, valid_batch
+from makd_fairseq.lowrank import LowRankLinear, count_params
+
+
+def _logits(model, sample):
+    net = sample["net_input"]
+    with torch.no_grad():
+        return model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])[0]
+
+
+def test_full_rank_student_logits_equal_teacher(teacher, full_rank_student, mt_data):
+    t_model, task = load(teacher, mt_data)
+    s_model, _ = load(full_rank_student, mt_data)
+    assert sum(isinstance(m, LowRankLinear) for m in s_model.modules()) == 2 * 6 + 2 * 10
+    sample = valid_batch(task)
+    assert torch.allclose(_logits(s_model, sample), _logits(t_model, sample), atol=1e-4)
+
+
+def test_full_rank_student_matches_teacher_in_incremental_decoding(teacher, full_rank_student, mt_data):
+    t_model, task = load(teacher, mt_data)
+    s_model, _ = load(full_rank_student, mt_data)
+    sample = valid_batch(task, max_sentences=4)
+    net = sample["net_input"]
+    full = _logits(t_model, sample)
+    with torch.no_grad():
+        enc = s_model.encoder(net["src_tokens"], src_lengths=net["src_lengths"])
+        state = {}
+        prev = net["prev_output_tokens"]
+        for t in range(prev.size(1)):
+            step, _ = s_model.decoder(prev[:, : t + 1], encoder_out=enc, incremental_state=state)
+            real = prev[:, t].ne(task.target_dictionary.pad())  # right padding: later steps are pads
+            assert torch.allclose(step[real, -1], full[real, t], atol=1e-4)
+
+    from fairseq.dataclass.configs import GenerationConfig
+
+    gen_cfg = GenerationConfig(beam=4, max_len_b=30)
+    hyps = {}
+    for name, model in (("teacher", t_model), ("student", s_model)):
+        generator = task.build_generator([model], gen_cfg)
+        hyps[name] = task.inference_step(generator, [model], sample)
+    for t_hyp, s_hyp in zip(hyps["teacher"], hyps["student"]):
+        assert torch.equal(t_hyp[0]["tokens"], s_hyp[0]["tokens"])
+        assert abs(t_hyp[0]["score"].item() - s_hyp[0]["score"].item()) < 1e-4
+
+
+def test_student_never_takes_the_fused_attention_path(teacher, half_student, mt_data, monkeypatch):
+    """The fused path reads q_proj.weight directly; a student must run its factors instead."""
+    calls = []
+    fused = F.multi_head_attention_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "multi_head_attention_forward", counting)
+    t_model, task = load(teacher, mt_data)
+    s_model, _ = load(half_student, mt_data)
+    sample = valid_batch(task)
+    _logits(t_model, sample)
+    assert calls, "the dense teacher should take the fused path (else this test proves nothing)"
+    calls.clear()
+    s_logits = _logits(s_model.train(), sample)  # training mode too: the path used by fairseq-train
+    s_model.eval()
+    s_logits = _logits(s_model, sample)
+    assert not calls
+
+    # the dense model holding the merged W_r = up @ down takes the fused path and agrees exactly
+    for name, module in s_model.named_modules():
+        if isinstance(module, LowRankLinear):
+            dense = t_model.get_submodule(name)
+            dense.weight.data.copy_(module.merged_weight())
+            dense.bias.data.copy_(module.up.bias)
+    assert torch.allclose(_logits(t_model, sample), s_logits, atol=1e-5)
+    assert calls
+
+
+def test_half_budget_student_has_half_the_parameters(teacher, half_student, mt_data):
+    t_model, _ = load(teacher, mt_data)
+    s_model, _ = load(half_student, mt_data)
+    assert count_params(s_model) == pytest.approx(0.5 * count_params(t_model), rel=0.01)
+    assert count_params(s_model) <= 0.5 * count_params(t_model)
+
+
+def test_makd_init_prints_the_table_and_totals(teacher, tmp_path):
+    out = tmp_path / "s.pt"
+    proc = makd_init("--teacher", teacher, "--param-budget", "0.6", "--allocation", "spectrum", "--out", out)
+    lines = proc.stdout.splitlines()
+    row = next(line for line in lines if line.startswith("encoder.layers.0.self_attn.q_proj "))
+    _, shape, rank, before, after, residual = row.split()
+    assert shape == "64x64" and int(before) == 4096 and int(after) == int(rank) * 128
+    assert 0 < float(residual) < 1
+    teacher_params = int(re.search(r"teacher params: (\d+)", proc.stdout).group(1))
+    student_params = int(re.search(r"student params: (\d+)", proc.stdout).group(1))
+    assert student_params == pytest.approx(0.6 * teacher_params, rel=0.01)
+    state = torch.load(out)
+    assert state["cfg"]["model"].arch == "lowrank_transformer"
+    assert json.loads(state["cfg"]["model"].lowrank_ranks)["encoder.layers.0.self_attn.q_proj"] == int(rank)
+
+
+def test_fairseq_train_builds_lowrank_transformer_from_scratch(mt_data, tmp_path):
+    run("fairseq-train", mt_data, "--user-dir", USER_DIR, "--arch", "lowrank_transformer", "--rank", "8",
+        *TINY_ARCH, *TRAIN_COMMON, "--max-update", "3", "--save-dir", tmp_path)
+    state = torch.load(tmp_path / "checkpoint_last.pt")
+    ranks = json.loads(state["cfg"]["model"].lowrank_ranks)
+    assert len(ranks) == 32 and set(ranks.values()) == {8}
+    assert state["model"]["encoder.layers.0.fc1.down.weight"].shape == (8, 64)
+
+
+def test_student_finetunes_with_fairseq_train_and_decodes_with_fairseq_generate(half_student, mt_data, tmp_path):
+    run("fairseq-train", mt_data, "--user-dir", USER_DIR, "--arch", "lowrank_transformer",
+        "--finetune-from-model", half_student, *TINY_ARCH, *TRAIN_COMMON, "--max-update", "3",
+        "--save-dir", tmp_path)
+    proc = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt",
+               "--beam", "4", "--cpu", "--batch-size", "16")
+    translated = int(re.search(r"Translated ([\d,]+) sentences", proc.stderr).group(1))
+    assert len(re.findall(r"^H-\d+", proc.stdout, flags=re.M)) == translated >= 45  # of 50 test pairs
+    assert "Generate test with beam=4: BLEU4" in proc.stdout
+
+
+def test_fairseq_generate_loads_checkpoints_with_weights_only_on(teacher, mt_data):
+    assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in os.environ
+    plain = run("fairseq-generate", mt_data, "--path", teacher, "--cpu", "--batch-size", "16", check=False)
+    assert plain.returncode != 0 and "argparse.Namespace" in plain.stderr  # the problem we fix
+    fixed = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", teacher, "--cpu", "--batch-size", "16")
+    assert "Generate test with beam=5" in fixed.stdout
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_checkpoint_is_refused(teacher, mt_data, tmp_path):
+    state = torch.load(teacher)
+    marker = tmp_path / "pwned"
+    state["extra_state"]["payload"] = _Exploit(marker)
+    evil = tmp_path / "evil.pt"
+    torch.save(state, evil)
+    proc = makd_init("--teacher", evil, "--rank", "4", "--out", tmp_path / "s.pt", check=False)
+    assert proc.returncode == 2
+    assert "refused" in proc.stderr and "not allow-listed" in proc.stderr
+    gen = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", evil, "--cpu", check=False)
+    assert gen.returncode != 0 and "Weights only load failed" in gen.stderr
+    assert not marker.exists() and not (tmp_path / "s.pt").exists()
+
+
+@pytest.fixture(scope="module")
+def lstm_teacher(mt_data, tmp_path_factory):
+    save = tmp_path_factory.mktemp("lstm")
+    run("fairseq-train", mt_data, "--arch", "lstm", "--encoder-embed-dim", "16", "--decoder-embed-dim", "16",
+        "--encoder-hidden-size", "16", "--decoder-hidden-size", "16", "--decoder-out-embed-dim", "16",
+        *TRAIN_COMMON, "--max-update", "1", "--save-dir", save)
+    return save / "checkpoint_last.pt"
+
+
+def _bad_inputs(teacher, lstm_teacher, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(teacher.read_bytes()[:4000])
+    return {
+        "missing": (["--teacher", tmp_path / "nope.pt", "--rank", "4"], "no such checkpoint file"),
+        "not a checkpoint": (["--teacher", text, "--rank", "4"], "not a readable fairseq checkpoint"),
+        "truncated": (["--teacher", truncated, "--rank", "4"], "not a readable fairseq checkpoint"),
+        "no targets": (["--teacher", teacher, "--rank", "4", "--targets", "nothing_proj"], "no Linear layer matching"),
+        "lstm arch": (["--teacher", lstm_teacher, "--rank", "4"], "not a fairseq encoder-decoder Transformer"),
+        "rank too big": (["--teacher", teacher, "--rank", "65"], "outside [1, min(d_out, d_in)=64]"),
+        "impossible budget": (["--teacher", teacher, "--param-budget", "0.05"], "smallest achievable budget is"),
+        "two rank flags": (["--teacher", teacher, "--rank", "4", "--param-budget", "0.5"], "exactly one of"),
+    }
+
+
+@pytest.mark.parametrize("case", ["missing", "not a checkpoint", "truncated", "no targets", "lstm arch",
+                                  "rank too big", "impossible budget", "two rank flags"])
+def test_makd_init_bad_input_is_one_line_exit_2_nothing_written(case, teacher, lstm_teacher, tmp_path):
+    args, message = _bad_inputs(teacher, lstm_teacher, tmp_path)[case]
+    out = tmp_path / "student.pt"
+    proc = makd_init(*args, "--out", out, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("makd-init: error:")
+    assert message in proc.stderr
+    assert not out.exists() and not (tmp_path / "student.pt.tmp").exists()
+
+
+def test_makd_init_never_overwrites_without_force(teacher, tmp_path):
+    out = tmp_path / "student.pt"
+    out.write_bytes(b"precious")
+    proc = makd_init("--teacher", teacher, "--rank", "4", "--out", out, check=False)
+    assert proc.returncode == 2 and "pass --force" in proc.stderr
+    assert out.read_bytes() == b"precious"
+    makd_init("--teacher", teacher, "--rank", "4", "--out", out, "--force")
+    assert torch.load(out)["cfg"]["model"].arch == "lowrank_transformer"
+    proc = makd_init("--teacher", teacher, "--rank", "4", "--out", teacher, "--force", check=False)
+    assert proc.returncode == 2 and "is the teacher itself" in proc.stderr
