@@ -8,6 +8,6 @@ from .checkpoint import allow_checkpoint_types
 
 allow_checkpoint_types()
 
-from . import models  # noqa: E402,F401  (registers the architectures)
+from . import criterions, models, tasks  # noqa: E402,F401  (registers them with fairseq)
 
 __version__ = "0.1.0"

@@ -5,6 +5,7 @@ torch >= 2.6 loads with ``weights_only=True``; fairseq checkpoints pickle an ``a
 """
 
 import argparse
+import copy
 import os
 
 import numpy as np
@@ -66,3 +67,45 @@ def model_args(state: dict) -> argparse.Namespace:
     if not isinstance(args, argparse.Namespace):
         raise CheckpointError("checkpoint has no legacy model arguments (argparse.Namespace)")
     return args
+
+
+class _ShapeTask:
+    """The two dictionaries a fairseq model is built from, sized as the checkpoint's embeddings."""
+
+    def __init__(self, model_state):
+        from fairseq.data import Dictionary
+
+        def sized(n):
+            d = Dictionary()
+            while len(d) < n:
+                d.add_symbol(f"madeupword{len(d):06d}")
+            return d
+
+        src = model_state["encoder.embed_tokens.weight"].size(0)
+        tgt = model_state["decoder.embed_tokens.weight"].size(0)
+        self.source_dictionary = sized(src)
+        self.target_dictionary = self.source_dictionary if src == tgt else sized(tgt)
+
+
+def build_model_from_state(state: dict, task=None):
+    """The checkpoint's model with its trained weights, in fp32 eval mode.
+
+    ``task`` provides the dictionaries; without one they are sized from the embeddings, so no data
+    directory is needed (enough to factorize or count parameters, not to check the vocabulary).
+    """
+    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
+    from fairseq.models.transformer import TransformerModel
+
+    args, model_state = model_args(state), state["model"]
+    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
+    model_cls = ARCH_MODEL_REGISTRY.get(arch)
+    if model_cls is None or not issubclass(model_cls, TransformerModel):
+        raise CheckpointError(f"arch {arch!r} is not a fairseq encoder-decoder Transformer (or BART)")
+    if "encoder.embed_tokens.weight" not in model_state:
+        raise CheckpointError(f"arch {arch!r}: the checkpoint has no encoder.embed_tokens.weight")
+    args = copy.deepcopy(args)
+    ARCH_CONFIG_REGISTRY[arch](args)
+    model = model_cls.build_model(args, task or _ShapeTask(model_state))
+    state = {k: v for k, v in model_state.items() if not k.startswith("classification_heads.")}
+    model.load_state_dict(state, strict=True)
+    return model.float().eval()

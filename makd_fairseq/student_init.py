@@ -15,46 +15,9 @@ import sys
 import torch
 from tabulate import tabulate
 
-from .checkpoint import CheckpointError, load_checkpoint, model_args
+from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args
 from .lowrank import RankError, allocate_ranks, count_params, dumps_ranks, factorize_, find_targets, svd_matrices
 from .models.lowrank_transformer import add_rank_args
-
-
-class _ShapeTask:
-    """The two dictionaries a fairseq model is built from, sized as the checkpoint's embeddings."""
-
-    def __init__(self, model_state):
-        from fairseq.data import Dictionary
-
-        def sized(n):
-            d = Dictionary()
-            while len(d) < n:
-                d.add_symbol(f"madeupword{len(d):06d}")
-            return d
-
-        src = model_state["encoder.embed_tokens.weight"].size(0)
-        tgt = model_state["decoder.embed_tokens.weight"].size(0)
-        self.source_dictionary = sized(src)
-        self.target_dictionary = self.source_dictionary if src == tgt else sized(tgt)
-
-
-def build_dense(args: argparse.Namespace, model_state: dict) -> torch.nn.Module:
-    """The teacher as a fairseq model object with its trained weights (no data directory needed)."""
-    from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
-    from fairseq.models.transformer import TransformerModel
-
-    arch = getattr(args, "arch", None) or getattr(args, "_name", None)
-    model_cls = ARCH_MODEL_REGISTRY.get(arch)
-    if model_cls is None or not issubclass(model_cls, TransformerModel):
-        raise CheckpointError(f"arch {arch!r} is not a fairseq encoder-decoder Transformer (or BART)")
-    if "encoder.embed_tokens.weight" not in model_state:
-        raise CheckpointError(f"arch {arch!r}: the checkpoint has no encoder.embed_tokens.weight")
-    args = copy.deepcopy(args)
-    ARCH_CONFIG_REGISTRY[arch](args)
-    model = model_cls.build_model(args, _ShapeTask(model_state))
-    state = {k: v for k, v in model_state.items() if not k.startswith("classification_heads.")}
-    model.load_state_dict(state, strict=True)
-    return model.float().eval()
 
 
 def student_arch(teacher_arch: str) -> str:
@@ -69,7 +32,7 @@ def make_student(state: dict, args: argparse.Namespace):
     from omegaconf import OmegaConf
 
     margs = model_args(state)
-    model = build_dense(margs, state["model"])
+    model = build_model_from_state(state)
     targets = find_targets(model, args.lowrank_targets.split(","))
     if not targets:
         raise RankError(

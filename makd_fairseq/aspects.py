@@ -1,0 +1,159 @@
+"""The aspect table of MaKD and its losses.
+
+Each distilled feature is one row: (term, student feature, teacher feature, loss, weight). The terms are
+
+    matrix aspect  loss_mha  (q, k, v, out projection outputs, MSE)   loss_ffn (fc1 activation, fc2 output, MSE)
+    layer aspect   loss_attn (per-head attention distributions, KL)   loss_hidn (layer outputs, MSE)
+
+and the model aspect (``loss_model``, output KL) is computed by the criterion from the logits. Which layers
+receive which aspect, and with what weight, is configuration (``build_table``), not code.
+
+Normalisation: every loss is a **sum over positions**, each position weighted so that the sum is additive
+over sentences and ignores padding. A decoder position weighs 1 (like a target token in cross-entropy). An
+encoder position of sentence b weighs ``n_tgt_b / n_src_b``: a sentence contributes its mean encoder loss
+times its target length, so encoder terms live on the same per-target-token scale as the rest, whatever the
+source/target length ratio. fairseq then divides by the number of target tokens (``sample_size``).
+"""
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .taps import ATTENTIONS, PROJECTIONS, Feature
+
+TERMS = ("loss_mha", "loss_ffn", "loss_attn", "loss_hidn")
+ASPECT_OF = {"loss_mha": "matrix", "loss_ffn": "matrix", "loss_attn": "layer", "loss_hidn": "layer"}
+STACKS = ("encoder", "decoder")
+
+
+@dataclass(frozen=True)
+class Row:
+    term: str  # one of TERMS
+    student: Feature
+    teacher: Feature
+    loss: str  # "mse" | "kl"
+    weight: float
+
+
+def select_layers(spec: str, n: int, stack: str) -> List[int]:
+    """Layer indices of a stack of ``n`` layers named by ``spec``.
+
+    ``shallow`` = the first half (n // 2, at least 1), ``deep`` = the rest, ``all``, ``none``, a comma list of
+    indices for both stacks (``0,1``), or per stack ``encoder:0,1;decoder:2``.
+    """
+    spec = spec.strip()
+    if ";" in spec or ":" in spec:
+        per_stack = dict(part.split(":", 1) for part in spec.split(";") if part.strip())
+        unknown = set(per_stack) - set(STACKS)
+        if unknown:
+            raise ValueError(f"layer spec {spec!r}: unknown stack {sorted(unknown)}; use encoder:/decoder:")
+        return select_layers(per_stack.get(stack, "none"), n, stack)
+    cut = max(1, n // 2)
+    named = {"shallow": list(range(cut)), "deep": list(range(cut, n)), "all": list(range(n)), "none": []}
+    if spec in named:
+        return named[spec]
+    layers = [int(i) for i in spec.split(",") if i.strip()]
+    for i in layers:
+        if not 0 <= i < n:
+            raise ValueError(f"layer spec {spec!r}: the student's {stack} has {n} layers (0..{n - 1}); no layer {i}")
+    return layers
+
+
+def map_layers(spec: str, n_student: int, n_teacher: int, stack: str) -> Dict[int, int]:
+    """Teacher layer that each student layer mimics: ``skip`` (uniform, last to last), ``last``, or ``0:1,1:3``."""
+    if spec == "skip":
+        return {i: (i + 1) * n_teacher // n_student - 1 for i in range(n_student)}
+    if spec == "last":
+        if n_student > n_teacher:
+            raise ValueError(f"--layer-map last: student {stack} has more layers than the teacher's")
+        return {i: n_teacher - n_student + i for i in range(n_student)}
+    mapping = {int(a): int(b) for a, b in (pair.split(":") for pair in spec.split(",") if pair.strip())}
+    for i, j in mapping.items():
+        if not (0 <= i < n_student and 0 <= j < n_teacher):
+            raise ValueError(f"--layer-map {spec}: {i}:{j} is outside the student's {n_student} / "
+                             f"teacher's {n_teacher} {stack} layers")
+    return mapping
+
+
+def build_table(cfg, n_student: Dict[str, int], n_teacher: Dict[str, int]) -> List[Row]:
+    """The rows the configuration asks for; rows of weight 0 are left out (their features are not tapped)."""
+    weights = {
+        "loss_mha": cfg.matrix_weight * cfg.mha_weight,
+        "loss_ffn": cfg.matrix_weight * cfg.ffn_weight,
+        "loss_attn": cfg.layer_weight * cfg.attn_weight,
+        "loss_hidn": cfg.layer_weight * cfg.hidn_weight,
+    }
+    rows = []
+    for stack in STACKS:
+        layer_map = map_layers(cfg.layer_map, n_student[stack], n_teacher[stack], stack)
+        attentions = ATTENTIONS if stack == "decoder" else ATTENTIONS[:1]
+        aspects = {
+            "matrix": select_layers(cfg.matrix_layers, n_student[stack], stack),
+            "layer": select_layers(cfg.layer_layers, n_student[stack], stack),
+        }
+        for i in sorted(set(aspects["matrix"]) | set(aspects["layer"])):
+            if i not in layer_map:
+                raise ValueError(f"--layer-map {cfg.layer_map} gives no teacher layer for student {stack} layer {i}")
+            j = layer_map[i]
+            pairs = []  # (term, name, attention, loss)
+            if i in aspects["matrix"]:
+                pairs += [("loss_mha", p, a, "mse") for a in attentions for p in PROJECTIONS]
+                pairs += [("loss_ffn", name, None, "mse") for name in ("fc1", "fc2")]
+            if i in aspects["layer"]:
+                pairs += [("loss_attn", "attn", a, "kl") for a in attentions]
+                pairs += [("loss_hidn", "hidden", None, "mse")]
+            rows += [Row(term, Feature(stack, i, name, a), Feature(stack, j, name, a), loss, weights[term])
+                     for term, name, a, loss in pairs if weights[term] > 0]
+        if cfg.hidn_embeddings and weights["loss_hidn"] > 0:
+            emb = Feature(stack, -1, "hidden")
+            rows.append(Row("loss_hidn", emb, emb, "mse", weights["loss_hidn"]))
+    return rows
+
+
+def position_weights(sample: dict, pad: int) -> Dict[str, Tensor]:
+    """B x L weights of encoder and decoder positions (see the module docstring)."""
+    tgt = sample["target"].ne(pad).float()
+    src = sample["net_input"]["src_tokens"].ne(pad).float()
+    n_tgt, n_src = tgt.sum(1, keepdim=True), src.sum(1, keepdim=True).clamp_min(1)
+    return {"decoder": tgt, "encoder": src * n_tgt / n_src}
+
+
+def positions_of(f: Feature) -> str:
+    """Which stack's positions a feature runs over (cross-attention keys/values run over the source)."""
+    return "encoder" if f.attention == "encoder_attn" and f.name in ("k", "v") else f.stack
+
+
+def mse(student: Tensor, teacher: Tensor, weight: Tensor) -> Tensor:
+    """Σ_positions weight · mean_channels (s − t)², in fp32. student/teacher: L x B x C; weight: B x L."""
+    per_position = (student.float() - teacher.float()).pow(2).mean(-1)
+    return (per_position.t() * weight).sum()
+
+
+def attention_kl(student: Tensor, teacher: Tensor, weight: Tensor, heads: int) -> Tensor:
+    """Σ_queries weight · mean_heads KL(teacher ‖ student), in fp32.
+
+    student/teacher: (B * heads) x T x S probabilities (masked keys are exact zeros); weight: B x T.
+    """
+    p_t, p_s = teacher.float(), student.float()
+    kl = (torch.xlogy(p_t, p_t) - p_t * p_s.clamp_min(torch.finfo(torch.float32).tiny).log()).sum(-1)
+    kl = kl.view(weight.size(0), heads, -1).mean(1)
+    return torch.where(weight > 0, kl, kl.new_zeros(())).mul(weight).sum()  # padded rows may be NaN
+
+
+def output_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float) -> Tensor:
+    """Σ_tokens T² · KL(softmax(t/T) ‖ softmax(s/T)), in fp32. logits: B x T x V; mask: B x T."""
+    lp_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    lp_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    kl = (lp_t.exp() * (lp_t - lp_s)).sum(-1)
+    return (kl * mask).sum() * temperature ** 2
+
+
+def row_loss(row: Row, student: Tensor, teacher: Tensor, weights: Dict[str, Tensor],
+             heads: Optional[int] = None) -> Tensor:
+    weight = weights[positions_of(row.student)]
+    if row.loss == "kl":
+        return attention_kl(student, teacher, weight, heads)
+    return mse(student, teacher, weight)

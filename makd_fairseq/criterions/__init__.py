@@ -1,0 +1,1 @@
+from . import makd  # noqa: F401

@@ -1,0 +1,141 @@
+"""The ``makd`` criterion: cross-entropy plus the multi-aspect distillation terms, each logged by name.
+
+    loss = ce_weight · loss_ce + model_weight · loss_model
+         + matrix_weight · (mha_weight · loss_mha + ffn_weight · loss_ffn)
+         + layer_weight · (attn_weight · loss_attn + hidn_weight · loss_hidn)
+
+Teacher and student run on the same batch; ``Taps`` read only the features the aspect table asks for.
+All terms are sums over target-token-scaled positions (see ``makd_fairseq.aspects``), so fairseq's division
+by ``sample_size`` (target tokens) makes each one a per-token value independent of batch size and padding.
+Logged values are per target token: ``loss``/``nll_loss`` in base 2 as fairseq does, the six components in
+their natural units (nats for KL/CE, squared activations for MSE), unweighted.
+"""
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+from fairseq import utils
+from fairseq.criterions import FairseqCriterion, register_criterion
+from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
+from fairseq.dataclass import FairseqDataclass
+from fairseq.logging import metrics
+from omegaconf import II
+from torch import nn
+
+from ..aspects import TERMS, build_table, output_kl, position_weights, row_loss
+from ..taps import Taps, num_heads, shape_of
+
+COMPONENTS = ("loss_ce", "loss_model", *TERMS)
+
+
+@dataclass
+class MakdConfig(FairseqDataclass):
+    label_smoothing: float = field(default=0.1, metadata={"help": "label smoothing of the reference cross-entropy"})
+    kd_temperature: float = field(default=1.0, metadata={"help": "temperature T of the output KL (scaled by T²)"})
+    ce_weight: float = field(default=1.0, metadata={"help": "weight of loss_ce (reference cross-entropy)"})
+    model_weight: float = field(default=1.0, metadata={"help": "model aspect: weight of loss_model (output KL)"})
+    matrix_weight: float = field(default=1.0, metadata={"help": "matrix aspect: weight of loss_mha + loss_ffn"})
+    layer_weight: float = field(default=1.0, metadata={"help": "layer aspect: weight of loss_attn + loss_hidn"})
+    mha_weight: float = field(default=1.0, metadata={"help": "weight of loss_mha inside the matrix aspect"})
+    ffn_weight: float = field(default=1.0, metadata={"help": "weight of loss_ffn inside the matrix aspect"})
+    attn_weight: float = field(default=1.0, metadata={"help": "weight of loss_attn inside the layer aspect"})
+    hidn_weight: float = field(default=1.0, metadata={"help": "weight of loss_hidn inside the layer aspect"})
+    matrix_layers: str = field(default="shallow", metadata={
+        "help": "student layers given the matrix aspect: shallow (first half), deep, all, none, '0,1', "
+                "or 'encoder:0,1;decoder:0'"})
+    layer_layers: str = field(default="deep", metadata={
+        "help": "student layers given the layer aspect (same forms as --matrix-layers)"})
+    layer_map: str = field(default="skip", metadata={
+        "help": "teacher layer each student layer mimics: skip (uniform), last, or '0:1,1:3'"})
+    hidn_embeddings: bool = field(default=False, metadata={
+        "help": "also match the embedding outputs in loss_hidn"})
+    sentence_avg: bool = II("optimization.sentence_avg")
+
+
+@register_criterion("makd", dataclass=MakdConfig)
+class MakdCriterion(FairseqCriterion):
+    def __init__(self, task, cfg: MakdConfig):
+        super().__init__(task)
+        if cfg.kd_temperature <= 0:
+            raise ValueError(f"--kd-temperature must be > 0, got {cfg.kd_temperature}")
+        if not hasattr(task, "teacher_for"):
+            raise ValueError("criterion makd needs a task with a teacher: --task makd_translation --teacher-path T.pt")
+        self.cfg = cfg
+        teacher = task.teacher  # loads and checks the teacher now, before training starts
+        student = getattr(task, "student_shape", None) or shape_of(teacher)
+        tshape = shape_of(teacher)
+        self.rows = build_table(cfg, {s: student[s]["layers"] for s in student},
+                                {s: tshape[s]["layers"] for s in tshape})
+        self.projections = nn.ModuleDict()
+        for stack in student:
+            s, t = student[stack], tshape[stack]
+            terms = {row.term for row in self.rows if row.student.stack == stack}
+            if terms & {"loss_mha", "loss_ffn"} and (s["width"], s["ffn"]) != (t["width"], t["ffn"]):
+                raise ValueError(
+                    f"the matrix aspect needs equal widths: student {stack} is {s['width']}/{s['ffn']} "
+                    f"(hidden/FFN), teacher {t['width']}/{t['ffn']}; use --matrix-weight 0 or --matrix-layers none")
+            if "loss_attn" in terms and s["heads"] != t["heads"]:
+                raise ValueError(f"loss_attn compares heads one to one: student {stack} has {s['heads']} heads, "
+                                 f"teacher {t['heads']}; use --attn-weight 0")
+            if "loss_hidn" in terms and s["width"] != t["width"]:
+                # TinyBERT-style: a learned map into the teacher's width, trained with the student, not exported
+                self.projections[stack] = nn.Linear(s["width"], t["width"], bias=False)
+        self.student_features = {row.student for row in self.rows}
+        self.teacher_features = {row.teacher for row in self.rows}
+
+    def forward(self, model, sample, reduce=True):
+        teacher = self.task.teacher_for(model)
+        with Taps(model, self.student_features) as s_taps:
+            net_output = model(**sample["net_input"])
+        with torch.no_grad(), Taps(teacher, self.teacher_features) as t_taps:
+            t_logits = teacher(**sample["net_input"])[0]
+
+        pad = self.padding_idx
+        target = model.get_targets(sample, net_output)
+        mask = target.ne(pad)
+        lprobs = model.get_normalized_probs(net_output, log_probs=True)
+        loss_ce, nll_loss = label_smoothed_nll_loss(
+            lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.cfg.label_smoothing, ignore_index=pad)
+        values = {name: lprobs.new_zeros((), dtype=torch.float32) for name in COMPONENTS}
+        values["loss_ce"] = loss_ce.float()
+        values["loss_model"] = output_kl(net_output[0], t_logits, mask.float(), self.cfg.kd_temperature)
+        loss = self.cfg.ce_weight * values["loss_ce"] + self.cfg.model_weight * values["loss_model"]
+
+        weights = position_weights(sample, pad)
+        for row in self.rows:
+            s = s_taps.values[row.student]
+            if row.term == "loss_hidn" and row.student.stack in self.projections:
+                s = self.projections[row.student.stack](s)
+            heads = num_heads(teacher, row.teacher) if row.loss == "kl" else None
+            value = row_loss(row, s, t_taps.values[row.teacher], weights, heads)
+            values[row.term] = values[row.term] + value
+            loss = loss + row.weight * value
+
+        ntokens = sample["ntokens"]
+        sample_size = sample["target"].size(0) if self.cfg.sentence_avg else ntokens
+        agree = (net_output[0].argmax(-1).eq(t_logits.argmax(-1)) & mask).sum()
+        logging_output = {
+            "loss": loss.data, "nll_loss": nll_loss.data, "ntokens": ntokens,
+            "nsentences": sample["target"].size(0), "sample_size": sample_size, "agree": agree.data,
+            **{name: v.data for name, v in values.items()},
+        }
+        return loss, sample_size, logging_output
+
+    @classmethod
+    def reduce_metrics(cls, logging_outputs) -> None:
+        def total(key):
+            return utils.item(sum(log.get(key, 0) for log in logging_outputs))
+
+        sample_size, ntokens = total("sample_size"), total("ntokens")
+        metrics.log_scalar("loss", total("loss") / sample_size / math.log(2), sample_size, round=3)
+        metrics.log_scalar("nll_loss", total("nll_loss") / ntokens / math.log(2), ntokens, round=3)
+        metrics.log_derived("ppl", lambda meters: utils.get_perplexity(meters["nll_loss"].avg))
+        for name in COMPONENTS:
+            metrics.log_scalar(name, total(name) / sample_size, sample_size, round=4)
+        # weighted by tokens, the meter's average is Σ agree / Σ ntokens over the whole log interval
+        metrics.log_scalar("agreement", 100.0 * total("agree") / max(ntokens, 1), ntokens, round=2)
+
+    @staticmethod
+    def logging_outputs_can_be_summed() -> bool:
+        return True

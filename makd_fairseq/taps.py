@@ -1,0 +1,109 @@
+"""Read a fairseq encoder-decoder's internals during its own forward, the same way for teacher and student.
+
+Only forward hooks are used; no forward code is copied. Two facts of fairseq's ``MultiheadAttention``
+shape the design: its fused path (taken whenever it is not decoding incrementally) never calls the
+q/k/v/out modules, and layers call it with ``need_weights=False``. So a tapped attention module is switched
+to the module path with fairseq's ``_set_skip_embed_dim_check()`` (the same arithmetic), and its per-head
+probabilities are read as the input of its ``dropout_module``, i.e. right after the softmax — the same
+tensor the attention output is computed from, no second attention computation.
+"""
+
+from dataclasses import dataclass
+from typing import Dict, Iterable, Optional
+
+from torch import Tensor, nn
+
+ATTENTIONS = ("self_attn", "encoder_attn")  # encoder_attn is the decoder's cross-attention
+PROJECTIONS = ("q", "k", "v", "out")
+FEATURES = ("hidden", "attn", *PROJECTIONS, "fc1", "fc2")
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One tensor inside the model.
+
+    ``layer`` -1 with ``name`` "hidden" is the embedding output (the first layer's input).
+    Recorded shapes: hidden, q, out, fc1, fc2: T x B x C (T the stack's own length);
+    k, v: S x B x C (S the attended length); attn: (B * heads) x T x S probabilities.
+    """
+
+    stack: str  # "encoder" | "decoder"
+    layer: int
+    name: str
+    attention: Optional[str] = None  # for attn and q/k/v/out: "self_attn" | "encoder_attn"
+
+
+def _output(store, key):
+    def hook(module, args, output):
+        store[key] = output[0] if isinstance(output, tuple) else output
+
+    return hook
+
+
+def _input(store, key):
+    def hook(module, args, *rest):
+        store[key] = args[0]
+
+    return hook
+
+
+class Taps:
+    """Context manager: while open, ``values[feature]`` holds each requested feature of the last forward.
+
+        with Taps(model, features) as taps:
+            model(**net_input)
+        taps.values[Feature("encoder", 0, "hidden")]
+    """
+
+    def __init__(self, model: nn.Module, features: Iterable[Feature]):
+        self.model = model
+        self.features = set(features)
+        self.values: Dict[Feature, Tensor] = {}
+        self._handles = []
+
+    def module_for(self, f: Feature) -> nn.Module:
+        layers = getattr(self.model, f.stack).layers
+        if not -1 <= f.layer < len(layers) or (f.layer == -1 and f.name != "hidden"):
+            raise IndexError(f"{f.stack} has {len(layers)} layers; no layer {f.layer} to read {f.name}")
+        layer = layers[max(f.layer, 0)]
+        if f.name in ("attn", *PROJECTIONS):
+            mha = getattr(layer, f.attention)
+            mha._set_skip_embed_dim_check()  # module path: the fused kernel hides these tensors
+            return mha.dropout_module if f.name == "attn" else getattr(mha, f.name + "_proj")
+        return {"hidden": layer, "fc1": layer.activation_dropout_module, "fc2": layer.fc2}[f.name]
+
+    def __enter__(self) -> "Taps":
+        for f in self.features:
+            module = self.module_for(f)
+            if f.name == "hidden" and f.layer == -1:
+                handle = module.register_forward_pre_hook(_input(self.values, f))
+            elif f.name in ("attn", "fc1"):  # the input of the dropout: probabilities / activation
+                handle = module.register_forward_pre_hook(_input(self.values, f))
+            else:
+                handle = module.register_forward_hook(_output(self.values, f))
+            self._handles.append(handle)
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        return False
+
+    def clear(self):
+        self.values.clear()
+
+
+def num_heads(model: nn.Module, f: Feature) -> int:
+    return getattr(getattr(model, f.stack).layers[f.layer], f.attention).num_heads
+
+
+def shape_of(model: nn.Module) -> dict:
+    """Per stack: number of layers, hidden width, FFN width, attention heads."""
+    out = {}
+    for stack in ("encoder", "decoder"):
+        layers = getattr(model, stack).layers
+        first = layers[0]
+        out[stack] = {"layers": len(layers), "width": first.embed_dim,
+                      "ffn": first.fc1.out_features, "heads": first.self_attn.num_heads}
+    return out

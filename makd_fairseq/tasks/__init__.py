@@ -1,0 +1,1 @@
+from . import makd_translation  # noqa: F401

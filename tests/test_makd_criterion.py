@@ -1,0 +1,202 @@
+"""The makd criterion on real batches: zero at full rank, descent, padding/batch invariance, half precision."""
+
+import copy
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from makd_fairseq.aspects import TERMS, attention_kl, build_table, map_layers, mse, output_kl, select_layers
+from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
+from makd_fairseq.taps import Feature, Taps
+
+DISTILL = ("loss_model", *TERMS)
+
+
+def _setup(teacher, student, data, **overrides):
+    import makd_fairseq  # noqa: F401
+    from fairseq import checkpoint_utils
+    from makd_fairseq.tasks.makd_translation import MakdTranslationConfig, MakdTranslationTask
+
+    task = MakdTranslationTask.setup_task(MakdTranslationConfig(
+        data=str(data), teacher_path=str(teacher), source_lang="en", target_lang="de",
+        train_subset="train", dataset_impl=None, required_seq_len_multiple=1))
+    models, _ = checkpoint_utils.load_model_ensemble([str(student)], task=task)
+    cfg = MakdConfig(sentence_avg=False, **{"matrix_layers": "all", "layer_layers": "all",
+                                            "hidn_embeddings": True, **overrides})
+    task.load_dataset("valid")
+    return task, models[0].eval(), MakdCriterion(task, cfg)
+
+
+def _batch(task, ids):
+    ds = task.dataset("valid")
+    return ds.collater([ds[i] for i in ids])
+
+
+def _per_token(criterion, model, sample):
+    loss, sample_size, log = criterion(model, sample)
+    return {k: log[k].item() / sample_size for k in COMPONENTS}, loss, sample_size
+
+
+def test_full_rank_student_has_zero_distillation_terms_and_gradients(teacher, full_rank_student, mt_data):
+    task, model, criterion = _setup(teacher, full_rank_student, mt_data)
+    sample = _batch(task, range(12))
+    assert {row.term for row in criterion.rows} == set(TERMS)
+    values = _per_token(criterion, model, sample)[0]
+    for term in DISTILL:
+        assert abs(values[term]) <= 1e-6, (term, values[term])
+    # gradient of the distillation terms alone (cross-entropy is not zero at full rank)
+    crit = MakdCriterion(task, MakdConfig(sentence_avg=False, ce_weight=0.0, matrix_layers="all",
+                                          layer_layers="all", hidn_embeddings=True))
+    model.zero_grad()
+    loss, sample_size, _ = crit(model, sample)
+    loss.backward()
+    # per token, as fairseq applies it (it divides by sample_size); float rounding only
+    worst = max(p.grad.abs().max().item() for p in model.parameters() if p.grad is not None) / sample_size
+    assert worst < 1e-5
+    assert all(not p.requires_grad for p in task.teacher.parameters())
+
+
+@pytest.mark.parametrize("term", DISTILL)
+def test_perturbed_student_term_is_positive_and_one_sgd_step_lowers_it(term, teacher, half_student, mt_data):
+    only = {name: 0.0 for name in ("ce_weight", "model_weight", "mha_weight", "ffn_weight", "attn_weight",
+                                   "hidn_weight")}
+    only[{"loss_model": "model_weight", "loss_mha": "mha_weight", "loss_ffn": "ffn_weight",
+          "loss_attn": "attn_weight", "loss_hidn": "hidn_weight"}[term]] = 1.0
+    task, model, criterion = _setup(teacher, half_student, mt_data, **only)
+    sample = _batch(task, range(12))
+    before, loss, _ = _per_token(criterion, model, sample)
+    assert before[term] > 1e-4
+    loss.backward()
+    assert all(p.grad is None for p in task.teacher.parameters())
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.grad is not None:
+                p -= 1e-3 * p.grad / max(p.grad.norm().item(), 1e-12)
+    after = _per_token(criterion, model, sample)[0]
+    assert after[term] < before[term]
+
+
+def _pad(sample, pad, extra_src=3, extra_tgt=2):
+    """The same sentences with more padding: left on the source (fairseq's default), right on the target."""
+    padded = copy.deepcopy(sample)
+    net = padded["net_input"]
+    b = net["src_tokens"].size(0)
+    net["src_tokens"] = torch.cat([net["src_tokens"].new_full((b, extra_src), pad), net["src_tokens"]], 1)
+    for key, where in ((net, "prev_output_tokens"), (padded, "target")):
+        key[where] = torch.cat([key[where], key[where].new_full((b, extra_tgt), pad)], 1)
+    return padded
+
+
+def test_padding_changes_no_term(teacher, half_student, mt_data):
+    task, model, criterion = _setup(teacher, half_student, mt_data)
+    sample = _batch(task, range(10))
+    plain = _per_token(criterion, model, sample)[0]
+    padded = _per_token(criterion, model, _pad(sample, task.source_dictionary.pad()))[0]
+    for name in COMPONENTS:
+        assert padded[name] == pytest.approx(plain[name], rel=1e-5, abs=1e-7), name
+
+
+def test_splitting_a_batch_gives_the_same_per_token_values(teacher, half_student, mt_data):
+    task, model, criterion = _setup(teacher, half_student, mt_data)
+    whole = criterion(model, _batch(task, range(16)))
+    halves = [criterion(model, _batch(task, ids)) for ids in (range(0, 7), range(7, 16))]
+    sample_size = sum(h[1] for h in halves)
+    assert sample_size == whole[1]
+    for name in COMPONENTS:
+        split = sum(h[2][name].item() for h in halves) / sample_size
+        assert split == pytest.approx(whole[2][name].item() / whole[1], rel=1e-5, abs=1e-7), name
+
+
+def test_half_precision_inputs_give_finite_values_close_to_fp32(teacher, half_student, mt_data):
+    """Features read from the real models, cast to fp16: every loss stays finite and within 1% (or 1e-3)."""
+    task, model, criterion = _setup(teacher, half_student, mt_data)
+    sample = _batch(task, range(8))
+    from makd_fairseq.aspects import position_weights, positions_of
+
+    weights = position_weights(sample, task.source_dictionary.pad())
+    with Taps(model, criterion.student_features) as s, Taps(task.teacher, criterion.teacher_features) as t:
+        s_logits = model(**sample["net_input"])[0]
+        with torch.no_grad():
+            t_logits = task.teacher(**sample["net_input"])[0]
+    for row in criterion.rows:
+        a, b = s.values[row.student].detach(), t.values[row.teacher]
+        w = weights[positions_of(row.student)]
+        if row.loss == "kl":
+            ref, half = attention_kl(a, b, w, 4), attention_kl(a.half(), b.half(), w, 4)
+        else:
+            ref, half = mse(a, b, w), mse(a.half(), b.half(), w)
+        assert half.dtype == torch.float32 and torch.isfinite(half)
+        assert half.item() == pytest.approx(ref.item(), rel=1e-2, abs=1e-3), row
+    mask = sample["target"].ne(task.source_dictionary.pad()).float()
+    ref = output_kl(s_logits.detach(), t_logits, mask, 2.0)
+    half = output_kl(s_logits.detach().half(), t_logits.half(), mask, 2.0)
+    assert torch.isfinite(half) and half.item() == pytest.approx(ref.item(), rel=1e-2)
+
+
+def test_fully_masked_attention_rows_never_give_nan():
+    # a query row whose keys are all masked has NaN probabilities after softmax(-inf...)
+    scores = torch.randn(2 * 3, 4, 5)
+    scores[:, 3, :] = float("-inf")
+    p_t = torch.softmax(scores, -1)
+    p_s = torch.softmax(scores + 0.1 * torch.randn_like(scores), -1).requires_grad_()
+    weight = torch.ones(2, 4)
+    weight[:, 3] = 0  # that query is padding
+    value = attention_kl(p_s, p_t, weight, heads=3)
+    value.backward()
+    assert torch.isfinite(value) and value > 0
+    assert torch.isfinite(p_s.grad[:, :3]).all()
+
+
+def test_taps_read_what_the_model_computes(teacher, mt_data):
+    from conftest import load, valid_batch
+
+    model, task = load(teacher, mt_data)
+    sample = valid_batch(task, max_sentences=6)
+    last = len(model.decoder.layers) - 1
+    features = [Feature("decoder", last, "attn", "encoder_attn"), Feature("encoder", 1, "hidden"),
+                Feature("decoder", 0, "fc2")]
+    with torch.no_grad(), Taps(model, features) as taps:
+        net = sample["net_input"]
+        enc = model.encoder(net["src_tokens"], src_lengths=net["src_lengths"])
+        _, extra = model.decoder(net["prev_output_tokens"], encoder_out=enc)
+    probs = taps.values[features[0]]
+    b, t, s = extra["attn"][0].shape
+    # fairseq returns the last layer's cross-attention averaged over heads: our per-head tap agrees
+    assert torch.allclose(probs.view(b, -1, t, s).mean(1), extra["attn"][0], atol=1e-6)
+    assert torch.equal(taps.values[features[1]], enc["encoder_out"][0])
+    assert taps.values[features[2]].shape == (t, b, 64)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+
+
+def test_layer_selection_and_mapping():
+    assert select_layers("shallow", 6, "encoder") == [0, 1, 2]
+    assert select_layers("deep", 6, "encoder") == [3, 4, 5]
+    assert select_layers("encoder:0,4;decoder:1", 6, "decoder") == [1]
+    assert select_layers("encoder:0,4", 6, "decoder") == []
+    with pytest.raises(ValueError, match="has 6 layers"):
+        select_layers("7", 6, "encoder")
+    assert map_layers("skip", 3, 6, "encoder") == {0: 1, 1: 3, 2: 5}
+    assert map_layers("last", 2, 6, "encoder") == {0: 4, 1: 5}
+    assert map_layers("0:2,1:5", 2, 6, "encoder") == {0: 2, 1: 5}
+
+
+def test_default_table_puts_matrix_on_shallow_and_layer_on_deep_layers():
+    cfg = MakdConfig(sentence_avg=False)
+    rows = build_table(cfg, {"encoder": 2, "decoder": 2}, {"encoder": 2, "decoder": 2})
+    by = {(r.student.stack, r.student.layer, r.term) for r in rows}
+    assert {t for s, i, t in by if i == 0} == {"loss_mha", "loss_ffn"}
+    assert {t for s, i, t in by if i == 1} == {"loss_attn", "loss_hidn"}
+    # encoder: 4 projections + 2 FFN + 1 attention + 1 hidden; decoder: 8 + 2 + 2 (self, cross) + 1
+    assert len(rows) == (4 + 2 + 1 + 1) + (8 + 2 + 2 + 1)
+    assert not build_table(MakdConfig(sentence_avg=False, layer_weight=0, matrix_weight=0),
+                           {"encoder": 2, "decoder": 2}, {"encoder": 2, "decoder": 2})
+
+
+def test_bad_criterion_settings_are_clear_errors(teacher, half_student, mt_data):
+    with pytest.raises(ValueError, match="kd-temperature must be > 0"):
+        _setup(teacher, half_student, mt_data, kd_temperature=0.0)
+    with pytest.raises(ValueError, match="has 2 layers"):
+        _setup(teacher, half_student, mt_data, matrix_layers="3")
+    with pytest.raises(ValueError, match="needs a task with a teacher"):
+        MakdCriterion(SimpleNamespace(target_dictionary=None), MakdConfig(sentence_avg=False))
