@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import makd_fairseq  # noqa: F401  (users import it too: it allow-lists checkpoint types)
+
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "debian"
 USER_DIR = str(ROOT / "makd_fairseq")

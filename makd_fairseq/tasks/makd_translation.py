@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from fairseq.data import Dictionary
+from fairseq.data import Dictionary, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
@@ -87,16 +87,18 @@ class MakdTranslationTask(TranslationTask):
         tdata = str(getattr(tcfg, "data", "") or "").split(os.pathsep)[0]
         sizes = {"src": state["model"]["encoder.embed_tokens.weight"].size(0),
                  "tgt": state["model"]["decoder.embed_tokens.weight"].size(0)}
-        for side, lang, ours in (("src", self.cfg.source_lang, self.src_dict),
-                                 ("tgt", self.cfg.target_lang, self.tgt_dict)):
-            dict_path = os.path.join(tdata, f"dict.{lang}.txt")
+        tlangs = (getattr(tcfg, "source_lang", None), getattr(tcfg, "target_lang", None))
+        if None in tlangs and os.path.isdir(tdata):  # fairseq infers them from the file names, so do we
+            tlangs = data_utils.infer_language_pair(tdata)
+        for side, tlang, ours in (("src", tlangs[0], self.src_dict), ("tgt", tlangs[1], self.tgt_dict)):
+            dict_path = os.path.join(tdata, f"dict.{tlang}.txt")
             if tdata and os.path.isfile(dict_path):
                 diff = first_difference(ours, Dictionary.load(dict_path))
                 if diff:
-                    raise CheckpointError(f"teacher {path}: its {lang} dictionary ({dict_path}) differs from the "
+                    raise CheckpointError(f"teacher {path}: its {side} dictionary ({dict_path}) differs from the "
                                           f"data's ({self.cfg.data}): {diff}")
             elif sizes[side] != len(ours):
                 raise CheckpointError(f"teacher {path}: its {side} embedding has {sizes[side]} rows but the data's "
-                                      f"{lang} dictionary has {len(ours)} entries")
+                                      f"{side} dictionary has {len(ours)} entries")
             else:
                 logger.warning(f"teacher dictionary {dict_path} not found: checked sizes only")

@@ -1,0 +1,62 @@
+"""MaKD through the real CLIs: fairseq-train with the makd task and criterion, then fairseq-generate."""
+
+import re
+
+import pytest
+import torch
+
+from conftest import FIXTURES, TINY_ARCH, TRAIN_COMMON, USER_DIR, run
+
+NAMES = ("loss_ce", "loss_model", "loss_attn", "loss_hidn", "loss_mha", "loss_ffn")
+
+
+def makd_train(data, teacher, student, save_dir, *extra, check=True):
+    return run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "makd_translation",
+               "--teacher-path", teacher, "--arch", "lowrank_transformer", "--finetune-from-model", student,
+               "--criterion", "makd", *TINY_ARCH, *TRAIN_COMMON, "--save-dir", save_dir, *extra, check=check)
+
+
+@pytest.fixture(scope="module")
+def makd_run(mt_data, teacher, half_student, tmp_path_factory):
+    save = tmp_path_factory.mktemp("makd")
+    proc = makd_train(mt_data, teacher, half_student, save, "--max-update", "6")
+    return save, proc
+
+
+def test_makd_training_logs_every_component(makd_run):
+    _, proc = makd_run
+    line = next(l for l in proc.stdout.splitlines() if "train_inner" in l and "num_updates=6" in l)
+    for name in NAMES:
+        value = float(re.search(rf"{name}=([-\d.e]+)", line).group(1))
+        assert value > 0, (name, line)
+    assert re.search(r"agreement=[\d.]+", line)
+
+
+def test_makd_checkpoint_holds_the_student_only(makd_run, half_student):
+    save, _ = makd_run
+    state = torch.load(save / "checkpoint_last.pt")
+    student = torch.load(half_student)["model"]
+    assert set(state["model"]) == set(student)
+    assert all(state["model"][k].shape == v.shape for k, v in student.items())
+    assert not state.get("criterion")  # no teacher in the criterion; equal widths: no projection either
+
+
+def test_makd_student_decodes_with_fairseq_generate(makd_run, mt_data):
+    save, _ = makd_run
+    proc = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", save / "checkpoint_last.pt",
+               "--beam", "4", "--cpu", "--batch-size", "16")
+    assert "Generate test with beam=4: BLEU4" in proc.stdout
+
+
+def test_teacher_with_another_vocabulary_is_refused(teacher, half_student, tmp_path):
+    src = FIXTURES / "summarization"
+    data = tmp_path / "sum"
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
+        "--validpref", src / "valid", "--destdir", data, "--joined-dictionary", "--nwordssrc", "1000",
+        "--workers", "1")
+    proc = run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "makd_translation",
+               "--teacher-path", teacher, "--arch", "lowrank_transformer", "--rank", "4", "--criterion", "makd",
+               *TINY_ARCH, *TRAIN_COMMON, "--max-update", "1", "--save-dir", tmp_path / "ckpt", check=False)
+    assert proc.returncode != 0
+    assert re.search(r"its src dictionary \(.*dict\.en\.txt\) differs from the data's .*: entry \d+: ", proc.stderr)
+    assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
