@@ -27,6 +27,34 @@ def student_arch(teacher_arch: str) -> str:
     return name if name in ARCH_MODEL_REGISTRY else "lowrank_transformer"
 
 
+# architecture fields a student must repeat on fairseq-train's command line (fairseq builds from the CLI)
+ARCH_FIELDS = (
+    "encoder_layers", "decoder_layers", "encoder_embed_dim", "decoder_embed_dim", "encoder_ffn_embed_dim",
+    "decoder_ffn_embed_dim", "encoder_attention_heads", "decoder_attention_heads", "activation_fn",
+    "encoder_normalize_before", "decoder_normalize_before", "encoder_learned_pos", "decoder_learned_pos",
+    "share_all_embeddings", "share_decoder_input_output_embed", "layernorm_embedding", "no_scale_embedding",
+)
+
+
+def arch_flags(args: argparse.Namespace) -> list:
+    """The CLI flags that rebuild ``args``'s shape on top of its arch's defaults."""
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    defaults = argparse.Namespace()
+    ARCH_CONFIG_REGISTRY[args.arch](defaults)
+    flags = []
+    for name in ARCH_FIELDS:
+        value = getattr(args, name, None)
+        if value is None or value == getattr(defaults, name, None):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            flags.append(flag)
+        elif value is not False:  # a store_true default of True cannot be switched off from the CLI
+            flags += [flag, str(value)]
+    return flags
+
+
 def make_student(state: dict, args: argparse.Namespace):
     """Factorize the teacher in ``state``; returns (student checkpoint state, table rows, totals)."""
     from omegaconf import OmegaConf
@@ -110,6 +138,10 @@ def main(argv=None) -> int:
     torch.save(student, tmp)
     os.replace(tmp, args.out)  # atomic: a failed write never leaves a half file at --out
     print(f"wrote {args.out}")
+    sargs = student["cfg"]["model"]
+    print("distill it with:\n  fairseq-train DATA --user-dir makd_fairseq --task makd_translation "
+          f"--teacher-path {args.teacher} --arch {sargs.arch} --finetune-from-model {args.out} "
+          + " ".join(arch_flags(sargs) + ["--criterion", "makd"]))
     return 0
 
 

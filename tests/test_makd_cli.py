@@ -1,25 +1,25 @@
 """MaKD through the real CLIs: fairseq-train with the makd task and criterion, then fairseq-generate."""
 
 import re
+import shlex
 
 import pytest
 import torch
 
-from conftest import FIXTURES, TINY_ARCH, TRAIN_COMMON, USER_DIR, run
+from conftest import FIXTURES, TINY_ARCH, TRAIN_COMMON, USER_DIR, makd_init, run
 
 NAMES = ("loss_ce", "loss_model", "loss_attn", "loss_hidn", "loss_mha", "loss_ffn")
 
 
-def makd_train(data, teacher, student, save_dir, *extra, check=True):
-    return run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "makd_translation",
-               "--teacher-path", teacher, "--arch", "lowrank_transformer", "--finetune-from-model", student,
-               "--criterion", "makd", *TINY_ARCH, *TRAIN_COMMON, "--save-dir", save_dir, *extra, check=check)
-
-
 @pytest.fixture(scope="module")
-def makd_run(mt_data, teacher, half_student, tmp_path_factory):
+def makd_run(mt_data, teacher, tmp_path_factory):
+    """Runs the very command makd-init prints (the teacher's shape flags included)."""
     save = tmp_path_factory.mktemp("makd")
-    proc = makd_train(mt_data, teacher, half_student, save, "--max-update", "6")
+    student = save / "student.pt"
+    printed = makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", student).stdout
+    command = shlex.split(printed.split("distill it with:")[1])
+    command = [str(mt_data) if a == "DATA" else USER_DIR if a == "makd_fairseq" else a for a in command]
+    proc = run(*command, *TRAIN_COMMON, "--max-update", "6", "--save-dir", save)
     return save, proc
 
 
@@ -32,10 +32,10 @@ def test_makd_training_logs_every_component(makd_run):
     assert re.search(r"agreement=[\d.]+", line)
 
 
-def test_makd_checkpoint_holds_the_student_only(makd_run, half_student):
+def test_makd_checkpoint_holds_the_student_only(makd_run):
     save, _ = makd_run
     state = torch.load(save / "checkpoint_last.pt")
-    student = torch.load(half_student)["model"]
+    student = torch.load(save / "student.pt")["model"]
     assert set(state["model"]) == set(student)
     assert all(state["model"][k].shape == v.shape for k, v in student.items())
     assert not state.get("criterion")  # no teacher in the criterion; equal widths: no projection either

@@ -205,3 +205,32 @@ def test_makd_init_never_overwrites_without_force(teacher, tmp_path):
     assert torch.load(out)["cfg"]["model"].arch == "lowrank_transformer"
     proc = makd_init("--teacher", teacher, "--rank", "4", "--out", teacher, "--force", check=False)
     assert proc.returncode == 2 and "is the teacher itself" in proc.stderr
+
+
+def test_bart_shaped_teacher_gives_a_lowrank_bart_base_student(mt_data, tmp_path):
+    run("fairseq-train", mt_data, "--task", "translation", "--arch", "bart_base", "--encoder-layers", "1",
+        "--decoder-layers", "1", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+        "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "2",
+        "--decoder-attention-heads", "2", *TRAIN_COMMON, "--max-update", "2", "--save-dir", tmp_path / "bart")
+    bart = tmp_path / "bart" / "checkpoint_last.pt"
+    makd_init("--teacher", bart, "--rank-ratio", "1.0", "--out", tmp_path / "s.pt")
+    t_model, task = load(bart, mt_data)
+    s_model, _ = load(tmp_path / "s.pt", mt_data)
+    assert torch.load(tmp_path / "s.pt")["cfg"]["model"].arch == "lowrank_bart_base"
+    assert s_model.encoder.layernorm_embedding is not None  # BART's shape survives
+    sample = valid_batch(task)
+    assert torch.allclose(_logits(s_model, sample), _logits(t_model, sample), atol=1e-4)
+
+
+@pytest.mark.parametrize("dense", ["transformer_iwslt_de_en", "transformer_wmt_en_de",
+                                   "transformer_vaswani_wmt_en_de_big", "bart_base"])
+def test_presets_mirror_fairseq_architectures(dense):
+    from argparse import Namespace
+
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+
+    ours, theirs = Namespace(), Namespace()
+    ARCH_CONFIG_REGISTRY["lowrank_" + dense](ours)
+    ARCH_CONFIG_REGISTRY[dense](theirs)
+    assert {k: v for k, v in vars(ours).items() if k in vars(theirs)} == vars(theirs)
+    assert ours.lowrank_targets == "q_proj,k_proj,v_proj,out_proj,fc1,fc2"
