@@ -60,3 +60,19 @@ def test_teacher_with_another_vocabulary_is_refused(teacher, half_student, tmp_p
     assert proc.returncode != 0
     assert re.search(r"its src dictionary \(.*dict\.en\.txt\) differs from the data's .*: entry \d+: ", proc.stderr)
     assert not (tmp_path / "ckpt" / "checkpoint_last.pt").exists()
+
+
+NARROW = ["--encoder-layers", "2", "--decoder-layers", "2", "--encoder-embed-dim", "32", "--decoder-embed-dim", "32",
+          "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64", "--encoder-attention-heads", "4",
+          "--decoder-attention-heads", "4", "--share-all-embeddings"]
+
+
+def test_narrower_student_learns_a_projection_for_the_layer_aspect_only(mt_data, teacher, tmp_path):
+    common = ["fairseq-train", mt_data, "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path",
+              teacher, "--arch", "transformer", *NARROW, "--criterion", "makd", *TRAIN_COMMON, "--max-update", "2"]
+    refused = run(*common, "--save-dir", tmp_path / "a", check=False)
+    assert refused.returncode != 0 and "the matrix aspect needs equal widths" in refused.stderr
+    run(*common, "--matrix-weight", "0", "--layer-layers", "all", "--save-dir", tmp_path / "b")
+    state = torch.load(tmp_path / "b" / "checkpoint_last.pt")
+    assert state["criterion"]["projections.encoder.weight"].shape == (64, 32)
+    assert not any("projection" in k and "output_projection" not in k for k in state["model"])
