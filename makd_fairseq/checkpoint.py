@@ -1,7 +1,8 @@
 """Safe checkpoint loading: ``weights_only`` stays on, the types fairseq checkpoints hold are allow-listed.
 
 torch >= 2.6 loads with ``weights_only=True``; fairseq checkpoints pickle an ``argparse.Namespace``
-(the model/task arguments) and, in metric state, possibly numpy scalars. Only those are added.
+(the model/task arguments), possibly numpy scalars in metric state, and OmegaConf containers where fairseq
+moves a loaded checkpoint between processes. Only those data types are added: no callable that runs code.
 """
 
 import argparse
@@ -23,7 +24,21 @@ def _numpy_scalar_types():
     return types
 
 
-CHECKPOINT_TYPES = [argparse.Namespace, *_numpy_scalar_types()]
+def _omegaconf_types():
+    # fairseq's data-parallel training loads a checkpoint on rank 0 and broadcasts it (cfg now an OmegaConf
+    # DictConfig) through torch.save/torch.load; some fairseq versions pickled a DictConfig cfg directly
+    import collections
+    import typing
+
+    from fairseq.distributed.utils import _TensorPlaceholder  # tensors travel beside the pickle, by index
+    from omegaconf import DictConfig, ListConfig, base, nodes
+
+    return [_TensorPlaceholder, DictConfig, ListConfig, base.ContainerMetadata, base.Metadata, nodes.AnyNode, nodes.StringNode,
+            nodes.IntegerNode, nodes.FloatNode, nodes.BooleanNode, typing.Any, collections.defaultdict,
+            dict, list, int]
+
+
+CHECKPOINT_TYPES = [argparse.Namespace, *_numpy_scalar_types(), *_omegaconf_types()]
 
 
 def allow_checkpoint_types() -> None:
