@@ -67,4 +67,4 @@ def test_two_processes_equal_one_with_update_freq_two(mt_data, teacher, student,
     assert params[0] == params[1]
     student_params = torch.load(student)["makd"]["student_params"]  # counted by makd-init on the model
     assert int(params[1].replace(",", "")) == student_params
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint_best.pt", "checkpoint_last.pt"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint_last.pt"]  # rank 0 writes, once
