@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from fairseq import utils
 from fairseq.data import Dictionary, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
@@ -48,6 +49,13 @@ class MakdTranslationTask(TranslationTask):
         super().__init__(cfg, src_dict, tgt_dict)
         self._teacher = None
         self.student_shape = None
+
+    @classmethod
+    def setup_task(cls, cfg: MakdTranslationConfig, **kwargs):
+        missing = [p for p in utils.split_paths(cfg.data) if not os.path.isdir(p)]
+        if missing:
+            raise FileNotFoundError(f"data directory {missing[0]} does not exist (binarize with fairseq-preprocess)")
+        return super().setup_task(cfg, **kwargs)
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
