@@ -55,7 +55,10 @@ def select_layers(spec: str, n: int, stack: str) -> List[int]:
     named = {"shallow": list(range(cut)), "deep": list(range(cut, n)), "all": list(range(n)), "none": []}
     if spec in named:
         return named[spec]
-    layers = [int(i) for i in spec.split(",") if i.strip()]
+    try:
+        layers = [int(i) for i in spec.split(",") if i.strip()]
+    except ValueError:
+        raise ValueError(f"layer spec {spec!r}: expected shallow, deep, all, none, 0,1 or encoder:0,1;decoder:2") from None
     for i in layers:
         if not 0 <= i < n:
             raise ValueError(f"layer spec {spec!r}: the student's {stack} has {n} layers (0..{n - 1}); no layer {i}")
@@ -64,13 +67,17 @@ def select_layers(spec: str, n: int, stack: str) -> List[int]:
 
 def map_layers(spec: str, n_student: int, n_teacher: int, stack: str) -> Dict[int, int]:
     """Teacher layer that each student layer mimics: ``skip`` (uniform, last to last), ``last``, or ``0:1,1:3``."""
+    if spec in ("skip", "last") and n_student > n_teacher:
+        raise ValueError(f"--layer-map {spec}: the student's {stack} has {n_student} layers, more than the "
+                         f"teacher's {n_teacher}; give an explicit map such as 0:0,1:0,2:1")
     if spec == "skip":
         return {i: (i + 1) * n_teacher // n_student - 1 for i in range(n_student)}
     if spec == "last":
-        if n_student > n_teacher:
-            raise ValueError(f"--layer-map last: student {stack} has more layers than the teacher's")
         return {i: n_teacher - n_student + i for i in range(n_student)}
-    mapping = {int(a): int(b) for a, b in (pair.split(":") for pair in spec.split(",") if pair.strip())}
+    try:
+        mapping = {int(a): int(b) for a, b in (pair.split(":") for pair in spec.split(",") if pair.strip())}
+    except ValueError:
+        raise ValueError(f"--layer-map {spec!r}: expected skip, last, or student:teacher pairs like 0:1,1:3") from None
     for i, j in mapping.items():
         if not (0 <= i < n_student and 0 <= j < n_teacher):
             raise ValueError(f"--layer-map {spec}: {i}:{j} is outside the student's {n_student} / "

@@ -200,3 +200,12 @@ def test_bad_criterion_settings_are_clear_errors(teacher, half_student, mt_data)
         _setup(teacher, half_student, mt_data, matrix_layers="3")
     with pytest.raises(ValueError, match="needs a task with a teacher"):
         MakdCriterion(SimpleNamespace(target_dictionary=None), MakdConfig(sentence_avg=False))
+
+
+def test_malformed_layer_settings_name_the_expected_forms():
+    with pytest.raises(ValueError, match="expected shallow, deep, all"):
+        select_layers("middle", 6, "encoder")
+    with pytest.raises(ValueError, match="expected skip, last"):
+        map_layers("uniform", 3, 6, "encoder")
+    with pytest.raises(ValueError, match="more than the teacher's 2"):
+        map_layers("skip", 3, 2, "decoder")
