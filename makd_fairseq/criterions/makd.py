@@ -63,8 +63,8 @@ class MakdCriterion(FairseqCriterion):
             raise ValueError("criterion makd needs a task with a teacher: --task makd_translation --teacher-path T.pt")
         self.cfg = cfg
         teacher = task.teacher  # loads and checks the teacher now, before training starts
-        student = getattr(task, "student_shape", None) or shape_of(teacher)
         tshape = shape_of(teacher)
+        student = getattr(task, "student_shape", None) or tshape
         self.rows = build_table(cfg, {s: student[s]["layers"] for s in student},
                                 {s: tshape[s]["layers"] for s in tshape})
         self.projections = nn.ModuleDict()
