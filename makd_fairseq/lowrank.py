@@ -58,8 +58,27 @@ class LowRankLinear(nn.Module):
     def merged_weight(self) -> Tensor:
         return self.up.weight @ self.down.weight
 
+    @property
+    def past_break_even(self) -> bool:
+        """True when the two factors cost at least the dense matrix: r ≥ d_in·d_out / (d_in + d_out)."""
+        return past_break_even(self.rank, self.out_features, self.in_features)
+
+    def to_linear(self) -> nn.Linear:
+        """The dense ``nn.Linear`` computing the same map (weight ``up·down``, the bias of ``up``)."""
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.up.bias is not None)
+        with torch.no_grad():
+            linear.weight.copy_(self.merged_weight())
+            if self.up.bias is not None:
+                linear.bias.copy_(self.up.bias)
+        return linear.to(device=self.up.weight.device, dtype=self.up.weight.dtype)
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def past_break_even(rank: int, d_out: int, d_in: int) -> bool:
+    """Factors of this rank hold (and multiply) at least as many numbers as the dense matrix."""
+    return rank * (d_out + d_in) >= d_out * d_in
 
 
 @dataclass
@@ -86,6 +105,10 @@ class Matrix:
 
     def params(self, rank: int) -> int:
         return rank * (self.d_out + self.d_in)
+
+    def inference_params(self, rank: int) -> int:
+        """Parameters at inference, where a rank past break-even is merged back to dense."""
+        return self.dense_params if past_break_even(rank, self.d_out, self.d_in) else self.params(rank)
 
     def residual(self, rank: int) -> float:
         """‖W − W_r‖_F / ‖W‖_F, exact from the singular values."""
@@ -238,6 +261,27 @@ def factorize_(model: nn.Module, ranks: Dict[str, int], svds: Optional[dict] = N
             # the fused path reads q_proj.weight etc. directly; make attention call the modules
             module._set_skip_embed_dim_check()
     return model
+
+
+def merge_past_break_even_(model: nn.Module) -> List[str]:
+    """Inference: replace each ``LowRankLinear`` past break-even by the dense Linear of its product, in place.
+
+    Such factors are no cheaper than the dense matrix, so the dense one is at least as fast. An attention
+    module left with no factorized projection goes back to fairseq's fused path. Returns the merged names.
+    """
+    from fairseq.modules import MultiheadAttention
+
+    modules = dict(model.named_modules())
+    merged = [n for n, m in modules.items() if isinstance(m, LowRankLinear) and m.past_break_even]
+    for name in merged:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(modules[parent_name], attr, modules[name].to_linear())
+    for parent in {modules[n.rpartition(".")[0]] for n in merged}:
+        if isinstance(parent, MultiheadAttention) and not any(
+            isinstance(c, LowRankLinear) for c in parent.children()
+        ):
+            parent.skip_embed_dim_check = False  # undo factorize_'s switch: all dense again
+    return merged
 
 
 def ranks_of(model: nn.Module) -> Dict[str, int]:

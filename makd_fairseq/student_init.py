@@ -16,7 +16,16 @@ import torch
 from tabulate import tabulate
 
 from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args
-from .lowrank import RankError, allocate_ranks, count_params, dumps_ranks, factorize_, find_targets, svd_matrices
+from .lowrank import (
+    RankError,
+    allocate_ranks,
+    count_params,
+    dumps_ranks,
+    factorize_,
+    find_targets,
+    past_break_even,
+    svd_matrices,
+)
 from .models.lowrank_transformer import add_rank_args
 
 
@@ -75,10 +84,13 @@ def make_student(state: dict, args: argparse.Namespace):
     factorize_(model, ranks, svds)
     rows = [
         [m.name, f"{m.d_out}x{m.d_in}", ranks[m.name], m.dense_params, m.params(ranks[m.name]),
-         f"{m.residual(ranks[m.name]):.4f}"]
+         f"{m.residual(ranks[m.name]):.4f}",
+         "dense (merged)" if past_break_even(ranks[m.name], m.d_out, m.d_in) else "factored"]
         for m in matrices
     ]
     student_params = count_params(model)
+    inference_params = student_params + sum(m.inference_params(ranks[m.name]) - m.params(ranks[m.name])
+                                            for m in matrices)
 
     sargs = copy.deepcopy(margs)
     sargs.arch = sargs._name = student_arch(margs.arch)
@@ -96,9 +108,10 @@ def make_student(state: dict, args: argparse.Namespace):
                                "lr_scheduler_state": {}, "num_updates": 0}],
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
         "makd": {"teacher": os.path.abspath(args.teacher), "teacher_params": teacher_params,
-                 "student_params": student_params, "allocation": args.allocation},
+                 "student_params": student_params, "inference_params": inference_params,
+                 "allocation": args.allocation},
     }
-    return student, rows, (teacher_params, student_params)
+    return student, rows, (teacher_params, student_params, inference_params)
 
 
 def get_parser():
@@ -123,16 +136,21 @@ def main(argv=None) -> int:
             raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
         if sum(x is not None for x in (args.rank, args.rank_ratio, args.param_budget)) != 1:
             raise RankError("give exactly one of --rank, --rank-ratio, --param-budget")
-        student, rows, (teacher_params, student_params) = make_student(load_checkpoint(args.teacher), args)
+        state = load_checkpoint(args.teacher)
+        student, rows, (teacher_params, student_params, inference_params) = make_student(state, args)
     except (CheckpointError, RankError, FileExistsError, RuntimeError, ValueError) as e:
         print(f"makd-init: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
 
     print(tabulate(rows, headers=["matrix", "shape", "rank", "params before", "params after",
-                                  "residual ‖W−W_r‖/‖W‖"], disable_numparse=True))
+                                  "residual ‖W−W_r‖/‖W‖", "at inference"], disable_numparse=True))
     print(f"teacher params: {teacher_params}")
     print(f"student params: {student_params}")
     print(f"ratio: {student_params / teacher_params:.4f}")
+    if inference_params != student_params:
+        print(f"student params at inference: {inference_params} (ratio {inference_params / teacher_params:.4f}): "
+              "factors at or past break-even r >= d_in*d_out/(d_in+d_out) are merged back to dense by "
+              "fairseq-generate")
     tmp = args.out + ".tmp"
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     torch.save(student, tmp)

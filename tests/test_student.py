@@ -18,6 +18,18 @@ def _logits(model, sample):
         return model(net["src_tokens"], net["src_lengths"], net["prev_output_tokens"])[0]
 
 
+def _count_fused(monkeypatch):
+    calls = []
+    fused = F.multi_head_attention_forward
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(F, "multi_head_attention_forward", counting)
+    return calls
+
+
 def test_full_rank_student_logits_equal_teacher(teacher, full_rank_student, mt_data):
     t_model, task = load(teacher, mt_data)
     s_model, _ = load(full_rank_student, mt_data)
@@ -55,14 +67,7 @@ def test_full_rank_student_matches_teacher_in_incremental_decoding(teacher, full
 
 def test_student_never_takes_the_fused_attention_path(teacher, half_student, mt_data, monkeypatch):
     """The fused path reads q_proj.weight directly; a student must run its factors instead."""
-    calls = []
-    fused = F.multi_head_attention_forward
-
-    def counting(*args, **kwargs):
-        calls.append(1)
-        return fused(*args, **kwargs)
-
-    monkeypatch.setattr(F, "multi_head_attention_forward", counting)
+    calls = _count_fused(monkeypatch)
     t_model, task = load(teacher, mt_data)
     s_model, _ = load(half_student, mt_data)
     sample = valid_batch(task)
@@ -84,6 +89,39 @@ def test_student_never_takes_the_fused_attention_path(teacher, half_student, mt_
     assert calls
 
 
+def test_inference_merges_factors_past_break_even(teacher, full_rank_student, half_student, mt_data, monkeypatch):
+    """At full rank the factors cost more than W: fairseq's inference hook makes them dense and fused again."""
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.options import get_generation_parser, parse_args_and_arch
+
+    cfg = convert_namespace_to_omegaconf(parse_args_and_arch(get_generation_parser(), [str(mt_data)]))
+    calls = _count_fused(monkeypatch)
+    s_model, task = load(full_rank_student, mt_data)
+    sample = valid_batch(task)
+    before = _logits(s_model, sample)
+    assert not calls and sum(isinstance(m, LowRankLinear) for m in s_model.modules()) == 32
+    s_model.prepare_for_inference_(cfg)
+    assert not any(isinstance(m, LowRankLinear) for m in s_model.modules())
+    t_model, _ = load(teacher, mt_data)
+    assert count_params(s_model) == count_params(t_model)
+    after = _logits(s_model, sample)
+    assert calls, "merged attention should be back on fairseq's fused path"
+    assert torch.allclose(after, before, atol=1e-5)
+
+    half, _ = load(half_student, mt_data)  # uniform 50%: every rank is below break-even, nothing merges
+    ranks = {n: m.rank for n, m in half.named_modules() if isinstance(m, LowRankLinear)}
+    half.prepare_for_inference_(cfg)
+    assert {n: m.rank for n, m in half.named_modules() if isinstance(m, LowRankLinear)} == ranks
+
+
+def test_makd_init_reports_parameters_at_inference(teacher, tmp_path):
+    proc = makd_init("--teacher", teacher, "--rank-ratio", "1.0", "--out", tmp_path / "s.pt")
+    teacher_params = int(re.search(r"teacher params: (\d+)", proc.stdout).group(1))
+    at_inference = int(re.search(r"student params at inference: (\d+)", proc.stdout).group(1))
+    assert at_inference == teacher_params
+    assert proc.stdout.count("dense (merged)") == 32
+
+
 def test_half_budget_student_has_half_the_parameters(teacher, half_student, mt_data):
     t_model, _ = load(teacher, mt_data)
     s_model, _ = load(half_student, mt_data)
@@ -96,8 +134,9 @@ def test_makd_init_prints_the_table_and_totals(teacher, tmp_path):
     proc = makd_init("--teacher", teacher, "--param-budget", "0.6", "--allocation", "spectrum", "--out", out)
     lines = proc.stdout.splitlines()
     row = next(line for line in lines if line.startswith("encoder.layers.0.self_attn.q_proj "))
-    _, shape, rank, before, after, residual = row.split()
+    _, shape, rank, before, after, residual, inference = row.split(None, 6)
     assert shape == "64x64" and int(before) == 4096 and int(after) == int(rank) * 128
+    assert inference == ("dense (merged)" if int(rank) >= 32 else "factored")  # 64·64 / (64 + 64) = 32
     assert 0 < float(residual) < 1
     teacher_params = int(re.search(r"teacher params: (\d+)", proc.stdout).group(1))
     student_params = int(re.search(r"student params: (\d+)", proc.stdout).group(1))

@@ -30,6 +30,7 @@ from ..lowrank import (
     dumps_ranks,
     factorize_,
     find_targets,
+    merge_past_break_even_,
     svd_matrices,
 )
 
@@ -106,6 +107,16 @@ class LowRankTransformerModel(TransformerModel):
         factorize_(model, ranks)
         args.lowrank_ranks = dumps_ranks(ranks)  # saved with every checkpoint: it rebuilds itself
         return model
+
+    def make_generation_fast_(self, **kwargs):
+        """Inference only (fairseq-generate/-interactive/eval-lm and the hub call it once, through
+        ``prepare_for_inference_``): factors at or past break-even become dense matrices again."""
+        if not self._is_generation_fast:
+            merged = merge_past_break_even_(self)
+            if merged:
+                logger.info(f"inference: {len(merged)} factorized matrices at or past break-even merged back "
+                            f"to dense ({', '.join(merged[:4])}{', ...' if len(merged) > 4 else ''})")
+        super().make_generation_fast_(**kwargs)
 
 
 def lowrank_base_architecture(args):

@@ -1,0 +1,38 @@
+"""Named model and training sizes shared by the benchmark scripts (one place to change them).
+
+``smoke`` runs in seconds inside the test suite; ``cpu`` fits a 2-core machine; ``speed`` is wide enough
+(d=256) that generation time is spent in matrix products rather than Python overhead; ``gpu`` is a full-size
+Transformer-base teacher.
+"""
+
+TEACHER_ARCH = {
+    "smoke": ["--arch", "transformer", "--encoder-layers", "2", "--decoder-layers", "2",
+              "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
+              "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
+              "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings"],
+    "cpu": ["--arch", "transformer", "--encoder-layers", "2", "--decoder-layers", "2",
+            "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
+            "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
+            "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings"],
+    "speed": ["--arch", "transformer", "--encoder-layers", "3", "--decoder-layers", "3",
+              "--encoder-embed-dim", "256", "--decoder-embed-dim", "256",
+              "--encoder-ffn-embed-dim", "1024", "--decoder-ffn-embed-dim", "1024",
+              "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings"],
+    "gpu": ["--arch", "transformer", "--share-all-embeddings"],  # Transformer-base: 6+6, d=512
+}
+
+# optimisation shared by teachers and students; summarization sources are truncated to 256 pieces
+TRAIN_COMMON = [
+    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
+    "--warmup-updates", "100", "--clip-norm", "1.0", "--dropout", "0.1", "--weight-decay", "0.0001",
+    "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test",
+    "--seed", "1", "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "json",
+]
+
+TEACHER_TRAIN = {
+    "smoke": ["--lr", "0.005", "--max-tokens", "2048", "--max-update", "20", "--cpu"],
+    "cpu": ["--lr", "0.002", "--max-tokens", "6000", "--max-update", "1500", "--cpu"],
+    "speed": ["--lr", "0.002", "--max-tokens", "4096", "--max-update", "600", "--cpu"],
+    "gpu": ["--lr", "0.0007", "--max-tokens", "8192", "--max-update", "30000", "--fp16",
+            "--warmup-updates", "4000"],
+}
