@@ -36,3 +36,11 @@ TEACHER_TRAIN = {
     "gpu": ["--lr", "0.0007", "--max-tokens", "8192", "--max-update", "30000", "--fp16",
             "--warmup-updates", "4000"],
 }
+
+# the distillation methods, as criterion flags on the makd_translation task (the SVD student is the same)
+METHODS = {
+    "ce": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
+    "word_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0"],
+    "layer_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-layers", "all"],
+    "makd": ["--criterion", "makd"],
+}

@@ -150,9 +150,13 @@ def attention_kl(student: Tensor, teacher: Tensor, weight: Tensor, heads: int) -
     return torch.where(weight > 0, kl, kl.new_zeros(())).mul(weight).sum()  # padded rows may be NaN
 
 
-def output_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float) -> Tensor:
-    """Σ_tokens T² · KL(softmax(t/T) ‖ softmax(s/T)), in fp32. logits: B x T x V; mask: B x T."""
-    lp_s = F.log_softmax(student_logits.float() / temperature, dim=-1)
+def output_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float,
+              student_lprobs: Optional[Tensor] = None) -> Tensor:
+    """Σ_tokens T² · KL(softmax(t/T) ‖ softmax(s/T)), in fp32. logits: B x T x V; mask: B x T.
+
+    ``student_lprobs``: log_softmax(s/T) in fp32 when the caller has it already (at T = 1, the model's own
+    normalized output), saving a softmax over the vocabulary and its backward."""
+    lp_s = student_lprobs if student_lprobs is not None else F.log_softmax(student_logits.float() / temperature, -1)
     lp_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = (lp_t.exp() * (lp_t - lp_s)).sum(-1)
     return (kl * mask).sum() * temperature ** 2

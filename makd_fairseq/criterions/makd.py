@@ -99,7 +99,9 @@ class MakdCriterion(FairseqCriterion):
             lprobs.view(-1, lprobs.size(-1)), target.view(-1), self.cfg.label_smoothing, ignore_index=pad)
         values = {name: lprobs.new_zeros((), dtype=torch.float32) for name in COMPONENTS}
         values["loss_ce"] = loss_ce.float()
-        values["loss_model"] = output_kl(net_output[0], t_logits, mask.float(), self.cfg.kd_temperature)
+        T = self.cfg.kd_temperature
+        values["loss_model"] = output_kl(net_output[0], t_logits, mask.float(), T,
+                                         student_lprobs=lprobs.float() if T == 1 else None)
         loss = self.cfg.ce_weight * values["loss_ce"] + self.cfg.model_weight * values["loss_model"]
 
         weights = position_weights(sample, pad)

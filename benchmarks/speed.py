@@ -1,0 +1,341 @@
+#!/usr/bin/env python3
+"""What distillation costs per update and how fast the students generate: ratios measured in one run.
+
+    python3 benchmarks/speed.py --data /tmp/debian/summarization/bin --teacher T.pt --work /tmp/speed
+
+1. ``makd-init`` writes the 50% and 25% students of ``--teacher`` (uniform allocation).
+2. Training, on the 50% student, same data and batch stream (same seed) for every method of
+   ``sizes.METHODS``: ``ce`` (label-smoothed cross-entropy), ``word_kd`` (+ output KL), ``layer_kd`` (+ attention
+   KL and hidden MSE on all layers), ``makd`` (defaults). Each run is fairseq's own ``Trainer.train_step`` in a
+   fresh process (built exactly as ``fairseq-train`` builds it); per update we time the step, the teacher's
+   forward inside it (hooks on the teacher), and the peak memory above the resident size before the first
+   step (CPU: the kernel's VmHWM after resetting it; GPU: ``torch.cuda.max_memory_allocated``). Methods are
+   interleaved over ``--repeats`` rounds; the reported step time is the median over all timed updates.
+3. Generation: ``fairseq-generate`` (beam, batch size, threads all fixed) on the test set for the teacher and
+   both students. Every hypothesis is forced to exactly ``--gen-len`` tokens (``--min-len = --max-len-b``), so
+   the models do the same work whatever their quality; throughput is fairseq's own sentences/s, median over
+   ``--repeats`` runs.
+4. FLOPs: the same generation on one batch under ``torch.utils.flop_counter.FlopCounterMode``, after fairseq's
+   ``prepare_for_inference_`` (factors past break-even merged); the teacher/student ratio is the speed-up a
+   student could reach if time followed FLOPs.
+
+Writes ``--out`` (JSON, every ratio from this run) and the same path with ``.md`` (a table).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+USER_DIR = os.path.join(ROOT, "makd_fairseq")
+sys.path.insert(0, HERE)
+from sizes import METHODS, TRAIN_COMMON  # noqa: E402
+
+
+
+# ---------------------------------------------------------------- workers (run in their own process)
+
+def _rss_kb():
+    with open("/proc/self/status") as f:
+        fields = dict(line.split(":", 1) for line in f)
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+def train_worker(argv, steps, warmup, profile=0):
+    """Build as fairseq-train does, run ``warmup + steps`` updates; return per-update timings and memory."""
+    import numpy as np
+    import torch
+    from fairseq import checkpoint_utils, options, tasks, utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.trainer import Trainer
+
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(options.get_training_parser(), argv))
+    np.random.seed(cfg.common.seed)
+    utils.set_torch_seed(cfg.common.seed)
+    task = tasks.setup_task(cfg.task)
+    model = task.build_model(cfg.model)
+    criterion = task.build_criterion(cfg.criterion)
+    trainer = Trainer(cfg, task, model, criterion)
+    _, epoch_itr = checkpoint_utils.load_checkpoint(cfg.checkpoint, trainer)
+    itr = epoch_itr.next_epoch_itr(fix_batches_to_gpus=False, shuffle=True)
+    cuda = torch.cuda.is_available() and not cfg.common.cpu
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
+
+    teacher_time = [0.0]
+    teacher = getattr(task, "_teacher", None)  # loaded by the makd criterion; None for ce
+    if teacher is not None:
+        start = [0.0]
+
+        def pre(module, args, kwargs=None):
+            sync()
+            start[0] = time.perf_counter()
+
+        def post(module, args, output):
+            sync()
+            teacher_time[0] += time.perf_counter() - start[0]
+
+        teacher.register_forward_pre_hook(pre)
+        teacher.register_forward_hook(post)
+
+    step_s, teacher_s = [], []
+    profiler = None
+    for i, sample in enumerate(itr):
+        if profile and i == warmup:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
+            profiler.__enter__()
+        if i == warmup:  # peak memory counts from here: the state every method holds before a step
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
+            else:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+                base = _rss_kb()[0] * 1024
+        teacher_time[0] = 0.0
+        sync()
+        t0 = time.perf_counter()
+        trainer.train_step([sample])
+        sync()
+        if i >= warmup:
+            step_s.append(time.perf_counter() - t0)
+            teacher_s.append(teacher_time[0])
+        if len(step_s) == steps:
+            break
+    peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb()[1] * 1024
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        return {"profile": profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile),
+                "step_s": step_s, "teacher_s": teacher_s}
+    return {"step_s": step_s, "teacher_s": teacher_s, "peak_mem_bytes": peak - base, "base_mem_bytes": base,
+            "loss": float(trainer.get_meter("train_loss").avg) if trainer.get_meter("train_loss") else None}
+
+
+def flops_worker(path, data, gen_args, batch_size):
+    """FLOPs per sentence of one generation batch (after fairseq's inference preparation)."""
+    import torch
+    from fairseq import checkpoint_utils, options
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import makd_fairseq  # noqa: F401
+
+    cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(
+        options.get_generation_parser(), [data, "--path", path, *gen_args]))
+    models, _, task = checkpoint_utils.load_model_ensemble_and_task([path], arg_overrides={"data": data})
+    model = models[0].eval()
+    model.prepare_for_inference_(cfg)
+    task.load_dataset(cfg.dataset.gen_subset, task_cfg=cfg.task)
+    itr = task.get_batch_iterator(task.dataset(cfg.dataset.gen_subset), max_sentences=batch_size,
+                                  max_positions=(256, 1024), ignore_invalid_inputs=True).next_epoch_itr(shuffle=False)
+    sample = next(iter(itr))
+    generator = task.build_generator([model], cfg.generation)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        hypos = task.inference_step(generator, [model], sample)
+    lengths = {len(h[0]["tokens"]) for h in hypos}
+    return {"flops_per_sentence": counter.get_total_flops() / len(hypos), "sentences": len(hypos),
+            "hypothesis_lengths": sorted(lengths), "params": sum(p.numel() for p in model.parameters())}
+
+
+# ---------------------------------------------------------------- driver
+
+def run_worker(kind, payload, threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(payload)],
+                          capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"speed.py: {kind} worker failed:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def checked(cmd, env=None):
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"speed.py: {' '.join(cmd[:2])} failed:\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def make_students(teacher, work, budgets):
+    paths = {}
+    for budget in budgets:
+        key = f"{round(budget * 100)}"
+        paths[key] = os.path.join(work, f"student{key}.pt")
+        if not os.path.exists(paths[key]):
+            checked(["makd-init", "--teacher", teacher, "--param-budget", str(budget), "--out", paths[key]])
+    return paths
+
+
+def generate(path, args, env):
+    proc = checked(["fairseq-generate", args.data, "--user-dir", USER_DIR, "--path", path, *gen_flags(args),
+                    "--quiet"], env=env)
+    m = re.search(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s",
+                  proc.stdout + proc.stderr)
+    if not m:
+        sys.exit(f"speed.py: no throughput line in fairseq-generate's output:\n{proc.stderr[-2000:]}")
+    return {"sentences": int(m.group(1).replace(",", "")), "tokens": int(m.group(2).replace(",", "")),
+            "seconds": float(m.group(3)), "sentences_per_s": float(m.group(4))}
+
+
+def gen_flags(args):
+    device = ["--fp16"] if args.fp16 else ["--cpu"]
+    return ["--gen-subset", "test", "--beam", str(args.beam), "--batch-size", str(args.batch_size),
+            "--min-len", str(args.gen_len), "--max-len-a", "0", "--max-len-b", str(args.gen_len),
+            "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test",
+            "--num-workers", "0", *device]
+
+
+def train_argv(args, student, method, save_dir):
+    from makd_fairseq.checkpoint import load_checkpoint, model_args
+    from makd_fairseq.student_init import arch_flags
+
+    sargs = model_args(load_checkpoint(student))
+    device = ["--fp16"] if args.fp16 else ["--cpu"]
+    return [args.data, "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path", args.teacher,
+            "--arch", sargs.arch, *arch_flags(sargs), "--finetune-from-model", student,
+            *TRAIN_COMMON, "--lr", "0.0005", "--max-tokens", str(args.max_tokens), "--save-dir", save_dir,
+            "--no-save", *device, *METHODS[method]]
+
+
+def table(result):
+    lines = [f"| training method ({result['config']['budgets'][0]:.0%} student) | s / update (median) | × word_kd | teacher forward share "
+             "| peak memory above start (MiB) | × word_kd |", "|---|---|---|---|---|---|"]
+    wk = result["train"]["word_kd"]
+    for m, r in result["train"].items():
+        lines.append(f"| {m} | {r['step_s_median']:.3f} | {r['step_s_median'] / wk['step_s_median']:.2f} "
+                     f"| {r['teacher_share']:.0%} | {r['peak_mem_bytes'] / 2**20:.0f} "
+                     f"| {r['peak_mem_bytes'] / wk['peak_mem_bytes']:.2f} |")
+    lines += ["", "| model | params | generation FLOPs / sentence | sentences/s (median) | speed-up | FLOPs ratio "
+              "| speed-up / FLOPs ratio |", "|---|---|---|---|---|---|---|"]
+    t = result["generate"]["teacher"]
+    for name, g in result["generate"].items():
+        speedup, ratio = g["sentences_per_s"] / t["sentences_per_s"], t["flops_per_sentence"] / g["flops_per_sentence"]
+        lines.append(f"| {name} | {g['params']:,} | {g['flops_per_sentence'] / 1e9:.2f} G | {g['sentences_per_s']:.2f} "
+                     f"| {speedup:.2f} | {ratio:.2f} | {speedup / ratio:.0%} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--worker", nargs=2, metavar=("KIND", "JSON"), help=argparse.SUPPRESS)
+    parser.add_argument("--data", help="binarized data (fairseq-preprocess output) the teacher was trained on")
+    parser.add_argument("--teacher", help="teacher checkpoint")
+    parser.add_argument("--work", default="/tmp/makd_speed", help="students and scratch files go here")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "speed.json"))
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25],
+                        help="student budgets; training is timed on the first")
+    parser.add_argument("--steps", type=int, default=20, help="timed updates per training run")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed updates first")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of every measurement (median reported)")
+    parser.add_argument("--max-tokens", type=int, default=4096)
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--gen-len", type=int, default=24, help="every hypothesis is this long")
+    parser.add_argument("--threads", type=int, default=1, help="OMP threads of every measured process")
+    parser.add_argument("--fp16", action="store_true", help="GPU: train and generate in half precision")
+    parser.add_argument("--profile", choices=list(METHODS), metavar="METHOD",
+                        help="instead of the benchmark: profile --steps updates of METHOD with torch.profiler")
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        kind, payload = args.worker[0], json.loads(args.worker[1])
+        import makd_fairseq  # noqa: F401
+
+        out = train_worker(**payload) if kind == "train" else flops_worker(**payload)
+        print(json.dumps(out))
+        return
+    for flag, path, is_dir in (("--data", args.data, True), ("--teacher", args.teacher, False)):
+        if not path or not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
+            parser.error(f"{flag} {path}: no such {'directory' if is_dir else 'file'}")
+    if os.path.abspath(args.out) in (os.path.abspath(args.teacher), os.path.abspath(args.data)):
+        parser.error("--out would overwrite an input")
+    os.makedirs(args.work, exist_ok=True)
+    started = time.time()
+    students = make_students(args.teacher, args.work, args.budgets)
+    keys = list(students)
+    if args.profile:
+        argv_p = train_argv(args, students[keys[0]], args.profile, os.path.join(args.work, "save"))
+        out = run_worker("train", {"argv": argv_p, "steps": args.steps, "warmup": args.warmup, "profile": 40},
+                         args.threads)
+        print(out["profile"])
+        print(f"{args.profile}: median {statistics.median(out['step_s']):.3f} s/update, teacher forward "
+              f"{sum(out['teacher_s']) / sum(out['step_s']):.0%} (profiler overhead included)")
+        return
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+               PYTHONWARNINGS="ignore")
+
+    runs = {m: [] for m in METHODS}
+    paths = {"teacher": args.teacher, **{f"student{k}": students[k] for k in keys}}
+    gens = {name: [] for name in paths}
+    for path in paths.values():  # untimed: the first process to read the data and the models pays for the cache
+        generate(path, args, env)
+    for r in range(args.repeats):  # interleaved rounds: slow drifts of the machine hit every method alike
+        for m in METHODS:
+            argv_m = train_argv(args, students[keys[0]], m, os.path.join(args.work, "save"))
+            runs[m].append(run_worker("train", {"argv": argv_m, "steps": args.steps, "warmup": args.warmup},
+                                      args.threads))
+            print(f"round {r + 1}/{args.repeats} train {m}: median "
+                  f"{statistics.median(runs[m][-1]['step_s']):.3f} s/update", flush=True)
+        for name, path in paths.items():
+            gens[name].append(generate(path, args, env))
+            print(f"round {r + 1}/{args.repeats} generate {name}: {gens[name][-1]['sentences_per_s']:.2f} "
+                  "sentences/s", flush=True)
+
+    result = {"train": {}, "generate": {}}
+    for m, rs in runs.items():
+        steps = [s for r in rs for s in r["step_s"]]
+        teacher = [s for r in rs for s in r["teacher_s"]]
+        result["train"][m] = {
+            "step_s_median": statistics.median(steps), "step_s_total": sum(steps), "updates": len(steps),
+            "teacher_share": sum(teacher) / sum(steps),
+            "peak_mem_bytes": statistics.median(r["peak_mem_bytes"] for r in rs),
+            "runs": rs,
+        }
+    gen_args = gen_flags(args)
+    for name, path in paths.items():
+        flops = run_worker("flops", {"path": path, "data": args.data, "gen_args": gen_args,
+                                     "batch_size": args.batch_size}, args.threads)
+        result["generate"][name] = {
+            "sentences_per_s": statistics.median(g["sentences_per_s"] for g in gens[name]),
+            "runs": gens[name], **flops,
+        }
+    tr, ge = result["train"], result["generate"]
+    ratios = {
+        "makd_over_wordkd_step": tr["makd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
+        "makd_over_wordkd_peak_mem": tr["makd"]["peak_mem_bytes"] / tr["word_kd"]["peak_mem_bytes"],
+        "layerkd_over_wordkd_step": tr["layer_kd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
+        "wordkd_over_ce_step": tr["word_kd"]["step_s_median"] / tr["ce"]["step_s_median"],
+    }
+    for key in keys:
+        s = ge[f"student{key}"]
+        ratios[f"gen_speedup_{key}"] = s["sentences_per_s"] / ge["teacher"]["sentences_per_s"]
+        ratios[f"flops_ratio_{key}"] = ge["teacher"]["flops_per_sentence"] / s["flops_per_sentence"]
+        ratios[f"gen_speedup_over_flops_ratio_{key}"] = ratios[f"gen_speedup_{key}"] / ratios[f"flops_ratio_{key}"]
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = {**{k: round(v, 4) for k, v in ratios.items()}, **result, "config": {
+        k: v for k, v in vars(args).items() if k != "worker"},
+        "command": " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        "git_commit": commit, "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+                                          f"{args.threads} thread(s) per measured process",
+        "wall_s": round(time.time() - started, 1)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(args.out + ".tmp", args.out)
+    md = os.path.splitext(args.out)[0] + ".md"
+    with open(md, "w") as f:
+        f.write(table(result))
+    print(table(result))
+    print(json.dumps({k: result[k] for k in ratios}, indent=1))
+    print(f"wrote {args.out} and {md}")
+
+
+if __name__ == "__main__":
+    main()
