@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from makd_fairseq.aspects import TERMS, attention_kl, build_table, map_layers, mse, output_kl, select_layers
 from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
@@ -209,3 +210,30 @@ def test_malformed_layer_settings_name_the_expected_forms():
         map_layers("uniform", 3, 6, "encoder")
     with pytest.raises(ValueError, match="more than the teacher's 2"):
         map_layers("skip", 3, 2, "decoder")
+
+
+def test_losses_equal_their_textbook_definitions():
+    """The fused forms in aspects.py against torch's own kl_div / plain arithmetic, values and gradients."""
+    torch.manual_seed(0)
+    b, heads, t, s = 3, 2, 5, 7
+    lengths = torch.tensor([7, 4, 6])
+    key_mask = torch.arange(s)[None, :] < lengths[:, None]  # B x S, padded keys get probability 0
+
+    def probs():
+        scores = torch.randn(b, heads, t, s).masked_fill(~key_mask[:, None, None, :], float("-inf"))
+        return scores.softmax(-1).view(b * heads, t, s)
+
+    p_s, p_t = probs().requires_grad_(), probs()
+    weight = torch.rand(b, t)
+    value = attention_kl(p_s, p_t, weight, heads)
+    log_p_s = p_s.masked_fill(p_s == 0, 1.0).log()  # 0 · log 0 = 0: any finite log at masked keys
+    kl = F.kl_div(log_p_s, p_t, reduction="none").sum(-1).view(b, heads, t).mean(1)
+    reference = (kl * weight).sum()
+    assert torch.allclose(value, reference, rtol=1e-5)
+    (grad,) = torch.autograd.grad(value, p_s)
+    (ref_grad,) = torch.autograd.grad(reference, p_s)
+    assert torch.allclose(grad, ref_grad, rtol=1e-4, atol=1e-6)
+
+    x, y = torch.randn(4, b, 8, requires_grad=True), torch.randn(4, b, 8)
+    w = torch.rand(b, 4)
+    assert torch.allclose(mse(x, y, w), (((x - y) ** 2).mean(-1) * w.t()).sum(), rtol=1e-6)
