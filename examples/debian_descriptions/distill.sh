@@ -5,7 +5,8 @@
 #
 # DATA_BIN: fairseq-preprocess output of prepare.py (OUT/summarization/bin or OUT/translation/bin);
 # BUDGET: student parameters as a fraction of the teacher's (default 0.5); UPDATES: default 2000.
-# Validation every 250 updates; the json log is SAVE_DIR/train.log.
+# Validation every 250 updates; the json log is SAVE_DIR/train.log. DEVICE (default --cpu) picks the device
+# flags: DEVICE=--fp16 on a GPU.
 set -euo pipefail
 data=$1 teacher=$2 save=$3 budget=${4:-0.5} updates=${5:-2000}
 shift $(( $# < 5 ? $# : 5 ))
@@ -27,7 +28,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 fairseq-train "$data" --user-dir "$root/makd_fairseq" --task makd_translation --teacher-path "$teacher" \
   "${shape[@]}" --finetune-from-model "$student" --criterion makd \
   --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.0005 --lr-scheduler inverse_sqrt --warmup-updates 100 \
-  --clip-norm 1.0 --dropout 0.1 --max-tokens 6000 --max-update "$updates" --cpu --seed 1 \
+  --clip-norm 1.0 --dropout 0.1 --max-tokens 6000 --max-update "$updates" ${DEVICE:---cpu} --seed 1 \
   --truncate-source --max-source-positions 256 --skip-invalid-size-inputs-valid-test \
   --validate-interval-updates 250 --save-interval-updates 250 --keep-interval-updates 1 --no-epoch-checkpoints \
   --num-workers 0 --log-format json --log-interval 50 --save-dir "$save" "$@" 2>&1 | tee -a "$save/train.log"
