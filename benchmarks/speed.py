@@ -205,6 +205,15 @@ def train_argv(args, student, method, save_dir):
 
 
 def table(result):
+    lines = []
+    if result["train"]:
+        lines += train_table(result)
+    if result["generate"]:
+        lines += generation_table(result)
+    return "\n".join(lines) + "\n"
+
+
+def train_table(result):
     lines = [f"| training method ({result['config']['budgets'][0]:.0%} student) | s / update (median) | × word_kd | teacher forward share "
              "| peak memory above start (MiB) | × word_kd |", "|---|---|---|---|---|---|"]
     wk = result["train"]["word_kd"]
@@ -212,14 +221,18 @@ def table(result):
         lines.append(f"| {m} | {r['step_s_median']:.3f} | {r['step_s_median'] / wk['step_s_median']:.2f} "
                      f"| {r['teacher_share']:.0%} | {r['peak_mem_bytes'] / 2**20:.0f} "
                      f"| {r['peak_mem_bytes'] / wk['peak_mem_bytes']:.2f} |")
-    lines += ["", "| model | params | generation FLOPs / sentence | sentences/s (median) | speed-up | FLOPs ratio "
+    return lines + [""]
+
+
+def generation_table(result):
+    lines = ["| model | params | generation FLOPs / sentence | sentences/s (median) | speed-up | FLOPs ratio "
               "| speed-up / FLOPs ratio |", "|---|---|---|---|---|---|---|"]
     t = result["generate"]["teacher"]
     for name, g in result["generate"].items():
         speedup, ratio = g["sentences_per_s"] / t["sentences_per_s"], t["flops_per_sentence"] / g["flops_per_sentence"]
         lines.append(f"| {name} | {g['params']:,} | {g['flops_per_sentence'] / 1e9:.2f} G | {g['sentences_per_s']:.2f} "
                      f"| {speedup:.2f} | {ratio:.2f} | {speedup / ratio:.0%} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main(argv=None):
@@ -240,6 +253,8 @@ def main(argv=None):
     parser.add_argument("--gen-len", type=int, default=24, help="every hypothesis is this long")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads of every measured process")
     parser.add_argument("--fp16", action="store_true", help="GPU: train and generate in half precision")
+    parser.add_argument("--parts", nargs="+", choices=("train", "generate"), default=["train", "generate"],
+                        help="what to measure (both by default)")
     parser.add_argument("--profile", choices=list(METHODS), metavar="METHOD",
                         help="instead of the benchmark: profile --steps updates of METHOD with torch.profiler")
     args = parser.parse_args(argv)
@@ -271,49 +286,48 @@ def main(argv=None):
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                PYTHONWARNINGS="ignore")
 
-    runs = {m: [] for m in METHODS}
+    parts = set(args.parts)
     paths = {"teacher": args.teacher, **{f"student{k}": students[k] for k in keys}}
-    gens = {name: [] for name in paths}
-    for path in paths.values():  # untimed: the first process to read the data and the models pays for the cache
+    runs = {m: [] for m in METHODS} if "train" in parts else {}
+    gens = {name: [] for name in paths} if "generate" in parts else {}
+    for path in paths.values() if gens else ():  # untimed: the first reader of data and models pays the cache
         generate(path, args, env)
     for r in range(args.repeats):  # interleaved rounds: slow drifts of the machine hit every method alike
-        for m in METHODS:
+        for m in runs:
             argv_m = train_argv(args, students[keys[0]], m, os.path.join(args.work, "save"))
             runs[m].append(run_worker("train", {"argv": argv_m, "steps": args.steps, "warmup": args.warmup},
                                       args.threads))
             print(f"round {r + 1}/{args.repeats} train {m}: median "
                   f"{statistics.median(runs[m][-1]['step_s']):.3f} s/update", flush=True)
-        for name, path in paths.items():
-            gens[name].append(generate(path, args, env))
+        for name in gens:
+            gens[name].append(generate(paths[name], args, env))
             print(f"round {r + 1}/{args.repeats} generate {name}: {gens[name][-1]['sentences_per_s']:.2f} "
                   "sentences/s", flush=True)
 
-    result = {"train": {}, "generate": {}}
+    result, ratios = {"train": {}, "generate": {}}, {}
+    tr, ge = result["train"], result["generate"]
     for m, rs in runs.items():
         steps = [s for r in rs for s in r["step_s"]]
         teacher = [s for r in rs for s in r["teacher_s"]]
-        result["train"][m] = {
+        tr[m] = {
             "step_s_median": statistics.median(steps), "step_s_total": sum(steps), "updates": len(steps),
             "teacher_share": sum(teacher) / sum(steps),
             "peak_mem_bytes": statistics.median(r["peak_mem_bytes"] for r in rs),
             "runs": rs,
         }
-    gen_args = gen_flags(args)
-    for name, path in paths.items():
-        flops = run_worker("flops", {"path": path, "data": args.data, "gen_args": gen_args,
+    if tr:
+        ratios.update({
+            "makd_over_wordkd_step": tr["makd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
+            "makd_over_wordkd_peak_mem": tr["makd"]["peak_mem_bytes"] / tr["word_kd"]["peak_mem_bytes"],
+            "layerkd_over_wordkd_step": tr["layer_kd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
+            "wordkd_over_ce_step": tr["word_kd"]["step_s_median"] / tr["ce"]["step_s_median"],
+        })
+    for name in gens:
+        flops = run_worker("flops", {"path": paths[name], "data": args.data, "gen_args": gen_flags(args),
                                      "batch_size": args.batch_size}, args.threads)
-        result["generate"][name] = {
-            "sentences_per_s": statistics.median(g["sentences_per_s"] for g in gens[name]),
-            "runs": gens[name], **flops,
-        }
-    tr, ge = result["train"], result["generate"]
-    ratios = {
-        "makd_over_wordkd_step": tr["makd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
-        "makd_over_wordkd_peak_mem": tr["makd"]["peak_mem_bytes"] / tr["word_kd"]["peak_mem_bytes"],
-        "layerkd_over_wordkd_step": tr["layer_kd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
-        "wordkd_over_ce_step": tr["word_kd"]["step_s_median"] / tr["ce"]["step_s_median"],
-    }
-    for key in keys:
+        ge[name] = {"sentences_per_s": statistics.median(g["sentences_per_s"] for g in gens[name]),
+                    "runs": gens[name], **flops}
+    for key in keys if ge else ():
         s = ge[f"student{key}"]
         ratios[f"gen_speedup_{key}"] = s["sentences_per_s"] / ge["teacher"]["sentences_per_s"]
         ratios[f"flops_ratio_{key}"] = ge["teacher"]["flops_per_sentence"] / s["flops_per_sentence"]

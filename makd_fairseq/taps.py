@@ -59,6 +59,9 @@ class Taps:
         self.model = model
         self.features = set(features)
         self.values: Dict[Feature, Tensor] = {}
+        # value × scales[f] is the feature: fairseq multiplies q_proj's output *in place* by head_dim**-0.5
+        # right after the projection, so a recorded q holds the scaled query (1.0 for every other feature)
+        self.scales: Dict[Feature, float] = {}
         self._handles = []
 
     def module_for(self, f: Feature) -> nn.Module:
@@ -75,6 +78,10 @@ class Taps:
     def __enter__(self) -> "Taps":
         for f in self.features:
             module = self.module_for(f)
+            self.scales[f] = 1.0
+            if f.name == "q":
+                layer = getattr(self.model, f.stack).layers[f.layer]
+                self.scales[f] = 1.0 / getattr(layer, f.attention).scaling
             if f.name == "hidden" and f.layer == -1:
                 handle = module.register_forward_pre_hook(_input(self.values, f))
             elif f.name in ("attn", "fc1"):  # the input of the dropout: probabilities / activation

@@ -170,6 +170,22 @@ def test_taps_read_what_the_model_computes(teacher, mt_data):
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
+def test_query_tap_is_the_projection_output_although_fairseq_scales_it_in_place(teacher, mt_data):
+    from conftest import load, valid_batch
+
+    model, task = load(teacher, mt_data)
+    sample = valid_batch(task, max_sentences=6)
+    mha = model.decoder.layers[0].encoder_attn
+    f = Feature("decoder", 0, "q", "encoder_attn")
+    copies = []
+    mha.q_proj.register_forward_hook(lambda m, a, out: copies.append(out.clone()))  # before q *= scaling
+    with torch.no_grad(), Taps(model, [f]) as taps:
+        model(**sample["net_input"])
+    assert not torch.allclose(taps.values[f], copies[0])  # the recorded tensor was scaled after the hook
+    assert taps.scales[f] == mha.head_dim ** 0.5
+    assert torch.allclose(taps.values[f] * taps.scales[f], copies[0], atol=1e-6)
+
+
 def test_layer_selection_and_mapping():
     assert select_layers("shallow", 6, "encoder") == [0, 1, 2]
     assert select_layers("deep", 6, "encoder") == [3, 4, 5]

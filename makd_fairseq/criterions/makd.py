@@ -86,10 +86,11 @@ class MakdCriterion(FairseqCriterion):
 
     def forward(self, model, sample, reduce=True):
         teacher = self.task.teacher_for(model)
-        with Taps(model, self.student_features) as s_taps:
-            net_output = model(**sample["net_input"])
+        # teacher first: its transient activations peak before the student's are allocated
         with torch.no_grad(), Taps(teacher, self.teacher_features) as t_taps:
             t_logits = teacher(**sample["net_input"])[0]
+        with Taps(model, self.student_features) as s_taps:
+            net_output = model(**sample["net_input"])
 
         pad = self.padding_idx
         target = model.get_targets(sample, net_output)
@@ -110,7 +111,8 @@ class MakdCriterion(FairseqCriterion):
             if row.term == "loss_hidn" and row.student.stack in self.projections:
                 s = self.projections[row.student.stack](s)
             heads = num_heads(teacher, row.teacher) if row.loss == "kl" else None
-            value = row_loss(row, s, t_taps.values[row.teacher], weights, heads)
+            value = row_loss(row, s, t_taps.values[row.teacher], weights, heads,
+                             (s_taps.scales[row.student], t_taps.scales[row.teacher]))
             values[row.term] = values[row.term] + value
             loss = loss + row.weight * value
 
