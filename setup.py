@@ -21,6 +21,7 @@ setup(
         "tabulate",
         "lz4",
         "matplotlib",
+        "tensorboardX",  # fairseq-train --tensorboard-logdir; without it fairseq prints a notice at every import
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main"]},
