@@ -8,9 +8,11 @@
    ``sizes.METHODS``: ``ce`` (label-smoothed cross-entropy), ``word_kd`` (+ output KL), ``layer_kd`` (+ attention
    KL and hidden MSE on all layers), ``makd`` (defaults). Each run is fairseq's own ``Trainer.train_step`` in a
    fresh process (built exactly as ``fairseq-train`` builds it); per update we time the step, the teacher's
-   forward inside it (hooks on the teacher), and the peak memory above the resident size before the first
-   step (CPU: the kernel's VmHWM after resetting it; GPU: ``torch.cuda.max_memory_allocated``). Methods are
-   interleaved over ``--repeats`` rounds; the reported step time is the median over all timed updates.
+   forward inside it (hooks on the teacher), and the peak memory of an update above what persists between
+   updates (CPU: the kernel's VmHWM, reset before each step, in separate untimed runs where glibc unmaps freed
+   blocks at once so the resident size follows the live tensors; GPU: ``torch.cuda.max_memory_allocated``);
+   the maximum over updates is reported. Methods are interleaved over ``--repeats`` rounds; the reported step
+   time is the median over all timed updates.
 3. Generation: ``fairseq-generate`` (beam, batch size, threads all fixed) on the test set for the teacher and
    both students. Every hypothesis is forced to exactly ``--gen-len`` tokens (``--min-len = --max-len-b``), so
    the models do the same work whatever their quality; throughput is fairseq's own sentences/s, median over
@@ -86,20 +88,20 @@ def train_worker(argv, steps, warmup, profile=0):
         teacher.register_forward_pre_hook(pre)
         teacher.register_forward_hook(post)
 
-    step_s, teacher_s = [], []
+    step_s, teacher_s, step_peak = [], [], []
     profiler = None
     for i, sample in enumerate(itr):
         if profile and i == warmup:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=False)
             profiler.__enter__()
-        if i == warmup:  # peak memory counts from here: the state every method holds before a step
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-                base = torch.cuda.memory_allocated()
-            else:
-                with open("/proc/self/clear_refs", "w") as f:
-                    f.write("5")  # resets VmHWM (peak RSS) to the current RSS
-                base = _rss_kb()[0] * 1024
+        # memory an update needs on top of what persists between updates (weights, grads, optimizer state)
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM (peak RSS) to the current RSS
+            base = _rss_kb()[0] * 1024
         teacher_time[0] = 0.0
         sync()
         t0 = time.perf_counter()
@@ -108,14 +110,14 @@ def train_worker(argv, steps, warmup, profile=0):
         if i >= warmup:
             step_s.append(time.perf_counter() - t0)
             teacher_s.append(teacher_time[0])
+            step_peak.append((torch.cuda.max_memory_allocated() if cuda else _rss_kb()[1] * 1024) - base)
         if len(step_s) == steps:
             break
-    peak = torch.cuda.max_memory_allocated() if cuda else _rss_kb()[1] * 1024
     if profiler is not None:
         profiler.__exit__(None, None, None)
         return {"profile": profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile),
                 "step_s": step_s, "teacher_s": teacher_s}
-    return {"step_s": step_s, "teacher_s": teacher_s, "peak_mem_bytes": peak - base, "base_mem_bytes": base,
+    return {"step_s": step_s, "teacher_s": teacher_s, "step_peak_bytes": step_peak,
             "loss": float(trainer.get_meter("train_loss").avg) if trainer.get_meter("train_loss") else None}
 
 
@@ -147,8 +149,14 @@ def flops_worker(path, data, gen_args, batch_size):
 
 # ---------------------------------------------------------------- driver
 
-def run_worker(kind, payload, threads):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore")
+# CPU memory runs: glibc serves every block >= 64 KiB by mmap and unmaps it on free, so the resident size follows
+# the live tensors (with its default caching, freed blocks stay resident and peaks depend on history)
+EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
+
+
+def run_worker(kind, payload, threads, extra_env=None):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
+               **(extra_env or {}))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(payload)],
                           capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -215,7 +223,7 @@ def table(result):
 
 def train_table(result):
     lines = [f"| training method ({result['config']['budgets'][0]:.0%} student) | s / update (median) | × word_kd | teacher forward share "
-             "| peak memory above start (MiB) | × word_kd |", "|---|---|---|---|---|---|"]
+             "| peak memory of an update (MiB) | × word_kd |", "|---|---|---|---|---|---|"]
     wk = result["train"]["word_kd"]
     for m, r in result["train"].items():
         lines.append(f"| {m} | {r['step_s_median']:.3f} | {r['step_s_median'] / wk['step_s_median']:.2f} "
@@ -289,6 +297,7 @@ def main(argv=None):
     parts = set(args.parts)
     paths = {"teacher": args.teacher, **{f"student{k}": students[k] for k in keys}}
     runs = {m: [] for m in METHODS} if "train" in parts else {}
+    memory = {}  # method -> per-update peaks (CPU); on GPU the timed runs' allocator statistics
     gens = {name: [] for name in paths} if "generate" in parts else {}
     for path in paths.values() if gens else ():  # untimed: the first reader of data and models pays the cache
         generate(path, args, env)
@@ -299,6 +308,10 @@ def main(argv=None):
                                       args.threads))
             print(f"round {r + 1}/{args.repeats} train {m}: median "
                   f"{statistics.median(runs[m][-1]['step_s']):.3f} s/update", flush=True)
+        for m in runs if r == 0 and not args.fp16 else ():  # CPU peak memory: separate, untimed runs
+            argv_m = train_argv(args, students[keys[0]], m, os.path.join(args.work, "save"))
+            memory[m] = run_worker("train", {"argv": argv_m, "steps": args.steps, "warmup": args.warmup},
+                                   args.threads, EXACT_MALLOC)["step_peak_bytes"]
         for name in gens:
             gens[name].append(generate(paths[name], args, env))
             print(f"round {r + 1}/{args.repeats} generate {name}: {gens[name][-1]['sentences_per_s']:.2f} "
@@ -312,7 +325,7 @@ def main(argv=None):
         tr[m] = {
             "step_s_median": statistics.median(steps), "step_s_total": sum(steps), "updates": len(steps),
             "teacher_share": sum(teacher) / sum(steps),
-            "peak_mem_bytes": statistics.median(r["peak_mem_bytes"] for r in rs),
+            "peak_mem_bytes": max(memory.get(m) or [p for r in rs for p in r["step_peak_bytes"]]),
             "runs": rs,
         }
     if tr:
