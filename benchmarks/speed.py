@@ -228,7 +228,7 @@ def train_table(result):
     for m, r in result["train"].items():
         lines.append(f"| {m} | {r['step_s_median']:.3f} | {r['step_s_median'] / wk['step_s_median']:.2f} "
                      f"| {r['teacher_share']:.0%} | {r['peak_mem_bytes'] / 2**20:.0f} "
-                     f"| {r['peak_mem_bytes'] / wk['peak_mem_bytes']:.2f} |")
+                     f"| {r['peak_mem_bytes'] / max(wk['peak_mem_bytes'], 1):.2f} |")
     return lines + [""]
 
 
@@ -331,7 +331,7 @@ def main(argv=None):
     if tr:
         ratios.update({
             "makd_over_wordkd_step": tr["makd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
-            "makd_over_wordkd_peak_mem": tr["makd"]["peak_mem_bytes"] / tr["word_kd"]["peak_mem_bytes"],
+            "makd_over_wordkd_peak_mem": tr["makd"]["peak_mem_bytes"] / max(tr["word_kd"]["peak_mem_bytes"], 1),
             "layerkd_over_wordkd_step": tr["layer_kd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
             "wordkd_over_ce_step": tr["word_kd"]["step_s_median"] / tr["ce"]["step_s_median"],
         })
