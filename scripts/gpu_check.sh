@@ -28,9 +28,10 @@ python3 benchmarks/train_teacher.py --data "$data" --size speed --save-dir "$wor
 teacher=$work/teacher/checkpoint_last.pt
 
 # 1. speed benchmark (fixtures: budgets the small vocabulary allows)
-timeout 300 python3 benchmarks/speed.py --data "$data" --teacher "$teacher" --work "$work/speed" \
-  --out "$OUT/speed_gpu.json" --threads "$OMP_NUM_THREADS" --steps 20 --repeats 3 "${bench[@]}" \
-  --budgets 0.5 0.25 | tail -n 30
+# (a timeout must not cost the training check below: its status is recorded, the script goes on)
+timeout 420 python3 benchmarks/speed.py --data "$data" --teacher "$teacher" --work "$work/speed" \
+  --out "$OUT/speed_gpu.json" --threads "$OMP_NUM_THREADS" --steps 10 --repeats 2 "${bench[@]}" \
+  --budgets 0.5 0.25 | tail -n 30 || echo "speed benchmark: exit status $?" | tee "$OUT/speed_gpu.failed"
 
 # 2. fp16 MaKD training: 200 updates, every logged value finite, loss falls
 DEVICE="${device[*]}" bash examples/debian_descriptions/distill.sh "$data" "$teacher" "$work/distill" 0.5 200 \
