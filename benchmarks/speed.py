@@ -117,8 +117,7 @@ def train_worker(argv, steps, warmup, profile=0):
         profiler.__exit__(None, None, None)
         return {"profile": profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=profile),
                 "step_s": step_s, "teacher_s": teacher_s}
-    return {"step_s": step_s, "teacher_s": teacher_s, "step_peak_bytes": step_peak,
-            "loss": float(trainer.get_meter("train_loss").avg) if trainer.get_meter("train_loss") else None}
+    return {"step_s": step_s, "teacher_s": teacher_s, "step_peak_bytes": step_peak}
 
 
 def flops_worker(path, data, gen_args, batch_size):
@@ -154,11 +153,15 @@ def flops_worker(path, data, gen_args, batch_size):
 EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
 
 
+def measured_env(threads, extra_env=None):
+    """The environment of every measured process: fixed thread count, quiet warnings."""
+    return dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
+                **(extra_env or {}))
+
+
 def run_worker(kind, payload, threads, extra_env=None):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), PYTHONWARNINGS="ignore",
-               **(extra_env or {}))
     proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", kind, json.dumps(payload)],
-                          capture_output=True, text=True, env=env)
+                          capture_output=True, text=True, env=measured_env(threads, extra_env))
     if proc.returncode != 0:
         sys.exit(f"speed.py: {kind} worker failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -291,8 +294,7 @@ def main(argv=None):
         print(f"{args.profile}: median {statistics.median(out['step_s']):.3f} s/update, teacher forward "
               f"{sum(out['teacher_s']) / sum(out['step_s']):.0%} (profiler overhead included)")
         return
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
-               PYTHONWARNINGS="ignore")
+    env = measured_env(args.threads)
 
     parts = set(args.parts)
     paths = {"teacher": args.teacher, **{f"student{k}": students[k] for k in keys}}

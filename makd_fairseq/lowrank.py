@@ -106,9 +106,12 @@ class Matrix:
     def params(self, rank: int) -> int:
         return rank * (self.d_out + self.d_in)
 
+    def merged_at_inference(self, rank: int) -> bool:
+        return past_break_even(rank, self.d_out, self.d_in)
+
     def inference_params(self, rank: int) -> int:
         """Parameters at inference, where a rank past break-even is merged back to dense."""
-        return self.dense_params if past_break_even(rank, self.d_out, self.d_in) else self.params(rank)
+        return self.dense_params if self.merged_at_inference(rank) else self.params(rank)
 
     def residual(self, rank: int) -> float:
         """‖W − W_r‖_F / ‖W‖_F, exact from the singular values."""

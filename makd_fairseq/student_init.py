@@ -23,7 +23,6 @@ from .lowrank import (
     dumps_ranks,
     factorize_,
     find_targets,
-    past_break_even,
     svd_matrices,
 )
 from .models.lowrank_transformer import add_rank_args
@@ -85,7 +84,7 @@ def make_student(state: dict, args: argparse.Namespace):
     rows = [
         [m.name, f"{m.d_out}x{m.d_in}", ranks[m.name], m.dense_params, m.params(ranks[m.name]),
          f"{m.residual(ranks[m.name]):.4f}",
-         "dense (merged)" if past_break_even(ranks[m.name], m.d_out, m.d_in) else "factored"]
+         "dense (merged)" if m.merged_at_inference(ranks[m.name]) else "factored"]
         for m in matrices
     ]
     student_params = count_params(model)
