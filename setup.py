@@ -24,5 +24,6 @@ setup(
         "tensorboardX",  # fairseq-train --tensorboard-logdir; without it fairseq prints a notice at every import
     ],
     extras_require={"test": ["pytest>=7"]},
-    entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main"]},
+    entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main",
+                                      "makd-shrink = makd_fairseq.shrink:main"]},
 )

@@ -10,7 +10,7 @@ TEACHER_ARCH = {
               "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
               "--encoder-ffn-embed-dim", "128", "--decoder-ffn-embed-dim", "128",
               "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings"],
-    "cpu": ["--arch", "transformer", "--encoder-layers", "2", "--decoder-layers", "2",
+    "cpu": ["--arch", "transformer", "--encoder-layers", "3", "--decoder-layers", "3",
             "--encoder-embed-dim", "128", "--decoder-embed-dim", "128",
             "--encoder-ffn-embed-dim", "512", "--decoder-ffn-embed-dim", "512",
             "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings"],
@@ -31,7 +31,7 @@ TRAIN_COMMON = [
 
 TEACHER_TRAIN = {
     "smoke": ["--lr", "0.005", "--max-tokens", "2048", "--max-update", "20", "--cpu"],
-    "cpu": ["--lr", "0.002", "--max-tokens", "6000", "--max-update", "1500", "--cpu"],
+    "cpu": ["--lr", "0.002", "--max-tokens", "6000", "--max-update", "2500", "--cpu"],
     "speed": ["--lr", "0.002", "--max-tokens", "4096", "--max-update", "600", "--cpu"],
     "gpu": ["--lr", "0.0007", "--max-tokens", "8192", "--max-update", "30000", "--fp16",
             "--warmup-updates", "4000"],
@@ -43,4 +43,31 @@ METHODS = {
     "word_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0"],
     "layer_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-layers", "all"],
     "makd": ["--criterion", "makd"],
+}
+
+# quality benchmark: every student method trains with the same flags, updates and seed on top of TRAIN_COMMON
+STUDENT_TRAIN = {
+    "smoke": ["--lr", "0.0005", "--max-tokens", "2048", "--max-update", "4", "--validate-interval-updates", "2",
+              "--save-interval-updates", "2", "--cpu"],
+    "cpu": ["--lr", "0.0005", "--max-tokens", "4000", "--max-update", "300", "--validate-interval-updates", "100",
+            "--save-interval-updates", "100", "--cpu"],
+    "gpu": ["--lr", "0.0003", "--max-tokens", "8192", "--max-update", "20000", "--validate-interval-updates", "2000",
+            "--save-interval-updates", "2000", "--fp16"],
+}
+
+# the methods of the quality benchmark: (initial student, criterion flags); teacher and svd_only are not trained
+QUALITY_METHODS = {
+    "teacher": None,
+    "svd_only": ("svd", None),
+    "svd_ce": ("svd", METHODS["ce"]),
+    "svd_word_kd": ("svd", METHODS["word_kd"]),
+    "svd_layer_kd": ("svd", METHODS["layer_kd"]),
+    "makd": ("svd", METHODS["makd"]),
+    "dense_sft_kd": ("dense", METHODS["word_kd"]),
+}
+
+# beam search on the test set; summaries are one line, translations follow the source's length
+GENERATE = {
+    "summarization": ["--beam", "4", "--max-len-a", "0", "--max-len-b", "64"],
+    "translation": ["--beam", "4", "--max-len-a", "1.5", "--max-len-b", "10"],
 }

@@ -12,10 +12,9 @@ import copy
 import os
 import sys
 
-import torch
 from tabulate import tabulate
 
-from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args
+from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args, save_atomic
 from .lowrank import (
     RankError,
     allocate_ranks,
@@ -65,8 +64,6 @@ def arch_flags(args: argparse.Namespace) -> list:
 
 def make_student(state: dict, args: argparse.Namespace):
     """Factorize the teacher in ``state``; returns (student checkpoint state, table rows, totals)."""
-    from omegaconf import OmegaConf
-
     margs = model_args(state)
     model = build_model_from_state(state)
     targets = find_targets(model, args.lowrank_targets.split(","))
@@ -96,21 +93,28 @@ def make_student(state: dict, args: argparse.Namespace):
     sargs.lowrank_ranks = dumps_ranks(ranks)
     sargs.lowrank_targets, sargs.allocation = args.lowrank_targets, args.allocation
     sargs.rank = sargs.rank_ratio = sargs.param_budget = None
-    cfg = state["cfg"]
+    student = student_checkpoint(state, sargs, model.state_dict())
+    student["makd"] = {"teacher": os.path.abspath(args.teacher), "teacher_params": teacher_params,
+                       "student_params": student_params, "inference_params": inference_params,
+                       "allocation": args.allocation}
+    return student, rows, (teacher_params, student_params, inference_params)
+
+
+def student_checkpoint(teacher_state: dict, sargs: argparse.Namespace, model_state: dict) -> dict:
+    """A checkpoint of the teacher's config with model args ``sargs`` and weights ``model_state``, at update 0."""
+    from omegaconf import OmegaConf
+
+    cfg = teacher_state["cfg"]
     cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else dict(cfg)
     cfg["model"] = sargs
-    student = {
+    return {
         "cfg": cfg,
-        "model": model.state_dict(),
+        "model": model_state,
         # fresh training state in fairseq's own layout: fairseq-train starts at update 0, epoch 1
         "optimizer_history": [{"criterion_name": None, "optimizer_name": None,
                                "lr_scheduler_state": {}, "num_updates": 0}],
         "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-        "makd": {"teacher": os.path.abspath(args.teacher), "teacher_params": teacher_params,
-                 "student_params": student_params, "inference_params": inference_params,
-                 "allocation": args.allocation},
     }
-    return student, rows, (teacher_params, student_params, inference_params)
 
 
 def get_parser():
@@ -150,10 +154,7 @@ def main(argv=None) -> int:
         print(f"student params at inference: {inference_params} (ratio {inference_params / teacher_params:.4f}): "
               "factors at or past break-even r >= d_in*d_out/(d_in+d_out) are merged back to dense by "
               "fairseq-generate")
-    tmp = args.out + ".tmp"
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    torch.save(student, tmp)
-    os.replace(tmp, args.out)  # atomic: a failed write never leaves a half file at --out
+    save_atomic(student, args.out)
     print(f"wrote {args.out}")
     sargs = student["cfg"]["model"]
     print("distill it with:\n  fairseq-train DATA --user-dir makd_fairseq --task makd_translation "

@@ -34,3 +34,65 @@ def test_speed_benchmark_rejects_missing_inputs(tmp_path):
     proc = subprocess.run([sys.executable, SPEED, "--data", tmp_path / "nope", "--teacher", tmp_path / "t.pt"],
                           capture_output=True, text=True)
     assert proc.returncode == 2 and "--data" in proc.stderr and "no such directory" in proc.stderr
+
+
+QUALITY = ROOT / "benchmarks" / "quality.py"
+
+
+def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
+    out, work = tmp_path / "translation.json", tmp_path / "work"
+    args = [sys.executable, QUALITY, "--task", "translation", "--data", mt_data, "--size", "smoke", "--work", work,
+            "--budgets", "0.6", "0.5", "--jobs", "2", "--remove-bpe", "none", "--out", out]
+    run(*args)
+    result = json.loads(out.read_text())
+    methods = [(m["method"], m["budget"]) for m in result["methods"]]
+    assert methods == [("teacher", None)] + [(m, b) for b in (0.6, 0.5) for m in (
+        "svd_only", "svd_ce", "svd_word_kd", "svd_layer_kd", "makd", "dense_sft_kd")]
+    teacher = result["methods"][0]["params"]
+    for m in result["methods"][1:]:
+        assert 0.9 * m["budget"] * teacher < m["params"] <= m["budget"] * teacher, m
+        assert set(m["metrics"]) == {"bleu", "chrf"} and all(0 <= v <= 100 for v in m["metrics"].values())
+    assert result["scoring"]["bleu"].startswith("nrefs:1|case:mixed")
+    for key in ("command", "git_commit", "hardware", "wall_s", "stage_seconds"):
+        assert result[key], key
+    # every trained method ran its updates and logged validation
+    for log in work.glob("b*/*/train.log"):
+        assert "done training in" in log.read_text() and '"valid"' in log.read_text(), log
+    assert len(list(work.glob("b*/*/train.log"))) == 10
+    table = (tmp_path / "translation.md").read_text()
+    assert table.startswith("| method | budget | params | bleu | chrf |") and "| makd | 50% |" in table
+    assert (tmp_path / "translation.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run reuses every finished step: nothing is trained or generated again, same scores
+    stages = (work / "stages.json").read_text()
+    again = run(*args)
+    assert "fairseq-train" not in again.stdout and "fairseq-generate" not in again.stdout
+    assert (work / "stages.json").read_text() == stages
+    assert json.loads(out.read_text())["methods"] == result["methods"]
+
+
+def test_quality_benchmark_smoke_summarization(tmp_path):
+    data = tmp_path / "bin"
+    src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
+        "--validpref", src / "valid", "--testpref", src / "test", "--destdir", data, "--joined-dictionary",
+        "--nwordssrc", "1000", "--workers", "1")
+    out = tmp_path / "summarization.json"
+    run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke",
+        "--work", tmp_path / "work", "--budgets", "0.6", "--methods", "svd_only", "makd", "--remove-bpe", "none",
+        "--out", out)
+    result = json.loads(out.read_text())
+    assert [m["method"] for m in result["methods"]] == ["teacher", "svd_only", "makd"]
+    for m in result["methods"]:
+        assert set(m["metrics"]) == {"rouge1", "rouge2", "rougeL"}
+        assert 0 <= m["metrics"]["rouge2"] <= m["metrics"]["rouge1"] <= 100
+    assert result["methods"][0]["metrics"]["rouge1"] > 0  # the teacher writes words of the synopses
+
+
+def test_quality_benchmark_rejects_bad_input(tmp_path, mt_data):
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "translation", "--data", tmp_path / "nope",
+                           "--work", tmp_path / "w"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--data" in proc.stderr and "prepare.py" in proc.stderr
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "translation", "--data", mt_data,
+                           "--work", tmp_path / "w", "--budgets", "0.5", "1.5"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--budgets" in proc.stderr
+    assert not (tmp_path / "w").exists()

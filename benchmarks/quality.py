@@ -1,0 +1,287 @@
+#!/usr/bin/env python3
+"""Quality of low-rank students against every baseline, on one binarized task, from real fairseq runs.
+
+    python3 benchmarks/quality.py --task summarization --data /tmp/debian1k/summarization/bin \\
+        --size cpu --work /tmp/qb/summarization --jobs 2
+
+1. Teacher: ``train_teacher.py`` (fairseq-train, label-smoothed CE) unless WORK/teacher/checkpoint_best.pt exists.
+2. Students for each ``--budgets`` fraction of the teacher's parameters: ``makd-init`` (uniform truncated SVD) and
+   ``makd-shrink`` (dense, fewer copied layers, as in shrink-and-fine-tune).
+3. ``sizes.QUALITY_METHODS``: every trained method starts from its student and runs ``fairseq-train`` with the same
+   data, flags, updates and seed (``sizes.STUDENT_TRAIN``); ``--best-checkpoint-metric nll_loss`` (the one number
+   every criterion logs alike) picks the checkpoint. ``--jobs`` runs that many at once, one thread each.
+4. ``fairseq-generate`` with beam search on the test set, sentencepiece removed; summarization is scored with
+   ``rouge-score`` (ROUGE-1/2/L F1, Porter stemming), translation with sacreBLEU (BLEU and chrF, signatures kept).
+
+Steps whose outputs exist in WORK are reused (so an interrupted run resumes); their recorded times are kept in
+WORK/stages.json. Writes ``--out`` (JSON), the same path with ``.md`` (table) and ``.png`` (quality vs budget).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+USER_DIR = os.path.join(ROOT, "makd_fairseq")
+sys.path.insert(0, HERE)
+from sizes import GENERATE, QUALITY_METHODS, STUDENT_TRAIN, TEACHER_ARCH, TRAIN_COMMON  # noqa: E402
+from train_teacher import teacher_command  # noqa: E402
+
+METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf")}
+
+
+class Run:
+    """The work directory of one benchmark run: paths, logged subprocesses, and per-stage times."""
+
+    def __init__(self, args):
+        self.args, self.work = args, args.work
+        self.stages_path = os.path.join(self.work, "stages.json")
+        self.stages = json.load(open(self.stages_path)) if os.path.exists(self.stages_path) else {}
+
+    def path(self, *parts):
+        return os.path.join(self.work, *parts)
+
+    def stage(self, name, cmd, log, done):
+        """Run ``cmd`` (output to ``log``) unless ``done()`` already holds; record its time."""
+        if done():
+            return
+        print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads), MKL_NUM_THREADS=str(self.args.threads),
+                   PYTHONWARNINGS="ignore")
+        start = time.time()
+        with open(log, "w") as f:
+            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        if rc != 0 or not done():
+            with open(log) as f:
+                tail = f.read()[-3000:]
+            raise SystemExit(f"quality.py: {name} failed (exit {rc}); the end of {log}:\n{tail}")
+        self.stages[name] = round(time.time() - start, 1)
+        with open(self.stages_path + ".tmp", "w") as f:
+            json.dump(self.stages, f, indent=1)
+        os.replace(self.stages_path + ".tmp", self.stages_path)
+
+
+def finished(train_log):
+    """fairseq-train ran to the end (a checkpoint_best.pt alone may be from an interrupted run)."""
+    return os.path.isfile(train_log) and "done training in" in open(train_log).read()
+
+
+def student_paths(run, budget):
+    key = f"b{round(budget * 100)}"
+    return {"svd": run.path(key, "svd.pt"), "dense": run.path(key, "dense.pt")}, key
+
+
+def train_command(run, teacher, init, method_flags, save_dir):
+    from makd_fairseq.checkpoint import load_checkpoint, model_args
+    from makd_fairseq.student_init import arch_flags
+
+    sargs = model_args(load_checkpoint(init))
+    return ["fairseq-train", run.args.data, "--user-dir", USER_DIR, "--task", "makd_translation",
+            "--teacher-path", teacher, "--arch", sargs.arch, *arch_flags(sargs), "--finetune-from-model", init,
+            *TRAIN_COMMON, *STUDENT_TRAIN[run.args.size], "--keep-interval-updates", "1",
+            "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags]
+
+
+def generate_command(run, checkpoint):
+    device = ["--fp16"] if "--fp16" in STUDENT_TRAIN[run.args.size] else ["--cpu"]
+    return ["fairseq-generate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
+            *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
+            *(["--remove-bpe", run.args.remove_bpe] if run.args.remove_bpe != "none" else []),
+            "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test",
+            "--num-workers", "0", *device]
+
+
+def read_generation(log):
+    """(hypotheses, references) in test-set order from fairseq-generate's D- and T- lines."""
+    hyps, refs = {}, {}
+    with open(log) as f:
+        for line in f:
+            if line.startswith("D-"):
+                i, _score, text = line.rstrip("\n").split("\t", 2)
+                hyps[int(i[2:])] = text
+            elif line.startswith("T-"):
+                i, text = line.rstrip("\n").split("\t", 1) if "\t" in line else (line.strip(), "")
+                refs[int(i[2:])] = text
+    if not hyps or set(hyps) != set(refs):
+        raise SystemExit(f"quality.py: {log} holds {len(hyps)} hypotheses for {len(refs)} references")
+    ids = sorted(hyps)
+    return [hyps[i] for i in ids], [refs[i] for i in ids]
+
+
+def score(task, hyps, refs):
+    if task == "summarization":
+        from rouge_score import rouge_scorer
+
+        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
+        totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
+        for h, r in zip(hyps, refs):
+            for name, s in scorer.score(r, h).items():
+                totals[name] += s.fmeasure
+        return {name: round(100 * v / len(hyps), 2) for name, v in totals.items()}, {"rouge": "rouge-score F1, "
+                                                                                       "use_stemmer=True"}
+    from sacrebleu.metrics import BLEU, CHRF
+
+    bleu, chrf = BLEU(), CHRF()
+    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
+    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2)}, {"bleu": str(bleu.get_signature()),
+                                                                    "chrf": str(chrf.get_signature())}
+
+
+def params_of(checkpoint):
+    from makd_fairseq.checkpoint import build_model_from_state, load_checkpoint
+    from makd_fairseq.lowrank import count_params
+
+    return count_params(build_model_from_state(load_checkpoint(checkpoint)))
+
+
+def table(result):
+    names = METRICS[result["task"]]
+    teacher = next(m for m in result["methods"] if m["method"] == "teacher")
+    lines = [f"| method | budget | params | {' | '.join(names)} | {names[0]} % of teacher |",
+             "|---|---|---|" + "---|" * (len(names) + 1)]
+    for m in result["methods"]:
+        budget = "teacher" if m["budget"] is None else f"{m['budget']:.0%}"
+        share = 100 * m["metrics"][names[0]] / max(teacher["metrics"][names[0]], 1e-9)
+        lines.append(f"| {m['method']} | {budget} | {m['params']:,} | "
+                     + " | ".join(f"{m['metrics'][n]:.2f}" for n in names) + f" | {share:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    import logging
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup lets its DEBUG lines through
+    import matplotlib.pyplot as plt
+
+    metric = METRICS[result["task"]][0]
+    teacher = next(m for m in result["methods"] if m["method"] == "teacher")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.axhline(teacher["metrics"][metric], color="black", linestyle="--", label="teacher")
+    for name in QUALITY_METHODS:
+        points = sorted((m["budget"], m["metrics"][metric]) for m in result["methods"]
+                        if m["method"] == name and m["budget"] is not None)
+        if points:
+            ax.plot(*zip(*points), marker="o", label=name)
+    ax.set_xlabel("student parameters / teacher parameters")
+    ax.set_ylabel(metric)
+    ax.set_title(f"Debian descriptions, {result['task']} ({result['size']} size)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, choices=sorted(METRICS))
+    parser.add_argument("--data", required=True, help="fairseq-preprocess output (prepare.py's OUT/<task>/bin)")
+    parser.add_argument("--size", choices=sorted(STUDENT_TRAIN), default="cpu")
+    parser.add_argument("--work", required=True, help="teacher, students, logs and generations go here")
+    parser.add_argument("--out", help="results JSON (default: benchmarks/results/<task>.json)")
+    parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
+    parser.add_argument("--methods", nargs="+", choices=list(QUALITY_METHODS), default=list(QUALITY_METHODS))
+    parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
+    parser.add_argument("--threads", type=int, default=1, help="OMP threads per job")
+    parser.add_argument("--batch-size", type=int, default=64, help="fairseq-generate sentences per batch")
+    parser.add_argument("--remove-bpe", default="sentencepiece",
+                        help="fairseq-generate's --remove-bpe before scoring ('none' for word-level data)")
+    args = parser.parse_args(argv)
+    args.out = args.out or os.path.join(HERE, "results", f"{args.task}.json")
+    if not os.path.isfile(os.path.join(args.data, "dict.txt")) and not any(
+            f.startswith("dict.") for f in (os.listdir(args.data) if os.path.isdir(args.data) else [])):
+        parser.error(f"--data {args.data}: no fairseq dictionary there (run examples/debian_descriptions/prepare.py)")
+    if any(not 0 < b < 1 for b in args.budgets):
+        parser.error(f"--budgets must be fractions in (0, 1), got {args.budgets}")
+    if "teacher" not in args.methods:
+        args.methods.insert(0, "teacher")  # every score is also reported as a share of the teacher's
+    started = time.time()
+    import makd_fairseq  # noqa: F401  (checkpoint allow-list for the parameter counts)
+
+    os.makedirs(args.work, exist_ok=True)
+    run = Run(args)
+    teacher = run.path("teacher", "checkpoint_best.pt")
+    run.stage("teacher", teacher_command(args.data, args.size, run.path("teacher"), ["--log-interval", "100"]),
+              run.path("teacher.log"), lambda: os.path.isfile(teacher) and finished(run.path("teacher.log")))
+    if "teacher" not in run.stages and os.path.isfile(run.path("teacher.log")):  # trained by an earlier command
+        m = re.search(r"done training in ([\d.]+) seconds", open(run.path("teacher.log")).read())
+        run.stages["teacher"] = float(m.group(1)) if m else None
+
+    models = [("teacher", None, teacher)]
+    jobs = []  # (name, command, log, done)
+    for budget in args.budgets:
+        inits, key = student_paths(run, budget)
+        for kind, tool in (("svd", "makd-init"), ("dense", "makd-shrink")):
+            if any(QUALITY_METHODS[m] and QUALITY_METHODS[m][0] == kind for m in args.methods):
+                run.stage(f"{key}/{kind}", [tool, "--teacher", teacher, "--param-budget", str(budget),
+                                            "--out", inits[kind]], run.path(key, f"{kind}.log"),
+                          lambda p=inits[kind]: os.path.isfile(p))
+        for method in args.methods[1:]:
+            init, flags = QUALITY_METHODS[method]
+            if flags is None:
+                models.append((method, budget, inits[init]))
+                continue
+            save = run.path(key, method)
+            best = os.path.join(save, "checkpoint_best.pt")
+            log = os.path.join(save, "train.log")
+            jobs.append((f"{key}/{method}", train_command(run, teacher, inits[init], flags, save), log,
+                         lambda p=log: finished(p)))
+            models.append((method, budget, best))
+
+    def pool(stages):
+        with ThreadPoolExecutor(args.jobs) as ex:
+            for f in [ex.submit(run.stage, *s) for s in stages]:
+                f.result()
+
+    pool(jobs)
+    gens = []
+    for method, budget, checkpoint in models:
+        name = method if budget is None else f"b{round(budget * 100)}/{method}"
+        log = run.path("generate", name.replace("/", "_") + ".txt")
+        gens.append((f"generate {name}", generate_command(run, checkpoint), log,
+                     lambda p=log: os.path.isfile(p) and "Generate test with beam" in open(p).read()))
+    pool(gens)
+
+    methods, signatures = [], {}
+    for (method, budget, checkpoint), (_, _, log, _) in zip(models, gens):
+        metrics, signatures = score(args.task, *read_generation(log))
+        methods.append({"method": method, "budget": budget, "params": params_of(checkpoint), "metrics": metrics,
+                        "checkpoint": os.path.relpath(checkpoint, args.work)})
+    manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
+    data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
+    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    result = {
+        "task": args.task, "size": args.size, "teacher_arch": " ".join(TEACHER_ARCH[args.size]),
+        "methods": methods, "scoring": signatures,
+        "student_training": " ".join(TRAIN_COMMON + STUDENT_TRAIN[args.size]),
+        "generation": " ".join(GENERATE[args.task]),
+        "command": " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
+        "git_commit": commit, "data_sha256": data_hash,
+        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} job(s) "
+                    f"of {args.threads} thread(s)",
+        "stage_seconds": run.stages, "wall_s": round(time.time() - started, 1),
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(args.out + ".tmp", args.out)
+    stem = os.path.splitext(args.out)[0]
+    with open(stem + ".md", "w") as f:
+        f.write(table(result))
+    plot(result, stem + ".png")
+    print(table(result))
+    print(f"wrote {args.out}, {stem}.md and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
