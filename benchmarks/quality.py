@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -90,12 +91,14 @@ def train_command(run, teacher, init, method_flags, save_dir):
 
 
 def generate_command(run, checkpoint):
-    device = ["--fp16"] if "--fp16" in STUDENT_TRAIN[run.args.size] else ["--cpu"]
+    train = TRAIN_COMMON + STUDENT_TRAIN[run.args.size]
+    device = ["--fp16"] if "--fp16" in train else ["--cpu"]
+    max_source = train[len(train) - 1 - train[::-1].index("--max-source-positions") + 1]  # the last one given
     return ["fairseq-generate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
             *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
             *(["--remove-bpe", run.args.remove_bpe] if run.args.remove_bpe != "none" else []),
-            "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test",
-            "--num-workers", "0", *device]
+            "--truncate-source", "--max-source-positions", max_source, "--skip-invalid-size-inputs-valid-test",
+            "--num-workers", "0", *device, *shlex.split(run.args.generate_args)]
 
 
 def read_generation(log):
@@ -132,6 +135,14 @@ def score(task, hyps, refs):
     b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
     return {"bleu": round(b.score, 2), "chrf": round(c.score, 2)}, {"bleu": str(bleu.get_signature()),
                                                                     "chrf": str(chrf.get_signature())}
+
+
+def teacher_arch(checkpoint):
+    from makd_fairseq.checkpoint import load_checkpoint, model_args
+    from makd_fairseq.student_init import arch_flags
+
+    targs = model_args(load_checkpoint(checkpoint))
+    return " ".join(["--arch", targs.arch, *arch_flags(targs)])
 
 
 def params_of(checkpoint):
@@ -188,6 +199,8 @@ def main(argv=None):
     parser.add_argument("--data", required=True, help="fairseq-preprocess output (prepare.py's OUT/<task>/bin)")
     parser.add_argument("--size", choices=sorted(STUDENT_TRAIN), default="cpu")
     parser.add_argument("--work", required=True, help="teacher, students, logs and generations go here")
+    parser.add_argument("--teacher", help="an already trained teacher checkpoint (default: train one with "
+                                          "train_teacher.py --size SIZE into WORK/teacher)")
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/<task>.json)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--methods", nargs="+", choices=list(QUALITY_METHODS), default=list(QUALITY_METHODS))
@@ -196,11 +209,17 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=64, help="fairseq-generate sentences per batch")
     parser.add_argument("--remove-bpe", default="sentencepiece",
                         help="fairseq-generate's --remove-bpe before scoring ('none' for word-level data)")
+    parser.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. BART's "
+                                                             "'--bpe gpt2' (one quoted string)")
     args = parser.parse_args(argv)
     args.out = args.out or os.path.join(HERE, "results", f"{args.task}.json")
     if not os.path.isfile(os.path.join(args.data, "dict.txt")) and not any(
             f.startswith("dict.") for f in (os.listdir(args.data) if os.path.isdir(args.data) else [])):
         parser.error(f"--data {args.data}: no fairseq dictionary there (run examples/debian_descriptions/prepare.py)")
+    if not args.teacher and args.size not in TEACHER_ARCH:
+        parser.error(f"--size {args.size} has no teacher recipe in benchmarks/sizes.py: give --teacher T.pt")
+    if args.teacher and not os.path.isfile(args.teacher):
+        parser.error(f"--teacher {args.teacher}: no such file")
     if any(not 0 < b < 1 for b in args.budgets):
         parser.error(f"--budgets must be fractions in (0, 1), got {args.budgets}")
     if "teacher" not in args.methods:
@@ -210,9 +229,10 @@ def main(argv=None):
 
     os.makedirs(args.work, exist_ok=True)
     run = Run(args)
-    teacher = run.path("teacher", "checkpoint_best.pt")
-    run.stage("teacher", teacher_command(args.data, args.size, run.path("teacher"), ["--log-interval", "100"]),
-              run.path("teacher.log"), lambda: os.path.isfile(teacher) and finished(run.path("teacher.log")))
+    teacher = args.teacher or run.path("teacher", "checkpoint_best.pt")
+    if not args.teacher:
+        run.stage("teacher", teacher_command(args.data, args.size, run.path("teacher"), ["--log-interval", "100"]),
+                  run.path("teacher.log"), lambda: os.path.isfile(teacher) and finished(run.path("teacher.log")))
     if "teacher" not in run.stages and os.path.isfile(run.path("teacher.log")):  # trained by an earlier command
         m = re.search(r"done training in ([\d.]+) seconds", open(run.path("teacher.log")).read())
         run.stages["teacher"] = float(m.group(1)) if m else None
@@ -261,7 +281,7 @@ def main(argv=None):
     data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
     commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {
-        "task": args.task, "size": args.size, "teacher_arch": " ".join(TEACHER_ARCH[args.size]),
+        "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures,
         "student_training": " ".join(TRAIN_COMMON + STUDENT_TRAIN[args.size]),
         "generation": " ".join(GENERATE[args.task]),

@@ -19,6 +19,8 @@ TEACHER_ARCH = {
               "--encoder-ffn-embed-dim", "1024", "--decoder-ffn-embed-dim", "1024",
               "--encoder-attention-heads", "4", "--decoder-attention-heads", "4", "--share-all-embeddings"],
     "gpu": ["--arch", "transformer", "--share-all-embeddings"],  # Transformer-base: 6+6, d=512
+    # IWSLT'14 de-en as in fairseq's examples/translation (separate dictionaries: tie only the decoder's)
+    "iwslt": ["--arch", "transformer_iwslt_de_en", "--share-decoder-input-output-embed"],
 }
 
 # optimisation shared by teachers and students; summarization sources are truncated to 256 pieces
@@ -35,6 +37,8 @@ TEACHER_TRAIN = {
     "speed": ["--lr", "0.002", "--max-tokens", "4096", "--max-update", "600", "--cpu"],
     "gpu": ["--lr", "0.0007", "--max-tokens", "8192", "--max-update", "30000", "--fp16",
             "--warmup-updates", "4000"],
+    "iwslt": ["--lr", "0.0005", "--max-tokens", "4096", "--max-update", "60000", "--warmup-updates", "4000",
+              "--dropout", "0.3", "--fp16"],
 }
 
 # the distillation methods, as criterion flags on the makd_translation task (the SVD student is the same)
@@ -53,6 +57,12 @@ STUDENT_TRAIN = {
             "--save-interval-updates", "100", "--cpu"],
     "gpu": ["--lr", "0.0003", "--max-tokens", "8192", "--max-update", "20000", "--validate-interval-updates", "2000",
             "--save-interval-updates", "2000", "--fp16"],
+    "iwslt": ["--lr", "0.0005", "--max-tokens", "4096", "--max-update", "20000", "--warmup-updates", "4000",
+              "--dropout", "0.3", "--validate-interval-updates", "2000", "--save-interval-updates", "2000", "--fp16"],
+    # a BART-base teacher fine-tuned by the user (fairseq's examples/bart summarization recipe): its lr and batch
+    "bart": ["--lr", "3e-05", "--max-tokens", "2048", "--update-freq", "4", "--max-update", "20000",
+             "--warmup-updates", "500", "--max-source-positions", "1024", "--max-target-positions", "1024",
+             "--validate-interval-updates", "2000", "--save-interval-updates", "2000", "--fp16"],
 }
 
 # the methods of the quality benchmark: (initial student, criterion flags); teacher and svd_only are not trained
