@@ -85,8 +85,12 @@ def map_layers(spec: str, n_student: int, n_teacher: int, stack: str) -> Dict[in
     return mapping
 
 
-def build_table(cfg, n_student: Dict[str, int], n_teacher: Dict[str, int]) -> List[Row]:
-    """The rows the configuration asks for; rows of weight 0 are left out (their features are not tapped)."""
+def build_table(cfg, n_student: Dict[str, int], n_teacher: Dict[str, int],
+                attentions: Optional[Dict[str, tuple]] = None) -> List[Row]:
+    """The rows the configuration asks for; rows of weight 0 are left out (their features are not tapped).
+
+    ``n_student``/``n_teacher``: layers per stack the models have (a language model: the decoder only);
+    ``attentions``: the attentions of each stack's layers (default: the decoder also has cross-attention)."""
     weights = {
         "loss_mha": cfg.matrix_weight * cfg.mha_weight,
         "loss_ffn": cfg.matrix_weight * cfg.ffn_weight,
@@ -94,9 +98,11 @@ def build_table(cfg, n_student: Dict[str, int], n_teacher: Dict[str, int]) -> Li
         "loss_hidn": cfg.layer_weight * cfg.hidn_weight,
     }
     rows = []
-    for stack in STACKS:
+    if set(n_student) != set(n_teacher):
+        raise ValueError(f"student stacks {sorted(n_student)} differ from the teacher's {sorted(n_teacher)}")
+    for stack in (s for s in STACKS if s in n_student):
         layer_map = map_layers(cfg.layer_map, n_student[stack], n_teacher[stack], stack)
-        attentions = ATTENTIONS if stack == "decoder" else ATTENTIONS[:1]
+        stack_attentions = (attentions or {}).get(stack) or (ATTENTIONS if stack == "decoder" else ATTENTIONS[:1])
         aspects = {
             "matrix": select_layers(cfg.matrix_layers, n_student[stack], stack),
             "layer": select_layers(cfg.layer_layers, n_student[stack], stack),
@@ -107,10 +113,10 @@ def build_table(cfg, n_student: Dict[str, int], n_teacher: Dict[str, int]) -> Li
             j = layer_map[i]
             pairs = []  # (term, name, attention, loss)
             if i in aspects["matrix"]:
-                pairs += [("loss_mha", p, a, "mse") for a in attentions for p in PROJECTIONS]
+                pairs += [("loss_mha", p, a, "mse") for a in stack_attentions for p in PROJECTIONS]
                 pairs += [("loss_ffn", name, None, "mse") for name in ("fc1", "fc2")]
             if i in aspects["layer"]:
-                pairs += [("loss_attn", "attn", a, "kl") for a in attentions]
+                pairs += [("loss_attn", "attn", a, "kl") for a in stack_attentions]
                 pairs += [("loss_hidn", "hidden", None, "mse")]
             rows += [Row(term, Feature(stack, i, name, a), Feature(stack, j, name, a), loss, weights[term])
                      for term, name, a, loss in pairs if weights[term] > 0]

@@ -76,11 +76,20 @@ def load_checkpoint(path: str) -> dict:
 
 
 def model_args(state: dict) -> argparse.Namespace:
-    """The model's argument namespace from a checkpoint of either fairseq era."""
+    """The model's argument namespace from a checkpoint of either fairseq era.
+
+    Dataclass models (``transformer_lm``) store a config mapping; it becomes a namespace with ``arch`` set."""
+    from omegaconf import OmegaConf
+
     cfg = state.get("cfg")
     args = cfg["model"] if cfg is not None else state.get("args")
+    if OmegaConf.is_config(args):
+        args = OmegaConf.to_container(args, resolve=True, enum_to_str=True)
+    if isinstance(args, dict):
+        args = argparse.Namespace(**args)
+        args.arch = getattr(args, "arch", None) or args._name
     if not isinstance(args, argparse.Namespace):
-        raise CheckpointError("checkpoint has no legacy model arguments (argparse.Namespace)")
+        raise CheckpointError("checkpoint has no model arguments")
     return args
 
 
@@ -96,8 +105,8 @@ class _ShapeTask:
                 d.add_symbol(f"madeupword{len(d):06d}")
             return d
 
-        src = model_state["encoder.embed_tokens.weight"].size(0)
         tgt = model_state["decoder.embed_tokens.weight"].size(0)
+        src = model_state.get("encoder.embed_tokens.weight", model_state["decoder.embed_tokens.weight"]).size(0)
         self.source_dictionary = sized(src)
         self.target_dictionary = self.source_dictionary if src == tgt else sized(tgt)
 
@@ -110,14 +119,17 @@ def build_model_from_state(state: dict, task=None):
     """
     from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_REGISTRY
     from fairseq.models.transformer import TransformerModel
+    from fairseq.models.transformer_lm import TransformerLanguageModel
 
     args, model_state = model_args(state), state["model"]
     arch = getattr(args, "arch", None) or getattr(args, "_name", None)
     model_cls = ARCH_MODEL_REGISTRY.get(arch)
-    if model_cls is None or not issubclass(model_cls, TransformerModel):
-        raise CheckpointError(f"arch {arch!r} is not a fairseq encoder-decoder Transformer (or BART)")
-    if "encoder.embed_tokens.weight" not in model_state:
-        raise CheckpointError(f"arch {arch!r}: the checkpoint has no encoder.embed_tokens.weight")
+    if model_cls is None or not issubclass(model_cls, (TransformerModel, TransformerLanguageModel)):
+        raise CheckpointError(f"arch {arch!r} is not a fairseq Transformer (encoder-decoder, BART or transformer_lm)")
+    embedding = "decoder.embed_tokens.weight" if issubclass(model_cls, TransformerLanguageModel) \
+        else "encoder.embed_tokens.weight"
+    if embedding not in model_state:
+        raise CheckpointError(f"arch {arch!r}: the checkpoint has no {embedding}")
     args = copy.deepcopy(args)
     ARCH_CONFIG_REGISTRY[arch](args)
     model = model_cls.build_model(args, task or _ShapeTask(model_state))

@@ -31,7 +31,14 @@ def student_arch(teacher_arch: str) -> str:
     from fairseq.models import ARCH_MODEL_REGISTRY
 
     name = "lowrank_" + teacher_arch
-    return name if name in ARCH_MODEL_REGISTRY else "lowrank_transformer"
+    if name in ARCH_MODEL_REGISTRY:
+        return name
+    return "lowrank_transformer_lm" if is_lm(teacher_arch) else "lowrank_transformer"
+
+
+def task_of(arch: str) -> str:
+    """The distillation task for a student of ``arch``."""
+    return "makd_language_modeling" if is_lm(arch) else "makd_translation"
 
 
 # architecture fields a student must repeat on fairseq-train's command line (fairseq builds from the CLI)
@@ -41,6 +48,15 @@ ARCH_FIELDS = (
     "encoder_normalize_before", "decoder_normalize_before", "encoder_learned_pos", "decoder_learned_pos",
     "share_all_embeddings", "share_decoder_input_output_embed", "layernorm_embedding", "no_scale_embedding",
 )
+# transformer_lm's CLI also sets these (its defaults do not follow --decoder-embed-dim); translation derives them
+LM_ARCH_FIELDS = ("decoder_input_dim", "decoder_output_dim", "no_decoder_final_norm")
+
+
+def is_lm(arch: str) -> bool:
+    from fairseq.models import ARCH_MODEL_REGISTRY
+    from fairseq.models.transformer_lm import TransformerLanguageModel
+
+    return issubclass(ARCH_MODEL_REGISTRY[arch], TransformerLanguageModel)
 
 
 def arch_flags(args: argparse.Namespace) -> list:
@@ -50,7 +66,7 @@ def arch_flags(args: argparse.Namespace) -> list:
     defaults = argparse.Namespace()
     ARCH_CONFIG_REGISTRY[args.arch](defaults)
     flags = []
-    for name in ARCH_FIELDS:
+    for name in ARCH_FIELDS + (LM_ARCH_FIELDS if is_lm(args.arch) else ()):
         value = getattr(args, name, None)
         if value is None or value == getattr(defaults, name, None):
             continue
@@ -157,7 +173,7 @@ def main(argv=None) -> int:
     save_atomic(student, args.out)
     print(f"wrote {args.out}")
     sargs = student["cfg"]["model"]
-    print("distill it with:\n  fairseq-train DATA --user-dir makd_fairseq --task makd_translation "
+    print(f"distill it with:\n  fairseq-train DATA --user-dir makd_fairseq --task {task_of(sargs.arch)} "
           f"--teacher-path {args.teacher} --arch {sargs.arch} --finetune-from-model {args.out} "
           + " ".join(arch_flags(sargs) + ["--criterion", "makd"]))
     return 0

@@ -106,11 +106,15 @@ def num_heads(model: nn.Module, f: Feature) -> int:
 
 
 def shape_of(model: nn.Module) -> dict:
-    """Per stack: number of layers, hidden width, FFN width, attention heads."""
+    """Per stack the model has (a language model has only a decoder): number of layers, hidden width, FFN width,
+    attention heads, and which attentions its layers have."""
     out = {}
     for stack in ("encoder", "decoder"):
+        if getattr(model, stack, None) is None:
+            continue
         layers = getattr(model, stack).layers
         first = layers[0]
         out[stack] = {"layers": len(layers), "width": first.embed_dim,
-                      "ffn": first.fc1.out_features, "heads": first.self_attn.num_heads}
+                      "ffn": first.fc1.out_features, "heads": first.self_attn.num_heads,
+                      "attentions": tuple(a for a in ATTENTIONS if getattr(first, a, None) is not None)}
     return out

@@ -60,13 +60,15 @@ class MakdCriterion(FairseqCriterion):
         if cfg.kd_temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {cfg.kd_temperature}")
         if not hasattr(task, "teacher_for"):
-            raise ValueError("criterion makd needs a task with a teacher: --task makd_translation --teacher-path T.pt")
+            raise ValueError("criterion makd needs a task with a teacher: --task makd_translation (or "
+                             "makd_language_modeling) --teacher-path T.pt")
         self.cfg = cfg
         teacher = task.teacher  # loads and checks the teacher now, before training starts
         tshape = shape_of(teacher)
         student = getattr(task, "student_shape", None) or tshape
         self.rows = build_table(cfg, {s: student[s]["layers"] for s in student},
-                                {s: tshape[s]["layers"] for s in tshape})
+                                {s: tshape[s]["layers"] for s in tshape},
+                                {s: student[s]["attentions"] for s in student})
         self.projections = nn.ModuleDict()
         for stack in student:
             s, t = student[stack], tshape[stack]

@@ -1,1 +1,1 @@
-from . import lowrank_transformer  # noqa: F401
+from . import lowrank_transformer, lowrank_transformer_lm  # noqa: F401

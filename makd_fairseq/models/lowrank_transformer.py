@@ -81,24 +81,16 @@ def choose_ranks(args, model) -> dict:
         )
     init = getattr(args, "finetune_from_model", None)
     if init and os.path.isfile(init):
-        logger.info(f"lowrank_transformer: ranks from --finetune-from-model {init}")
+        logger.info(f"low-rank model: ranks from --finetune-from-model {init}")
         return read_ranks(init)
     raise ValueError(
-        "lowrank_transformer needs ranks: give --lowrank-ranks (a makd-init student checkpoint or "
+        "a low-rank model needs ranks: give --lowrank-ranks (a makd-init student checkpoint or "
         "JSON), --rank, --rank-ratio or --param-budget, or --finetune-from-model a makd-init student"
     )
 
 
-@register_model("lowrank_transformer")
-class LowRankTransformerModel(TransformerModel):
-    """A Transformer whose chosen Linear layers are ``LowRankLinear`` (see ``makd_fairseq.lowrank``)."""
-
-    @classmethod
-    def add_args(cls, parser):
-        super().add_args(parser)
-        parser.add_argument("--lowrank-ranks", metavar="JSON|FILE",
-                            help="per-matrix ranks: JSON text, a .json file, or a student checkpoint")
-        add_rank_args(parser)
+class LowRankMixin:
+    """Factorizes the dense model its base class builds, and merges factors past break-even at inference."""
 
     @classmethod
     def build_model(cls, args, task):
@@ -117,6 +109,18 @@ class LowRankTransformerModel(TransformerModel):
                 logger.info(f"inference: {len(merged)} factorized matrices at or past break-even merged back "
                             f"to dense ({', '.join(merged[:4])}{', ...' if len(merged) > 4 else ''})")
         super().make_generation_fast_(**kwargs)
+
+
+@register_model("lowrank_transformer")
+class LowRankTransformerModel(LowRankMixin, TransformerModel):
+    """A Transformer whose chosen Linear layers are ``LowRankLinear`` (see ``makd_fairseq.lowrank``)."""
+
+    @classmethod
+    def add_args(cls, parser):
+        super().add_args(parser)
+        parser.add_argument("--lowrank-ranks", metavar="JSON|FILE",
+                            help="per-matrix ranks: JSON text, a .json file, or a student checkpoint")
+        add_rank_args(parser)
 
 
 def lowrank_base_architecture(args):

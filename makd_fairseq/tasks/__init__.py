@@ -1,1 +1,1 @@
-from . import makd_translation  # noqa: F401
+from . import makd_language_modeling, makd_translation  # noqa: F401

@@ -1,92 +1,36 @@
 """``makd_translation``: fairseq's translation task plus a frozen teacher (summarization is a language pair too).
 
-The task owns the teacher: loaded safely from ``--teacher-path`` on first use (training only; decoding a
-student never loads it), checked against the data's dictionaries, frozen (eval mode, no gradients), moved
-to the student's device and dtype (half under ``--fp16``). It is not part of the model, so it is never
-given to the optimizer, never wrapped by DDP and never saved: resuming reloads it from ``--teacher-path``.
+The teacher's life cycle is ``TeacherMixin``'s (see ``tasks/teacher.py``); this task adds the check that the
+teacher was trained on the data's source and target dictionaries.
 """
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
-from fairseq import utils
 from fairseq.data import Dictionary, data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
-from ..checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args
-from ..taps import shape_of
+from ..checkpoint import CheckpointError, model_args
+from .teacher import TeacherMixin, check_data_dirs, first_difference, teacher_path_field
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class MakdTranslationConfig(TranslationConfig):
-    teacher_path: str = field(
-        default="", metadata={"help": "the teacher's fairseq checkpoint; loaded with weights_only on, never saved"}
-    )
-
-
-def first_difference(ours: Dictionary, theirs: Dictionary) -> str:
-    """'' if equal, else where the two symbol lists first differ."""
-    for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
-        if a != b:
-            return f"entry {i}: {a!r} (data) vs {b!r} (teacher)"
-    if len(ours) != len(theirs):
-        i = min(len(ours), len(theirs))
-        extra = ours.symbols[i] if len(ours) > i else theirs.symbols[i]
-        return f"sizes {len(ours)} (data) vs {len(theirs)} (teacher), first extra entry {i}: {extra!r}"
-    return ""
+    teacher_path: str = teacher_path_field()
 
 
 @register_task("makd_translation", dataclass=MakdTranslationConfig)
-class MakdTranslationTask(TranslationTask):
+class MakdTranslationTask(TeacherMixin, TranslationTask):
     cfg: MakdTranslationConfig
-
-    def __init__(self, cfg: MakdTranslationConfig, src_dict, tgt_dict):
-        super().__init__(cfg, src_dict, tgt_dict)
-        self._teacher = None
-        self.student_shape = None
 
     @classmethod
     def setup_task(cls, cfg: MakdTranslationConfig, **kwargs):
-        missing = [p for p in utils.split_paths(cfg.data) if not os.path.isdir(p)]
-        if missing:
-            raise FileNotFoundError(f"data directory {missing[0]} does not exist (binarize with fairseq-preprocess)")
+        check_data_dirs(cfg.data)
         return super().setup_task(cfg, **kwargs)
-
-    def build_model(self, cfg, from_checkpoint=False):
-        model = super().build_model(cfg, from_checkpoint)
-        self.student_shape = shape_of(model)  # the criterion sizes its aspect table from it
-        return model
-
-    @property
-    def teacher(self) -> torch.nn.Module:
-        if self._teacher is None:
-            self._teacher = self.load_teacher()
-        return self._teacher
-
-    def teacher_for(self, student: torch.nn.Module) -> torch.nn.Module:
-        """The frozen teacher on the student's device, in the student's floating dtype."""
-        p, t = next(student.parameters()), next(self.teacher.parameters())
-        if (t.device, t.dtype) != (p.device, p.dtype):
-            self._teacher.to(device=p.device, dtype=p.dtype)
-        return self._teacher
-
-    def load_teacher(self) -> torch.nn.Module:
-        path = self.cfg.teacher_path
-        if not path:
-            raise ValueError("makd_translation needs --teacher-path (the teacher's fairseq checkpoint)")
-        state = load_checkpoint(path)
-        self.check_dictionaries(state, path)
-        teacher = build_model_from_state(state, task=self)
-        for p in teacher.parameters():
-            p.requires_grad_(False)
-        logger.info(f"teacher {path}: {model_args(state).arch}, "
-                    f"{sum(p.numel() for p in teacher.parameters())} parameters, frozen")
-        return teacher.eval()
 
     def check_dictionaries(self, state: dict, path: str) -> None:
         """The teacher must have been trained on this vocabulary: compare symbols where its dictionaries

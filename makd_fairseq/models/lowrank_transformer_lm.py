@@ -1,0 +1,60 @@
+"""``lowrank_transformer_lm``: fairseq's decoder-only ``transformer_lm`` with its target projections factorized.
+
+Ranks come from the same places as for ``lowrank_transformer`` (see there). Every ``transformer_lm`` preset has a
+``lowrank_`` twin (``lowrank_transformer_lm_gpt``, ...): the dense preset fills its defaults, ours the rest.
+"""
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from fairseq.dataclass import ChoiceEnum
+from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_INV_REGISTRY, register_model, register_model_architecture
+from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
+from omegaconf import II
+
+from ..lowrank import ALLOCATIONS, DEFAULT_TARGETS
+from .lowrank_transformer import LowRankMixin
+
+
+@dataclass
+class LowRankTransformerLanguageModelConfig(TransformerLanguageModelConfig):
+    lowrank_ranks: Optional[str] = field(default=None, metadata={
+        "help": "per-matrix ranks: JSON text, a .json file, or a student checkpoint"})
+    rank: Optional[int] = field(default=None, metadata={"help": "the same rank for every target matrix"})
+    rank_ratio: Optional[float] = field(default=None, metadata={
+        "help": "rank = F * min(d_out, d_in) for every target matrix"})
+    param_budget: Optional[float] = field(default=None, metadata={
+        "help": "student parameters as a fraction of the dense model's (embeddings included)"})
+    allocation: ChoiceEnum(ALLOCATIONS) = field(default="uniform", metadata={
+        "help": "how --param-budget is spread: uniform or spectrum"})
+    lowrank_targets: str = field(default=",".join(DEFAULT_TARGETS), metadata={
+        "help": "comma-separated Linear names to factorize: a leaf name (fc1) or an fnmatch pattern"})
+    # the model config only sees its own fields: the student checkpoint to read ranks from
+    finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
+
+
+@register_model("lowrank_transformer_lm", dataclass=LowRankTransformerLanguageModelConfig)
+class LowRankTransformerLanguageModel(LowRankMixin, TransformerLanguageModel):
+    """A decoder-only Transformer LM whose chosen Linear layers are ``LowRankLinear``."""
+
+
+def lowrank_lm_defaults(args):
+    args.lowrank_ranks = getattr(args, "lowrank_ranks", None)
+    args.lowrank_targets = getattr(args, "lowrank_targets", ",".join(DEFAULT_TARGETS))
+    args.allocation = getattr(args, "allocation", "uniform")
+    for key in ("rank", "rank_ratio", "param_budget"):
+        setattr(args, key, getattr(args, key, None))
+
+
+def _preset(dense_arch):
+    def fill(args):
+        dense_arch(args)
+        lowrank_lm_defaults(args)
+
+    return fill
+
+
+# (the dataclass gives the base arch ``lowrank_transformer_lm`` its defaults, as for ``transformer_lm``)
+for _name in list(ARCH_MODEL_INV_REGISTRY["transformer_lm"]):
+    if _name != "transformer_lm":
+        register_model_architecture("lowrank_transformer_lm", "lowrank_" + _name)(_preset(ARCH_CONFIG_REGISTRY[_name]))

@@ -1,0 +1,86 @@
+"""The teacher a distillation task owns (``makd_translation``, ``makd_language_modeling``).
+
+Loaded safely from ``--teacher-path`` on first use (training only; decoding a student never loads it), checked
+against the data's dictionaries (each task's ``check_dictionaries``), frozen (eval mode, no gradients), moved to
+the student's device and dtype (half under ``--fp16``). It is not part of the model, so it is never given to the
+optimizer, never wrapped by DDP and never saved: resuming reloads it from ``--teacher-path``.
+"""
+
+import logging
+import os
+from dataclasses import field
+
+import torch
+from fairseq import utils
+from fairseq.data import Dictionary
+
+from ..checkpoint import build_model_from_state, load_checkpoint, model_args
+from ..taps import shape_of
+
+logger = logging.getLogger(__name__)
+
+
+def teacher_path_field():
+    return field(default="", metadata={
+        "help": "the teacher's fairseq checkpoint; loaded with weights_only on, never saved"})
+
+
+def check_data_dirs(data: str) -> None:
+    missing = [p for p in utils.split_paths(data) if not os.path.isdir(p)]
+    if missing:
+        raise FileNotFoundError(f"data directory {missing[0]} does not exist (binarize with fairseq-preprocess)")
+
+
+def first_difference(ours: Dictionary, theirs: Dictionary) -> str:
+    """'' if equal, else where the two symbol lists first differ."""
+    for i, (a, b) in enumerate(zip(ours.symbols, theirs.symbols)):
+        if a != b:
+            return f"entry {i}: {a!r} (data) vs {b!r} (teacher)"
+    if len(ours) != len(theirs):
+        i = min(len(ours), len(theirs))
+        extra = ours.symbols[i] if len(ours) > i else theirs.symbols[i]
+        return f"sizes {len(ours)} (data) vs {len(theirs)} (teacher), first extra entry {i}: {extra!r}"
+    return ""
+
+
+class TeacherMixin:
+    """Gives a fairseq task a frozen teacher (``teacher``, ``teacher_for``) and the student's shape."""
+
+    _teacher = None
+    student_shape = None  # the criterion sizes its aspect table from it
+
+    def build_model(self, cfg, from_checkpoint=False):
+        model = super().build_model(cfg, from_checkpoint)
+        self.student_shape = shape_of(model)
+        return model
+
+    @property
+    def teacher(self) -> torch.nn.Module:
+        if self._teacher is None:
+            self._teacher = self.load_teacher()
+        return self._teacher
+
+    def teacher_for(self, student: torch.nn.Module) -> torch.nn.Module:
+        """The frozen teacher on the student's device, in the student's floating dtype."""
+        p, t = next(student.parameters()), next(self.teacher.parameters())
+        if (t.device, t.dtype) != (p.device, p.dtype):
+            self._teacher.to(device=p.device, dtype=p.dtype)
+        return self._teacher
+
+    def load_teacher(self) -> torch.nn.Module:
+        cfg = getattr(self, "cfg", None) or self.args  # legacy tasks (language_modeling) keep theirs as ``args``
+        path = cfg.teacher_path
+        if not path:
+            raise ValueError(f"{getattr(cfg, '_name', None) or 'the task'} needs --teacher-path "
+                             "(the teacher's fairseq checkpoint)")
+        state = load_checkpoint(path)
+        self.check_dictionaries(state, path)
+        teacher = build_model_from_state(state, task=self)
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        logger.info(f"teacher {path}: {model_args(state).arch}, "
+                    f"{sum(p.numel() for p in teacher.parameters())} parameters, frozen")
+        return teacher.eval()
+
+    def check_dictionaries(self, state: dict, path: str) -> None:
+        raise NotImplementedError
