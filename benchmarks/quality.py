@@ -31,10 +31,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 USER_DIR = os.path.join(ROOT, "makd_fairseq")
 sys.path.insert(0, HERE)
-from sizes import GENERATE, QUALITY_METHODS, STUDENT_TRAIN, TEACHER_ARCH, TRAIN_COMMON  # noqa: E402
+from sizes import (  # noqa: E402
+    GENERATE, QUALITY_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
+)
 from train_teacher import teacher_command  # noqa: E402
 
-METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf")}
+METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf"),
+           "language_modeling": ("rougeL", "ppl")}
+# decoder-only students: no dense shrink-and-fine-tune baseline (makd-shrink cuts encoder-decoder models)
+LM_METHODS = ("teacher", "svd_only", "svd_ce", "svd_word_kd", "makd")
 
 
 class Run:
@@ -84,14 +89,15 @@ def train_command(run, teacher, init, method_flags, save_dir):
     from makd_fairseq.student_init import arch_flags
 
     sargs = model_args(load_checkpoint(init))
-    return ["fairseq-train", run.args.data, "--user-dir", USER_DIR, "--task", "makd_translation",
+    task = "makd_language_modeling" if run.args.task == "language_modeling" else "makd_translation"
+    return ["fairseq-train", run.args.data, "--user-dir", USER_DIR, "--task", task,
             "--teacher-path", teacher, "--arch", sargs.arch, *arch_flags(sargs), "--finetune-from-model", init,
-            *TRAIN_COMMON, *STUDENT_TRAIN[run.args.size], "--keep-interval-updates", "1",
+            *common_flags(run.args.size), *STUDENT_TRAIN[run.args.size], "--keep-interval-updates", "1",
             "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags]
 
 
 def generate_command(run, checkpoint):
-    train = TRAIN_COMMON + STUDENT_TRAIN[run.args.size]
+    train = common_flags(run.args.size) + STUDENT_TRAIN[run.args.size]
     device = ["--fp16"] if "--fp16" in train else ["--cpu"]
     max_source = train[len(train) - 1 - train[::-1].index("--max-source-positions") + 1]  # the last one given
     return ["fairseq-generate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
@@ -116,6 +122,87 @@ def read_generation(log):
         raise SystemExit(f"quality.py: {log} holds {len(hyps)} hypotheses for {len(refs)} references")
     ids = sorted(hyps)
     return [hyps[i] for i in ids], [refs[i] for i in ids]
+
+
+def eval_lm_command(run, checkpoint):
+    """fairseq-eval-lm on the test set, with the training run's block layout."""
+    common = common_flags(run.args.size)
+    layout = [common[i + d] for i, flag in enumerate(common) if flag in ("--tokens-per-sample", "--sample-break-mode")
+              for d in (0, 1)]
+    return ["fairseq-eval-lm", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
+            *layout, "--max-tokens", "6000", "--num-workers", "0", "--cpu"]
+
+
+def continue_command(run, checkpoint, out):
+    return [sys.executable, os.path.abspath(__file__), "--worker-continue", checkpoint, out, "--task",
+            run.args.task, "--data", run.args.data, "--work", run.work, "--remove-bpe", run.args.remove_bpe,
+            "--continue-docs", str(run.args.continue_docs), "--batch-size", str(run.args.batch_size)]
+
+
+def split_first_sentence(text):
+    """(first sentence, the rest) of a description; the rest is '' when there is a single sentence."""
+    parts = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)
+    return parts[0], parts[1] if len(parts) > 1 else ""
+
+
+def continue_worker(args, checkpoint, out, max_new=40, ref_words=40):
+    """Greedy continuations of held-out descriptions from their first sentence (fairseq's own generator).
+
+    Writes ``out``: one line per document, hypothesis TAB reference (the next ``ref_words`` words)."""
+    import torch
+    from fairseq import checkpoint_utils
+    from fairseq.dataclass.configs import GenerationConfig
+
+    import makd_fairseq  # noqa: F401
+
+    raw = os.path.join(args.data, "..", "test.txt")
+    sp = None
+    if args.remove_bpe == "sentencepiece":
+        import sentencepiece as spm
+
+        sp = spm.SentencePieceProcessor(model_file=os.path.join(args.data, "..", "spm.model"))
+    models, cfg, task = checkpoint_utils.load_model_ensemble_and_task([checkpoint], arg_overrides={"data": args.data})
+    model = models[0].eval()
+    model.prepare_for_inference_(cfg)
+    vocab = task.dictionary
+    docs = []
+    for line in open(raw, encoding="utf-8"):
+        first, rest = split_first_sentence(line)
+        if rest:
+            pieces = sp.encode(first, out_type=str) if sp else first.split()
+            docs.append(([vocab.index(p) for p in pieces][:64], " ".join(rest.split()[:ref_words])))
+        if len(docs) == args.continue_docs:
+            break
+    rows = []
+    for start in range(0, len(docs), args.batch_size):
+        batch = docs[start:start + args.batch_size]
+        width = max(len(p) for p, _ in batch)
+        prefix = torch.full((len(batch), width), vocab.pad(), dtype=torch.long)
+        for i, (p, _) in enumerate(batch):
+            prefix[i, :len(p)] = torch.tensor(p)
+        generator = task.build_generator([model], GenerationConfig(beam=1, max_len_a=0, max_len_b=width + max_new))
+        sample = {"net_input": {"src_tokens": prefix, "src_lengths": prefix.ne(vocab.pad()).sum(1)}}
+        with torch.no_grad():
+            hypos = task.inference_step(generator, [model], sample, prefix_tokens=prefix)
+        for (p, ref), h in zip(batch, hypos):
+            ids = [i for i in h[0]["tokens"].tolist()[len(p):] if i != vocab.eos()][:max_new]
+            pieces = [vocab[i] for i in ids]
+            text = sp.decode_pieces(pieces) if sp else " ".join(pieces)
+            rows.append(f"{' '.join(text.split())}\t{ref}")
+    with open(out + ".tmp", "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    os.replace(out + ".tmp", out)
+
+
+def read_lm_scores(eval_log, continuations):
+    m = re.search(r"Perplexity: ([\d.]+)", open(eval_log).read())
+    if not m:
+        raise SystemExit(f"quality.py: no perplexity in {eval_log}")
+    pairs = [line.rstrip("\n").split("\t") for line in open(continuations, encoding="utf-8") if line.strip()]
+    rouge, _ = score("summarization", [h for h, _ in pairs], [r for _, r in pairs])
+    return {"rougeL": rouge["rougeL"], "ppl": round(float(m.group(1)), 2)}, {
+        "ppl": "fairseq-eval-lm on test", "rougeL": f"rouge-score F1 (use_stemmer=True) of greedy continuations "
+                                                    f"of {len(pairs)} test descriptions from their first sentence"}
 
 
 def score(task, hyps, refs):
@@ -168,26 +255,27 @@ def table(result):
 def plot(result, path):
     import logging
 
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup lets its DEBUG lines through
     import matplotlib
 
     matplotlib.use("Agg")
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup lets its DEBUG lines through
     import matplotlib.pyplot as plt
 
-    metric = METRICS[result["task"]][0]
+    metrics = METRICS[result["task"]][:2]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.axhline(teacher["metrics"][metric], color="black", linestyle="--", label="teacher")
-    for name in QUALITY_METHODS:
-        points = sorted((m["budget"], m["metrics"][metric]) for m in result["methods"]
-                        if m["method"] == name and m["budget"] is not None)
-        if points:
-            ax.plot(*zip(*points), marker="o", label=name)
-    ax.set_xlabel("student parameters / teacher parameters")
-    ax.set_ylabel(metric)
-    ax.set_title(f"Debian descriptions, {result['task']} ({result['size']} size)")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ax.axhline(teacher["metrics"][metric], color="black", linestyle="--", label="teacher")
+        for name in QUALITY_METHODS:
+            points = sorted((m["budget"], m["metrics"][metric]) for m in result["methods"]
+                            if m["method"] == name and m["budget"] is not None)
+            if points:
+                ax.plot(*zip(*points), marker="o", label=name)
+        ax.set_xlabel("student parameters / teacher parameters")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Debian descriptions, {result['task']} ({result['size']} size)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -203,7 +291,8 @@ def main(argv=None):
                                           "train_teacher.py --size SIZE into WORK/teacher)")
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/<task>.json)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
-    parser.add_argument("--methods", nargs="+", choices=list(QUALITY_METHODS), default=list(QUALITY_METHODS))
+    parser.add_argument("--methods", nargs="+", choices=list(QUALITY_METHODS),
+                        help="default: all (language modeling: " + ", ".join(LM_METHODS) + ")")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per job")
     parser.add_argument("--batch-size", type=int, default=64, help="fairseq-generate sentences per batch")
@@ -211,7 +300,18 @@ def main(argv=None):
                         help="fairseq-generate's --remove-bpe before scoring ('none' for word-level data)")
     parser.add_argument("--generate-args", default="", help="more fairseq-generate flags, e.g. BART's "
                                                              "'--bpe gpt2' (one quoted string)")
+    parser.add_argument("--continue-docs", type=int, default=500,
+                        help="language modeling: test descriptions continued from their first sentence")
+    parser.add_argument("--worker-continue", nargs=2, metavar=("CHECKPOINT", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.worker_continue:
+        return continue_worker(args, *args.worker_continue)
+    lm = args.task == "language_modeling"
+    if lm != is_lm_size(args.size):
+        parser.error(f"--size {args.size} does not fit --task {args.task} (language modeling takes lm_* sizes)")
+    args.methods = args.methods or list(LM_METHODS if lm else QUALITY_METHODS)
+    if lm and "dense_sft_kd" in args.methods:
+        parser.error("dense_sft_kd (makd-shrink) is for encoder-decoder models, not --task language_modeling")
     args.out = args.out or os.path.join(HERE, "results", f"{args.task}.json")
     if not os.path.isfile(os.path.join(args.data, "dict.txt")) and not any(
             f.startswith("dict.") for f in (os.listdir(args.data) if os.path.isdir(args.data) else [])):
@@ -264,17 +364,26 @@ def main(argv=None):
                 f.result()
 
     pool(jobs)
-    gens = []
+    evals, outputs = [], []
     for method, budget, checkpoint in models:
         name = method if budget is None else f"b{round(budget * 100)}/{method}"
         log = run.path("generate", name.replace("/", "_") + ".txt")
-        gens.append((f"generate {name}", generate_command(run, checkpoint), log,
-                     lambda p=log: os.path.isfile(p) and "Generate test with beam" in open(p).read()))
-    pool(gens)
+        if lm:
+            cont = run.path("generate", name.replace("/", "_") + ".continuations.tsv")
+            evals.append((f"eval-lm {name}", eval_lm_command(run, checkpoint), log,
+                          lambda p=log: os.path.isfile(p) and "Perplexity:" in open(p).read()))
+            evals.append((f"continue {name}", continue_command(run, checkpoint, cont), cont + ".log",
+                          lambda p=cont: os.path.isfile(p)))
+            outputs.append((log, cont))
+        else:
+            evals.append((f"generate {name}", generate_command(run, checkpoint), log,
+                          lambda p=log: os.path.isfile(p) and "Generate test with beam" in open(p).read()))
+            outputs.append((log,))
+    pool(evals)
 
     methods, signatures = [], {}
-    for (method, budget, checkpoint), (_, _, log, _) in zip(models, gens):
-        metrics, signatures = score(args.task, *read_generation(log))
+    for (method, budget, checkpoint), files in zip(models, outputs):
+        metrics, signatures = read_lm_scores(*files) if lm else score(args.task, *read_generation(*files))
         methods.append({"method": method, "budget": budget, "params": params_of(checkpoint), "metrics": metrics,
                         "checkpoint": os.path.relpath(checkpoint, args.work)})
     manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
@@ -283,8 +392,8 @@ def main(argv=None):
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures,
-        "student_training": " ".join(TRAIN_COMMON + STUDENT_TRAIN[args.size]),
-        "generation": " ".join(GENERATE[args.task]),
+        "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size]),
+        "generation": "greedy continuations, 40 new tokens" if lm else " ".join(GENERATE[args.task]),
         "command": " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
         "git_commit": commit, "data_sha256": data_hash,
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} job(s) "

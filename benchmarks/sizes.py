@@ -65,6 +65,48 @@ STUDENT_TRAIN = {
              "--validate-interval-updates", "2000", "--save-interval-updates", "2000", "--fp16"],
 }
 
+# decoder-only teachers (language_modeling): fairseq's LM defaults keep input/output widths at 512, so set them
+LM_ARCH = {
+    "lm_smoke": ["--arch", "transformer_lm", "--decoder-layers", "2", "--decoder-embed-dim", "64",
+                 "--decoder-input-dim", "64", "--decoder-output-dim", "64", "--decoder-ffn-embed-dim", "128",
+                 "--decoder-attention-heads", "4", "--share-decoder-input-output-embed"],
+    "lm_cpu": ["--arch", "transformer_lm", "--decoder-layers", "3", "--decoder-embed-dim", "128",
+               "--decoder-input-dim", "128", "--decoder-output-dim", "128", "--decoder-ffn-embed-dim", "512",
+               "--decoder-attention-heads", "4", "--share-decoder-input-output-embed"],
+}
+# whole descriptions packed into blocks ("eos" mode calls np.compat, gone in numpy 2)
+LM_COMMON = [
+    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
+    "--warmup-updates", "100", "--clip-norm", "1.0", "--dropout", "0.1", "--weight-decay", "0.0001",
+    "--tokens-per-sample", "256", "--sample-break-mode", "complete", "--skip-invalid-size-inputs-valid-test",
+    "--seed", "1", "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "json",
+]
+TEACHER_ARCH.update(LM_ARCH)
+TEACHER_TRAIN.update({
+    "lm_smoke": ["--lr", "0.005", "--max-tokens", "2048", "--max-update", "20", "--cpu"],
+    "lm_cpu": ["--lr", "0.002", "--max-tokens", "6000", "--max-update", "2000", "--cpu"],
+})
+STUDENT_TRAIN.update({
+    "lm_smoke": STUDENT_TRAIN["smoke"],
+    "lm_cpu": STUDENT_TRAIN["cpu"],
+})
+
+
+def is_lm_size(size):
+    return size in LM_ARCH
+
+
+def common_flags(size):
+    """Data and optimisation flags shared by a size's teacher and students."""
+    return LM_COMMON if is_lm_size(size) else TRAIN_COMMON
+
+
+def teacher_criterion(size):
+    if is_lm_size(size):
+        return ["--task", "language_modeling", "--criterion", "cross_entropy"]
+    return ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
+
+
 # the methods of the quality benchmark: (initial student, criterion flags); teacher and svd_only are not trained
 QUALITY_METHODS = {
     "teacher": None,

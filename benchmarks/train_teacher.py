@@ -11,13 +11,12 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from sizes import TEACHER_ARCH, TEACHER_TRAIN, TRAIN_COMMON  # noqa: E402
+from sizes import TEACHER_ARCH, TEACHER_TRAIN, common_flags, teacher_criterion  # noqa: E402
 
 
 def teacher_command(data, size, save_dir, extra=()):
-    return ["fairseq-train", data, *TEACHER_ARCH[size], *TRAIN_COMMON, *TEACHER_TRAIN[size],
-            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-            "--save-dir", save_dir, *extra]
+    return ["fairseq-train", data, *TEACHER_ARCH[size], *common_flags(size), *TEACHER_TRAIN[size],
+            *teacher_criterion(size), "--save-dir", save_dir, *extra]
 
 
 def main(argv=None):

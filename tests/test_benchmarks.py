@@ -96,3 +96,27 @@ def test_quality_benchmark_rejects_bad_input(tmp_path, mt_data):
                            "--work", tmp_path / "w", "--budgets", "0.5", "1.5"], capture_output=True, text=True)
     assert proc.returncode == 2 and "--budgets" in proc.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_quality_benchmark_smoke_language_modeling(tmp_path):
+    """Decoder-only: perplexity from fairseq-eval-lm and ROUGE-L of greedy continuations of test descriptions."""
+    root = tmp_path / "lm"
+    src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
+    run("fairseq-preprocess", "--only-source", "--trainpref", src / "train.src", "--validpref", src / "valid.src",
+        "--testpref", src / "test.src", "--destdir", root / "bin", "--nwordssrc", "1000", "--workers", "1")
+    (root / "test.txt").write_text((src / "test.src").read_text())
+    out = tmp_path / "language_modeling.json"
+    run(sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size", "lm_smoke",
+        "--work", tmp_path / "work", "--budgets", "0.7", "--methods", "svd_only", "makd", "--remove-bpe", "none",
+        "--continue-docs", "20", "--out", out)
+    result = json.loads(out.read_text())
+    assert [m["method"] for m in result["methods"]] == ["teacher", "svd_only", "makd"]
+    for m in result["methods"]:
+        assert set(m["metrics"]) == {"ppl", "rougeL"} and m["metrics"]["ppl"] > 1 and 0 <= m["metrics"]["rougeL"] <= 100
+    # the factorization error shows in perplexity: the untrained SVD student is worse than its teacher
+    assert result["methods"][1]["metrics"]["ppl"] > result["methods"][0]["metrics"]["ppl"]
+    lines = (tmp_path / "work" / "generate" / "teacher.continuations.tsv").read_text().splitlines()
+    assert len(lines) == 20 and all(len(line.split("\t")) == 2 for line in lines)
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
+                           "cpu", "--work", tmp_path / "w"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "lm_" in proc.stderr
