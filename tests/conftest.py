@@ -94,3 +94,17 @@ def valid_batch(task, split="valid", max_sentences=16):
     task.load_dataset(split)
     itr = task.get_batch_iterator(task.dataset(split), max_sentences=max_sentences).next_epoch_itr(shuffle=False)
     return next(iter(itr))
+
+
+def batch_of(task, ids, split="valid"):
+    """The collated batch of the given examples of a loaded split."""
+    ds = task.dataset(split)
+    return ds.collater([ds[i] for i in ids])
+
+
+def per_token(criterion, model, sample):
+    """(each logged component per target token, the loss, the sample size) of one criterion call."""
+    from makd_fairseq.criterions.makd import COMPONENTS
+
+    loss, sample_size, log = criterion(model, sample)
+    return {k: log[k].item() / sample_size for k in COMPONENTS}, loss, sample_size

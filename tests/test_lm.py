@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from conftest import FIXTURES, USER_DIR, makd_init, run
+from conftest import FIXTURES, USER_DIR, batch_of, makd_init, per_token, run
 from makd_fairseq.aspects import TERMS
 from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
 
@@ -64,28 +64,18 @@ def _setup(teacher, student, data, **overrides):
     return task, models[0].eval(), MakdCriterion(task, cfg)
 
 
-def _batch(task, ids):
-    ds = task.dataset("valid")
-    return ds.collater([ds[i] for i in ids])
-
-
-def _per_token(criterion, model, sample):
-    loss, sample_size, log = criterion(model, sample)
-    return {k: log[k].item() / sample_size for k in COMPONENTS}, loss, sample_size
-
-
 def test_full_rank_lm_student_matches_the_teacher_and_has_zero_terms(lm_teacher, lm_students, lm_data):
     task, model, criterion = _setup(lm_teacher, lm_students["full"], lm_data)
     # the decoder-only table: self-attention only (no cross-attention rows), every term present
     assert {row.term for row in criterion.rows} == set(TERMS)
     assert {row.student.stack for row in criterion.rows} == {"decoder"}
     assert {row.student.attention for row in criterion.rows} == {None, "self_attn"}
-    sample = _batch(task, range(6))
+    sample = batch_of(task, range(6))
     with torch.no_grad():
         s = model(**sample["net_input"])[0]
         t = task.teacher(**sample["net_input"])[0]
     assert torch.allclose(s, t, atol=1e-4)
-    values = _per_token(criterion, model, sample)[0]
+    values = per_token(criterion, model, sample)[0]
     for term in DISTILL:
         assert abs(values[term]) <= 1e-6, (term, values[term])
 
@@ -97,28 +87,28 @@ def test_lm_student_term_is_positive_and_one_sgd_step_lowers_it(term, lm_teacher
     only[{"loss_model": "model_weight", "loss_mha": "mha_weight", "loss_ffn": "ffn_weight",
           "loss_attn": "attn_weight", "loss_hidn": "hidn_weight"}[term]] = 1.0
     task, model, criterion = _setup(lm_teacher, lm_students["small"], lm_data, **only)
-    sample = _batch(task, range(6))
-    before, loss, _ = _per_token(criterion, model, sample)
+    sample = batch_of(task, range(6))
+    before, loss, _ = per_token(criterion, model, sample)
     assert before[term] > 1e-5
     loss.backward()
     with torch.no_grad():
         for p in model.parameters():
             if p.grad is not None:
                 p -= 1e-3 * p.grad / max(p.grad.norm().item(), 1e-12)
-    assert _per_token(criterion, model, sample)[0][term] < before[term]
+    assert per_token(criterion, model, sample)[0][term] < before[term]
 
 
 def test_lm_padding_and_batch_splitting_change_no_per_token_value(lm_teacher, lm_students, lm_data):
     task, model, criterion = _setup(lm_teacher, lm_students["small"], lm_data)
-    sample = _batch(task, range(8))
-    plain = _per_token(criterion, model, sample)[0]
+    sample = batch_of(task, range(8))
+    plain = per_token(criterion, model, sample)[0]
     padded = copy.deepcopy(sample)
     pad = task.dictionary.pad()
     for holder, key in ((padded["net_input"], "src_tokens"), (padded, "target")):
         holder[key] = torch.cat([holder[key], holder[key].new_full((holder[key].size(0), 3), pad)], 1)
-    for name, value in _per_token(criterion, model, padded)[0].items():
+    for name, value in per_token(criterion, model, padded)[0].items():
         assert value == pytest.approx(plain[name], rel=1e-5, abs=1e-7), name
-    halves = [criterion(model, _batch(task, ids)) for ids in (range(0, 3), range(3, 8))]
+    halves = [criterion(model, batch_of(task, ids)) for ids in (range(0, 3), range(3, 8))]
     size = sum(h[1] for h in halves)
     for name in COMPONENTS:
         assert sum(h[2][name].item() for h in halves) / size == pytest.approx(plain[name], rel=1e-5, abs=1e-7)
@@ -136,7 +126,7 @@ def test_full_rank_lm_student_continues_text_exactly_like_the_teacher(lm_teacher
         model = models[0].eval()
         model.prepare_for_inference_(cfg)
         task.load_dataset("valid")
-        sample = _batch(task, range(4))
+        sample = batch_of(task, range(4))
         prefix = sample["net_input"]["src_tokens"][:, 1:6]  # after the leading </s>, as inference_step drops it
         generator = task.build_generator([model], GenerationConfig(beam=1, max_len_b=12, min_len=12))
         with torch.no_grad():

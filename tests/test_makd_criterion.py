@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import batch_of, per_token
 from makd_fairseq.aspects import TERMS, attention_kl, build_table, map_layers, mse, output_kl, select_layers
 from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
 from makd_fairseq.taps import Feature, Taps
@@ -29,21 +30,11 @@ def _setup(teacher, student, data, **overrides):
     return task, models[0].eval(), MakdCriterion(task, cfg)
 
 
-def _batch(task, ids):
-    ds = task.dataset("valid")
-    return ds.collater([ds[i] for i in ids])
-
-
-def _per_token(criterion, model, sample):
-    loss, sample_size, log = criterion(model, sample)
-    return {k: log[k].item() / sample_size for k in COMPONENTS}, loss, sample_size
-
-
 def test_full_rank_student_has_zero_distillation_terms_and_gradients(teacher, full_rank_student, mt_data):
     task, model, criterion = _setup(teacher, full_rank_student, mt_data)
-    sample = _batch(task, range(12))
+    sample = batch_of(task, range(12))
     assert {row.term for row in criterion.rows} == set(TERMS)
-    values = _per_token(criterion, model, sample)[0]
+    values = per_token(criterion, model, sample)[0]
     for term in DISTILL:
         assert abs(values[term]) <= 1e-6, (term, values[term])
     # gradient of the distillation terms alone (cross-entropy is not zero at full rank)
@@ -65,8 +56,8 @@ def test_perturbed_student_term_is_positive_and_one_sgd_step_lowers_it(term, tea
     only[{"loss_model": "model_weight", "loss_mha": "mha_weight", "loss_ffn": "ffn_weight",
           "loss_attn": "attn_weight", "loss_hidn": "hidn_weight"}[term]] = 1.0
     task, model, criterion = _setup(teacher, half_student, mt_data, **only)
-    sample = _batch(task, range(12))
-    before, loss, _ = _per_token(criterion, model, sample)
+    sample = batch_of(task, range(12))
+    before, loss, _ = per_token(criterion, model, sample)
     assert before[term] > 1e-4
     loss.backward()
     assert all(p.grad is None for p in task.teacher.parameters())
@@ -74,7 +65,7 @@ def test_perturbed_student_term_is_positive_and_one_sgd_step_lowers_it(term, tea
         for p in model.parameters():
             if p.grad is not None:
                 p -= 1e-3 * p.grad / max(p.grad.norm().item(), 1e-12)
-    after = _per_token(criterion, model, sample)[0]
+    after = per_token(criterion, model, sample)[0]
     assert after[term] < before[term]
 
 
@@ -91,17 +82,17 @@ def _pad(sample, pad, extra_src=3, extra_tgt=2):
 
 def test_padding_changes_no_term(teacher, half_student, mt_data):
     task, model, criterion = _setup(teacher, half_student, mt_data)
-    sample = _batch(task, range(10))
-    plain = _per_token(criterion, model, sample)[0]
-    padded = _per_token(criterion, model, _pad(sample, task.source_dictionary.pad()))[0]
+    sample = batch_of(task, range(10))
+    plain = per_token(criterion, model, sample)[0]
+    padded = per_token(criterion, model, _pad(sample, task.source_dictionary.pad()))[0]
     for name in COMPONENTS:
         assert padded[name] == pytest.approx(plain[name], rel=1e-5, abs=1e-7), name
 
 
 def test_splitting_a_batch_gives_the_same_per_token_values(teacher, half_student, mt_data):
     task, model, criterion = _setup(teacher, half_student, mt_data)
-    whole = criterion(model, _batch(task, range(16)))
-    halves = [criterion(model, _batch(task, ids)) for ids in (range(0, 7), range(7, 16))]
+    whole = criterion(model, batch_of(task, range(16)))
+    halves = [criterion(model, batch_of(task, ids)) for ids in (range(0, 7), range(7, 16))]
     sample_size = sum(h[1] for h in halves)
     assert sample_size == whole[1]
     for name in COMPONENTS:
@@ -112,7 +103,7 @@ def test_splitting_a_batch_gives_the_same_per_token_values(teacher, half_student
 def test_half_precision_inputs_give_finite_values_close_to_fp32(teacher, half_student, mt_data):
     """Features read from the real models, cast to fp16: every loss stays finite and within 1% (or 1e-3)."""
     task, model, criterion = _setup(teacher, half_student, mt_data)
-    sample = _batch(task, range(8))
+    sample = batch_of(task, range(8))
     from makd_fairseq.aspects import position_weights, positions_of
 
     weights = position_weights(sample, task.source_dictionary.pad())

@@ -123,12 +123,17 @@ class LowRankTransformerModel(LowRankMixin, TransformerModel):
         add_rank_args(parser)
 
 
-def lowrank_base_architecture(args):
+def lowrank_defaults(args):
+    """The rank flags' defaults, for any low-rank architecture."""
     args.lowrank_ranks = getattr(args, "lowrank_ranks", None)
     args.lowrank_targets = getattr(args, "lowrank_targets", ",".join(DEFAULT_TARGETS))
     args.allocation = getattr(args, "allocation", "uniform")
     for key in ("rank", "rank_ratio", "param_budget"):
         setattr(args, key, getattr(args, key, None))
+
+
+def lowrank_base_architecture(args):
+    lowrank_defaults(args)
     base_architecture(args)
 
 

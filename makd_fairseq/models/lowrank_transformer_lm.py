@@ -13,7 +13,7 @@ from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerL
 from omegaconf import II
 
 from ..lowrank import ALLOCATIONS, DEFAULT_TARGETS
-from .lowrank_transformer import LowRankMixin
+from .lowrank_transformer import LowRankMixin, lowrank_defaults
 
 
 @dataclass
@@ -38,18 +38,10 @@ class LowRankTransformerLanguageModel(LowRankMixin, TransformerLanguageModel):
     """A decoder-only Transformer LM whose chosen Linear layers are ``LowRankLinear``."""
 
 
-def lowrank_lm_defaults(args):
-    args.lowrank_ranks = getattr(args, "lowrank_ranks", None)
-    args.lowrank_targets = getattr(args, "lowrank_targets", ",".join(DEFAULT_TARGETS))
-    args.allocation = getattr(args, "allocation", "uniform")
-    for key in ("rank", "rank_ratio", "param_budget"):
-        setattr(args, key, getattr(args, key, None))
-
-
 def _preset(dense_arch):
     def fill(args):
         dense_arch(args)
-        lowrank_lm_defaults(args)
+        lowrank_defaults(args)
 
     return fill
 
