@@ -12,6 +12,8 @@
    every criterion logs alike) picks the checkpoint. ``--jobs`` runs that many at once, one thread each.
 4. ``fairseq-generate`` with beam search on the test set, sentencepiece removed; summarization is scored with
    ``rouge-score`` (ROUGE-1/2/L F1, Porter stemming), translation with sacreBLEU (BLEU and chrF, signatures kept).
+   ``--task language_modeling`` (decoder-only, ``lm_*`` sizes): ``fairseq-eval-lm`` perplexity on test and ROUGE-L
+   of greedy continuations (fairseq's generator) of held-out descriptions from their first sentence.
 
 Steps whose outputs exist in WORK are reused (so an interrupted run resumes); their recorded times are kept in
 WORK/stages.json. Writes ``--out`` (JSON), the same path with ``.md`` (table) and ``.png`` (quality vs budget).
@@ -24,6 +26,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -49,6 +52,7 @@ class Run:
         self.args, self.work = args, args.work
         self.stages_path = os.path.join(self.work, "stages.json")
         self.stages = json.load(open(self.stages_path)) if os.path.exists(self.stages_path) else {}
+        self.lock = threading.Lock()  # --jobs threads finish stages concurrently
 
     def path(self, *parts):
         return os.path.join(self.work, *parts)
@@ -68,10 +72,11 @@ class Run:
             with open(log) as f:
                 tail = f.read()[-3000:]
             raise SystemExit(f"quality.py: {name} failed (exit {rc}); the end of {log}:\n{tail}")
-        self.stages[name] = round(time.time() - start, 1)
-        with open(self.stages_path + ".tmp", "w") as f:
-            json.dump(self.stages, f, indent=1)
-        os.replace(self.stages_path + ".tmp", self.stages_path)
+        with self.lock:
+            self.stages[name] = round(time.time() - start, 1)
+            with open(self.stages_path + ".tmp", "w") as f:
+                json.dump(self.stages, f, indent=1)
+            os.replace(self.stages_path + ".tmp", self.stages_path)
 
 
 def finished(train_log):
