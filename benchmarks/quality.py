@@ -199,6 +199,15 @@ def continue_worker(args, checkpoint, out, max_new=40, ref_words=40):
     os.replace(out + ".tmp", out)
 
 
+def best_valid_nll(train_log):
+    """The lowest validation nll_loss (bits per token, as fairseq logs it) of a json-format fairseq-train log."""
+    if not os.path.isfile(train_log):
+        return None
+    values = [float(json.loads(line[line.index("{"):])["valid_nll_loss"])
+              for line in open(train_log) if '"valid_nll_loss"' in line]
+    return min(values) if values else None
+
+
 def read_lm_scores(eval_log, continuations):
     m = re.search(r"Perplexity: ([\d.]+)", open(eval_log).read())
     if not m:
@@ -247,13 +256,14 @@ def params_of(checkpoint):
 def table(result):
     names = METRICS[result["task"]]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
-    lines = [f"| method | budget | params | {' | '.join(names)} | {names[0]} % of teacher |",
-             "|---|---|---|" + "---|" * (len(names) + 1)]
+    lines = [f"| method | budget | params | {' | '.join(names)} | {names[0]} % of teacher | best valid nll (bits) |",
+             "|---|---|---|" + "---|" * (len(names) + 2)]
     for m in result["methods"]:
         budget = "teacher" if m["budget"] is None else f"{m['budget']:.0%}"
         share = 100 * m["metrics"][names[0]] / max(teacher["metrics"][names[0]], 1e-9)
+        nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
         lines.append(f"| {m['method']} | {budget} | {m['params']:,} | "
-                     + " | ".join(f"{m['metrics'][n]:.2f}" for n in names) + f" | {share:.1f}% |")
+                     + " | ".join(f"{m['metrics'][n]:.2f}" for n in names) + f" | {share:.1f}% | {nll} |")
     return "\n".join(lines) + "\n"
 
 
@@ -389,7 +399,9 @@ def main(argv=None):
     methods, signatures = [], {}
     for (method, budget, checkpoint), files in zip(models, outputs):
         metrics, signatures = read_lm_scores(*files) if lm else score(args.task, *read_generation(*files))
+        log = os.path.join(os.path.dirname(checkpoint), "train.log") if method != "teacher" else run.path("teacher.log")
         methods.append({"method": method, "budget": budget, "params": params_of(checkpoint), "metrics": metrics,
+                        "valid_nll": None if method == "svd_only" else best_valid_nll(log),
                         "checkpoint": os.path.relpath(checkpoint, args.work)})
     manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
     data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
@@ -403,7 +415,9 @@ def main(argv=None):
         "git_commit": commit, "data_sha256": data_hash,
         "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} job(s) "
                     f"of {args.threads} thread(s)",
-        "stage_seconds": run.stages, "wall_s": round(time.time() - started, 1),
+        # this invocation's wall time; the steps it reused from WORK took stage_seconds (sum: compute time)
+        "stage_seconds": run.stages, "stage_seconds_sum": round(sum(v or 0 for v in run.stages.values()), 1),
+        "wall_s": round(time.time() - started, 1),
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".tmp", "w") as f:
