@@ -215,7 +215,7 @@ def _bad_inputs(teacher, lstm_teacher, tmp_path):
         "not a checkpoint": (["--teacher", text, "--rank", "4"], "not a readable fairseq checkpoint"),
         "truncated": (["--teacher", truncated, "--rank", "4"], "not a readable fairseq checkpoint"),
         "no targets": (["--teacher", teacher, "--rank", "4", "--targets", "nothing_proj"], "no Linear layer matching"),
-        "lstm arch": (["--teacher", lstm_teacher, "--rank", "4"], "not a fairseq encoder-decoder Transformer"),
+        "lstm arch": (["--teacher", lstm_teacher, "--rank", "4"], "is not a fairseq Transformer"),
         "rank too big": (["--teacher", teacher, "--rank", "65"], "outside [1, min(d_out, d_in)=64]"),
         "impossible budget": (["--teacher", teacher, "--param-budget", "0.05"], "smallest achievable budget is"),
         "two rank flags": (["--teacher", teacher, "--rank", "4", "--param-budget", "0.5"], "exactly one of"),
