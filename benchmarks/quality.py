@@ -203,8 +203,9 @@ def best_valid_nll(train_log):
     """The lowest validation nll_loss (bits per token, as fairseq logs it) of a json-format fairseq-train log."""
     if not os.path.isfile(train_log):
         return None
-    values = [float(json.loads(line[line.index("{"):])["valid_nll_loss"])
-              for line in open(train_log) if '"valid_nll_loss"' in line]
+    logs = [json.loads(line[line.index("{"):]) for line in open(train_log) if '"valid_loss"' in line]
+    # fairseq's cross_entropy criterion logs the nll as valid_loss only
+    values = [float(log.get("valid_nll_loss", log["valid_loss"])) for log in logs]
     return min(values) if values else None
 
 
