@@ -289,6 +289,8 @@ def plot(result, path):
                 ax.plot(*zip(*points), marker="o", label=name)
         ax.set_xlabel("student parameters / teacher parameters")
         ax.set_ylabel(metric)
+        if metric == "ppl":
+            ax.set_yscale("log")  # an untrained factorization is orders of magnitude off
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Debian descriptions, {result['task']} ({result['size']} size)")
