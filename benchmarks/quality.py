@@ -21,7 +21,6 @@ WORK/stages.json. Writes ``--out`` (JSON), the same path with ``.md`` (table) an
 import argparse
 import json
 import os
-import platform
 import re
 import shlex
 import subprocess
@@ -37,6 +36,7 @@ sys.path.insert(0, HERE)
 from sizes import (  # noqa: E402
     GENERATE, QUALITY_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
 )
+from provenance import command, git_commit, hardware, write_atomic  # noqa: E402
 from train_teacher import teacher_command  # noqa: E402
 
 METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf"),
@@ -74,9 +74,7 @@ class Run:
             raise SystemExit(f"quality.py: {name} failed (exit {rc}); the end of {log}:\n{tail}")
         with self.lock:
             self.stages[name] = round(time.time() - start, 1)
-            with open(self.stages_path + ".tmp", "w") as f:
-                json.dump(self.stages, f, indent=1)
-            os.replace(self.stages_path + ".tmp", self.stages_path)
+            write_atomic(self.stages_path, json.dumps(self.stages, indent=1))
 
 
 def finished(train_log):
@@ -101,14 +99,18 @@ def train_command(run, teacher, init, method_flags, save_dir):
             "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags]
 
 
+def flag_value(flags, name):
+    """The value of the last ``name`` in a flag list (the one argparse keeps)."""
+    return flags[len(flags) - flags[::-1].index(name)]
+
+
 def generate_command(run, checkpoint):
     train = common_flags(run.args.size) + STUDENT_TRAIN[run.args.size]
     device = ["--fp16"] if "--fp16" in train else ["--cpu"]
-    max_source = train[len(train) - 1 - train[::-1].index("--max-source-positions") + 1]  # the last one given
     return ["fairseq-generate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
             *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
             *(["--remove-bpe", run.args.remove_bpe] if run.args.remove_bpe != "none" else []),
-            "--truncate-source", "--max-source-positions", max_source, "--skip-invalid-size-inputs-valid-test",
+            "--truncate-source", "--max-source-positions", flag_value(train, "--max-source-positions"), "--skip-invalid-size-inputs-valid-test",
             "--num-workers", "0", *device, *shlex.split(run.args.generate_args)]
 
 
@@ -132,8 +134,7 @@ def read_generation(log):
 def eval_lm_command(run, checkpoint):
     """fairseq-eval-lm on the test set, with the training run's block layout."""
     common = common_flags(run.args.size)
-    layout = [common[i + d] for i, flag in enumerate(common) if flag in ("--tokens-per-sample", "--sample-break-mode")
-              for d in (0, 1)]
+    layout = [f for name in ("--tokens-per-sample", "--sample-break-mode") for f in (name, flag_value(common, name))]
     return ["fairseq-eval-lm", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
             *layout, "--max-tokens", "6000", "--num-workers", "0", "--cpu"]
 
@@ -194,9 +195,7 @@ def continue_worker(args, checkpoint, out, max_new=40, ref_words=40):
             pieces = [vocab[i] for i in ids]
             text = sp.decode_pieces(pieces) if sp else " ".join(pieces)
             rows.append(f"{' '.join(text.split())}\t{ref}")
-    with open(out + ".tmp", "w", encoding="utf-8") as f:
-        f.write("\n".join(rows) + "\n")
-    os.replace(out + ".tmp", out)
+    write_atomic(out, "\n".join(rows) + "\n")
 
 
 def best_valid_nll(train_log):
@@ -408,27 +407,20 @@ def main(argv=None):
                         "checkpoint": os.path.relpath(checkpoint, args.work)})
     manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
     data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures,
         "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size]),
         "generation": "greedy continuations, 40 new tokens" if lm else " ".join(GENERATE[args.task]),
-        "command": " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
-        "git_commit": commit, "data_sha256": data_hash,
-        "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.jobs} job(s) "
-                    f"of {args.threads} thread(s)",
+        "command": command(__file__, argv), "git_commit": git_commit(), "data_sha256": data_hash,
+        "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),
         # this invocation's wall time; the steps it reused from WORK took stage_seconds (sum: compute time)
         "stage_seconds": run.stages, "stage_seconds_sum": round(sum(v or 0 for v in run.stages.values()), 1),
         "wall_s": round(time.time() - started, 1),
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
+    write_atomic(args.out, json.dumps(result, indent=1))
     stem = os.path.splitext(args.out)[0]
-    with open(stem + ".md", "w") as f:
-        f.write(table(result))
+    write_atomic(stem + ".md", table(result))
     plot(result, stem + ".png")
     print(table(result))
     print(f"wrote {args.out}, {stem}.md and {stem}.png")

@@ -24,12 +24,13 @@ TEACHER_ARCH = {
 }
 
 # optimisation shared by teachers and students; summarization sources are truncated to 256 pieces
-TRAIN_COMMON = [
+OPTIMIZATION = [
     "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
     "--warmup-updates", "100", "--clip-norm", "1.0", "--dropout", "0.1", "--weight-decay", "0.0001",
-    "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test",
     "--seed", "1", "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "json",
 ]
+TRAIN_COMMON = OPTIMIZATION + [
+    "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test"]
 
 TEACHER_TRAIN = {
     "smoke": ["--lr", "0.005", "--max-tokens", "2048", "--max-update", "20", "--cpu"],
@@ -75,12 +76,8 @@ LM_ARCH = {
                "--decoder-attention-heads", "4", "--share-decoder-input-output-embed"],
 }
 # whole descriptions packed into blocks ("eos" mode calls np.compat, gone in numpy 2)
-LM_COMMON = [
-    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
-    "--warmup-updates", "100", "--clip-norm", "1.0", "--dropout", "0.1", "--weight-decay", "0.0001",
-    "--tokens-per-sample", "256", "--sample-break-mode", "complete", "--skip-invalid-size-inputs-valid-test",
-    "--seed", "1", "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "json",
-]
+LM_COMMON = OPTIMIZATION + [
+    "--tokens-per-sample", "256", "--sample-break-mode", "complete", "--skip-invalid-size-inputs-valid-test"]
 TEACHER_ARCH.update(LM_ARCH)
 TEACHER_TRAIN.update({
     "lm_smoke": ["--lr", "0.005", "--max-tokens", "2048", "--max-update", "20", "--cpu"],

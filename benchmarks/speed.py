@@ -26,7 +26,6 @@ Writes ``--out`` (JSON, every ratio from this run) and the same path with ``.md`
 import argparse
 import json
 import os
-import platform
 import re
 import statistics
 import subprocess
@@ -37,6 +36,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 USER_DIR = os.path.join(ROOT, "makd_fairseq")
 sys.path.insert(0, HERE)
+from provenance import command, git_commit, hardware, write_atomic  # noqa: E402
 from sizes import METHODS, TRAIN_COMMON  # noqa: E402
 
 
@@ -347,20 +347,14 @@ def main(argv=None):
         ratios[f"gen_speedup_{key}"] = s["sentences_per_s"] / ge["teacher"]["sentences_per_s"]
         ratios[f"flops_ratio_{key}"] = ge["teacher"]["flops_per_sentence"] / s["flops_per_sentence"]
         ratios[f"gen_speedup_over_flops_ratio_{key}"] = ratios[f"gen_speedup_{key}"] / ratios[f"flops_ratio_{key}"]
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     result = {**{k: round(v, 4) for k, v in ratios.items()}, **result, "config": {
         k: v for k, v in vars(args).items() if k != "worker"},
-        "command": " ".join([os.path.relpath(__file__, ROOT), *(argv if argv is not None else sys.argv[1:])]),
-        "git_commit": commit, "hardware": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-                                          f"{args.threads} thread(s) per measured process",
+        "command": command(__file__, argv), "git_commit": git_commit(),
+        "hardware": hardware(f"{args.threads} thread(s) per measured process"),
         "wall_s": round(time.time() - started, 1)}
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(args.out + ".tmp", args.out)
+    write_atomic(args.out, json.dumps(result, indent=1))
     md = os.path.splitext(args.out)[0] + ".md"
-    with open(md, "w") as f:
-        f.write(table(result))
+    write_atomic(md, table(result))
     print(table(result))
     print(json.dumps({k: result[k] for k in ratios}, indent=1))
     print(f"wrote {args.out} and {md}")

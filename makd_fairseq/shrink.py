@@ -18,10 +18,9 @@ import sys
 
 from tabulate import tabulate
 
+from .aspects import STACKS
 from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args, save_atomic
 from .lowrank import RankError, count_params
-
-STACKS = ("encoder", "decoder")
 
 
 def spread(n: int, k: int) -> list:
@@ -33,7 +32,11 @@ def spread(n: int, k: int) -> list:
 
 def plan(state: dict, budget: float) -> dict:
     """Layers kept per stack and FFN width per stack for ``budget`` (a fraction of the teacher's parameters)."""
+    if not 0 < budget <= 1:
+        raise RankError(f"--param-budget must be in (0, 1], got {budget:g}")
     sd = state["model"]
+    if "encoder.layers.0.fc1.weight" not in sd:
+        raise RankError("makd-shrink cuts encoder-decoder Transformers; this checkpoint has no encoder layers")
     total = count_params(build_model_from_state(state))
     n = {s: len({k.split(".")[2] for k in sd if k.startswith(f"{s}.layers.")}) for s in STACKS}
     layer = {s: sum(sd[k].numel() for k in sd if k.startswith(f"{s}.layers.0.")) for s in STACKS}
@@ -45,8 +48,6 @@ def plan(state: dict, budget: float) -> dict:
     def params(keep, width):
         return total - sum((n[s] - keep[s]) * layer[s] + keep[s] * (ffn[s] - width[s]) * neuron[s] for s in STACKS)
 
-    if not 0 < budget <= 1:
-        raise RankError(f"--param-budget must be in (0, 1], got {budget:g}")
     keep = dict(n)
     while True:
         order = sorted(STACKS, key=lambda s: (-keep[s], s != "decoder"))  # more layers first, decoder on ties
@@ -56,8 +57,8 @@ def plan(state: dict, budget: float) -> dict:
             break
         keep = smaller
     widest = max(ffn.values())
-    width = next(({s: round(ffn[s] * w / widest) for s in STACKS} for w in range(widest, 0, -1)
-                  if params(keep, {s: round(ffn[s] * w / widest) for s in STACKS}) <= target), None)
+    widths = ({s: round(ffn[s] * w / widest) for s in STACKS} for w in range(widest, 0, -1))  # widest first
+    width = next((w for w in widths if params(keep, w) <= target), None)
     if width is None or min(width.values()) < 1:
         raise RankError(f"--param-budget {budget:g} cannot be met by a dense model of the teacher's width: one layer "
                         f"per stack with one FFN neuron has {params({s: 1 for s in STACKS}, {s: 1 for s in STACKS})} "

@@ -4,18 +4,12 @@ The teacher must have been trained on the data's ``dict.txt``. Use ``--sample-br
 ``none``/``complete_doc``): fairseq's ``eos`` mode calls ``np.compat``, which numpy 2 removed.
 """
 
-import logging
-import os
 from dataclasses import dataclass
 
-from fairseq.data import Dictionary
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
-from ..checkpoint import CheckpointError, model_args
-from .teacher import TeacherMixin, check_data_dirs, first_difference, teacher_path_field
-
-logger = logging.getLogger(__name__)
+from .teacher import TeacherMixin, check_data_dirs, teacher_path_field
 
 
 @dataclass
@@ -31,19 +25,5 @@ class MakdLanguageModelingTask(TeacherMixin, LanguageModelingTask):
         check_data_dirs(args.data)
         return super().setup_task(args, **kwargs)
 
-    def check_dictionaries(self, state: dict, path: str) -> None:
-        """Compare symbols with the teacher's dict.txt where it is still on disk, else the embedding size."""
-        tcfg = state["cfg"]["task"] if state.get("cfg") is not None else model_args(state)
-        tdata = str(getattr(tcfg, "data", "") or "")
-        dict_path = os.path.join(tdata.split(os.pathsep)[0], "dict.txt")
-        rows = state["model"]["decoder.embed_tokens.weight"].size(0)
-        if tdata and os.path.isfile(dict_path):
-            diff = first_difference(self.dictionary, Dictionary.load(dict_path))
-            if diff:
-                raise CheckpointError(f"teacher {path}: its dictionary ({dict_path}) differs from the data's "
-                                      f"({self.args.data}): {diff}")
-        elif rows != len(self.dictionary):
-            raise CheckpointError(f"teacher {path}: its embedding has {rows} rows but the data's dictionary has "
-                                  f"{len(self.dictionary)} entries")
-        else:
-            logger.warning(f"teacher dictionary {dict_path} not found: checked sizes only")
+    def teacher_dictionaries(self, tcfg, tdata: str):
+        return [("", "dict.txt", self.dictionary, "decoder.embed_tokens.weight")]

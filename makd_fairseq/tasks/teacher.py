@@ -14,7 +14,7 @@ import torch
 from fairseq import utils
 from fairseq.data import Dictionary
 
-from ..checkpoint import build_model_from_state, load_checkpoint, model_args
+from ..checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args
 from ..taps import shape_of
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ class TeacherMixin:
         return model
 
     @property
+    def task_config(self):
+        return getattr(self, "cfg", None) or self.args  # legacy tasks (language_modeling) keep theirs as ``args``
+
+    @property
     def teacher(self) -> torch.nn.Module:
         if self._teacher is None:
             self._teacher = self.load_teacher()
@@ -68,7 +72,7 @@ class TeacherMixin:
         return self._teacher
 
     def load_teacher(self) -> torch.nn.Module:
-        cfg = getattr(self, "cfg", None) or self.args  # legacy tasks (language_modeling) keep theirs as ``args``
+        cfg = self.task_config
         path = cfg.teacher_path
         if not path:
             raise ValueError(f"{getattr(cfg, '_name', None) or 'the task'} needs --teacher-path "
@@ -83,4 +87,25 @@ class TeacherMixin:
         return teacher.eval()
 
     def check_dictionaries(self, state: dict, path: str) -> None:
+        """The teacher must have been trained on this vocabulary: compare symbols where its dictionaries are still
+        on disk, else at least the embedding sizes."""
+        tcfg = state["cfg"]["task"] if state.get("cfg") is not None else model_args(state)
+        tdata = str(getattr(tcfg, "data", "") or "").split(os.pathsep)[0]
+        data = self.task_config.data
+        for side, dict_name, ours, embedding in self.teacher_dictionaries(tcfg, tdata):
+            rows = state["model"][embedding].size(0)
+            dict_path = os.path.join(tdata, dict_name)
+            if tdata and os.path.isfile(dict_path):
+                diff = first_difference(ours, Dictionary.load(dict_path))
+                if diff:
+                    raise CheckpointError(f"teacher {path}: its {side}dictionary ({dict_path}) differs from the "
+                                          f"data's ({data}): {diff}")
+            elif rows != len(ours):
+                raise CheckpointError(f"teacher {path}: its {side}embedding has {rows} rows but the data's "
+                                      f"{side}dictionary has {len(ours)} entries")
+            else:
+                logger.warning(f"teacher dictionary {dict_path} not found: checked sizes only")
+
+    def teacher_dictionaries(self, tcfg, tdata: str):
+        """(side label, the teacher's dictionary file name in ``tdata``, our dictionary, embedding key) per side."""
         raise NotImplementedError
