@@ -25,7 +25,6 @@ from torch import Tensor
 from .taps import ATTENTIONS, PROJECTIONS, Feature
 
 TERMS = ("loss_mha", "loss_ffn", "loss_attn", "loss_hidn")
-ASPECT_OF = {"loss_mha": "matrix", "loss_ffn": "matrix", "loss_attn": "layer", "loss_hidn": "layer"}
 STACKS = ("encoder", "decoder")
 
 
@@ -139,13 +138,18 @@ def positions_of(f: Feature) -> str:
     return "encoder" if f.attention == "encoder_attn" and f.name in ("k", "v") else f.stack
 
 
-def mse(student: Tensor, teacher: Tensor, weight: Tensor) -> Tensor:
+def mse(student: Tensor, teacher: Tensor, weight: Tensor, relative: bool = False) -> Tensor:
     """Σ_positions weight · mean_channels (s − t)², in fp32. student/teacher: L x B x C; weight: B x L.
 
-    Autograd keeps only d = s − t for the backward (not s and t, as ``F.mse_loss`` would): the teacher's
-    feature is freed as soon as the loss is formed."""
+    ``relative``: each position's error is divided by the teacher's mean square there, ‖s − t‖² / ‖t‖², so the
+    term is scale-free (an untrained student is near 1, the teacher's own features give 0) and stays additive over
+    positions. Autograd keeps only d = s − t for the backward (not s and t, as ``F.mse_loss`` would): the
+    teacher's feature is freed as soon as the loss is formed."""
     d = student.float() - teacher.float()
     per_position = torch.linalg.vecdot(d, d) / d.size(-1)
+    if relative:
+        t = teacher.detach().float()
+        per_position = per_position / (torch.linalg.vecdot(t, t) / t.size(-1)).clamp_min(1e-8)
     return (per_position.t() * weight).sum()
 
 
@@ -193,12 +197,15 @@ def output_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temp
 
 
 def row_loss(row: Row, student: Tensor, teacher: Tensor, weights: Dict[str, Tensor],
-             heads: Optional[int] = None, scales=(1.0, 1.0)) -> Tensor:
-    """The row's loss; ``scales`` (student, teacher) turn recorded values into features (see ``Taps.scales``)."""
+             heads: Optional[int] = None, scales=(1.0, 1.0), relative: bool = False) -> Tensor:
+    """The row's loss; ``scales`` (student, teacher) turn recorded values into features (see ``Taps.scales``);
+    ``relative``: MSE rows divided by the teacher's energy (see ``mse``)."""
     weight = weights[positions_of(row.student)]
     if row.loss == "kl":
         return attention_kl(student, teacher, weight, heads)
     s_scale, t_scale = scales
     if s_scale != t_scale:  # different head widths: unscale each side
         student, teacher, s_scale = student * s_scale, teacher * t_scale, 1.0
+    if relative:  # a common scale cancels out of the ratio
+        return mse(student, teacher, weight, relative=True)
     return mse(student, teacher, weight * s_scale ** 2)  # equal scales factor out of the squared difference

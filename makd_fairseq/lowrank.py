@@ -3,6 +3,11 @@
 A target ``nn.Linear`` with weight ``W`` (d_out x d_in) becomes ``up(down(x))`` with
 ``up.weight = U_r Σ_r^½`` (d_out x r, keeps the bias) and ``down.weight = Σ_r^½ V_rᵀ`` (r x d_in),
 the truncated SVD of ``W``. Modules are swapped by name, fairseq's model code is not edited.
+
+Data-aware (whitened) factors, as SVD-LLM (arXiv 2403.07378): with the Gram matrix ``G = Σ x xᵀ`` of the
+layer's inputs and its Cholesky factor ``G = S Sᵀ``, the SVD ``W S = U Σ Vᵀ`` gives ``up = U_r Σ_r^½`` and
+``down = Σ_r^½ V_rᵀ S⁻¹``; for rank r they minimise ``‖(W − up·down) X‖_F`` on those inputs, and the error
+left is exactly ``Σ_{i>r} σ_i²`` of ``W S``.
 """
 
 import fnmatch
@@ -42,15 +47,14 @@ class LowRankLinear(nn.Module):
         return self.up(self.down(x))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, svd=None) -> "LowRankLinear":
-        """Truncated-SVD factors of ``linear``; ``svd`` may pass a precomputed (U, S, Vh)."""
+    def from_linear(cls, linear: nn.Linear, rank: int, fact: Optional["Factorization"] = None) -> "LowRankLinear":
+        """Rank-``rank`` factors of ``linear`` from ``fact`` (default: the truncated SVD of its weight)."""
         w = linear.weight.detach()
         layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
-        u, s, vh = svd if svd is not None else torch.linalg.svd(w.float(), full_matrices=False)
-        root = s[:rank].sqrt()
+        up, down = (fact or Factorization(w)).factors(rank)
         with torch.no_grad():
-            layer.up.weight.copy_((u[:, :rank] * root).to(w))
-            layer.down.weight.copy_((root[:, None] * vh[:rank]).to(w))
+            layer.up.weight.copy_(up.to(w))
+            layer.down.weight.copy_(down.to(w))
             if linear.bias is not None:
                 layer.up.bias.copy_(linear.bias.detach())
         return layer.to(device=w.device, dtype=w.dtype)
@@ -81,9 +85,59 @@ def past_break_even(rank: int, d_out: int, d_in: int) -> bool:
     return rank * (d_out + d_in) >= d_out * d_in
 
 
+class Factorization:
+    """``W ≈ U diag(s) Vh`` — the SVD of ``W`` — or, whitened, ``W = (U diag(s) Vh) S⁻¹`` with ``W S = U diag(s) Vh``.
+
+    ``s`` are the singular values a truncation drops from the end: of the weight (plain) or of its output on the
+    calibration inputs (whitened), so ``residual`` and the ``spectrum`` allocation measure the error that matters.
+    """
+
+    def __init__(self, weight: Tensor, gram: Optional[Tensor] = None):
+        w = weight.detach().double()
+        self.root = None if gram is None else whitening(gram)  # S, lower triangular, S Sᵀ = G
+        self.u, self.s, self.vh = torch.linalg.svd(w if self.root is None else w @ self.root, full_matrices=False)
+
+    @property
+    def whitened(self) -> bool:
+        return self.root is not None
+
+    def factors(self, rank: int) -> Tuple[Tensor, Tensor]:
+        """(up d_out x r, down r x d_in) in float64."""
+        root = self.s[:rank].sqrt()
+        up, down = self.u[:, :rank] * root, root[:, None] * self.vh[:rank]
+        if self.root is not None:  # down · S⁻¹, by a triangular solve of X S = down
+            down = torch.linalg.solve_triangular(self.root, down, upper=False, left=False)
+        return up, down
+
+
+def whitening(gram: Tensor) -> Tensor:
+    """Lower-triangular ``S`` with ``S Sᵀ = G`` (float64); a growing jitter on the diagonal where ``G`` is not
+    positive definite (inputs that span fewer directions than the layer's width)."""
+    g = gram.double()
+    scale = g.diagonal().mean().item()
+    if not scale > 0:
+        raise RankError("whitening needs calibration inputs: this layer's Gram matrix is zero")
+    eye = torch.eye(g.size(0), dtype=g.dtype, device=g.device)
+    for jitter in [0.0] + [scale * 10.0 ** k for k in range(-10, 0)]:
+        root, info = torch.linalg.cholesky_ex(g + jitter * eye)
+        if info.item() == 0:
+            return root
+    raise RankError("whitening: the calibration Gram matrix is not positive definite even with a jitter")
+
+
+def relative_error(weight: Tensor, approx: Tensor, gram: Optional[Tensor] = None) -> float:
+    """‖W − W_r‖_F / ‖W‖_F, or with ``gram`` of inputs X the output error ‖(W − W_r) X‖_F / ‖W X‖_F."""
+    w = weight.detach().double()
+    e = w - approx.detach().double()
+    if gram is None:
+        return (e.norm() / w.norm().clamp_min(1e-300)).item()
+    g = gram.double()
+    return math.sqrt(max(((e @ g) * e).sum().item(), 0.0) / max(((w @ g) * w).sum().item(), 1e-300))
+
+
 @dataclass
 class Matrix:
-    """One target matrix as the allocator sees it; ``spectrum`` holds its singular values."""
+    """One target matrix as the allocator sees it; ``spectrum`` holds the singular values of its factorization."""
 
     name: str
     d_out: int
@@ -114,7 +168,8 @@ class Matrix:
         return self.dense_params if self.merged_at_inference(rank) else self.params(rank)
 
     def residual(self, rank: int) -> float:
-        """‖W − W_r‖_F / ‖W‖_F, exact from the singular values."""
+        """The relative error rank ``rank`` leaves, exact from the spectrum: ‖W − W_r‖_F / ‖W‖_F for a plain SVD,
+        ‖(W − W_r) X‖_F / ‖W X‖_F on the calibration inputs for a whitened one."""
         energy = self.spectrum.double().pow(2)
         return math.sqrt(energy[rank:].sum().item() / max(energy.sum().item(), 1e-300))
 
@@ -229,20 +284,23 @@ def _spectrum(matrices: List[Matrix], available: float) -> Dict[str, int]:
     return ranks
 
 
-def svd_matrices(targets: Dict[str, nn.Linear], with_spectrum: bool) -> Tuple[List[Matrix], dict]:
-    """Allocator view of ``targets``; with ``with_spectrum`` also their SVDs, computed once."""
-    matrices, svds = [], {}
+def svd_matrices(targets: Dict[str, nn.Linear], with_spectrum: bool,
+                 grams: Optional[Dict[str, Tensor]] = None) -> Tuple[List[Matrix], Dict[str, Factorization]]:
+    """Allocator view of ``targets``; with ``with_spectrum`` also their factorizations, computed once
+    (whitened by the input Gram matrices ``grams`` where given, else plain SVDs)."""
+    matrices, facts = [], {}
     for name, lin in targets.items():
         spectrum = None
         if with_spectrum:
-            svds[name] = torch.linalg.svd(lin.weight.detach().float(), full_matrices=False)
-            spectrum = svds[name][1]
+            facts[name] = Factorization(lin.weight, (grams or {}).get(name))
+            spectrum = facts[name].s
         matrices.append(Matrix(name, lin.out_features, lin.in_features, spectrum))
-    return matrices, svds
+    return matrices, facts
 
 
-def factorize_(model: nn.Module, ranks: Dict[str, int], svds: Optional[dict] = None) -> nn.Module:
-    """Replace each Linear named in ``ranks`` by its truncated-SVD ``LowRankLinear``, in place."""
+def factorize_(model: nn.Module, ranks: Dict[str, int], facts: Optional[Dict[str, Factorization]] = None) -> nn.Module:
+    """Replace each Linear named in ``ranks`` by its ``LowRankLinear`` (``facts[name]``, default the truncated SVD),
+    in place."""
     from fairseq.modules import MultiheadAttention
 
     modules = dict(model.named_modules())
@@ -255,8 +313,7 @@ def factorize_(model: nn.Module, ranks: Dict[str, int], svds: Optional[dict] = N
                 f"rank {rank} for {name} exceeds min(d_out, d_in)={min(linear.weight.shape)}"
             )
         parent_name, _, attr = name.rpartition(".")
-        svd = (svds or {}).get(name)
-        setattr(modules[parent_name], attr, LowRankLinear.from_linear(linear, rank, svd))
+        setattr(modules[parent_name], attr, LowRankLinear.from_linear(linear, rank, (facts or {}).get(name)))
     for module in model.modules():
         if isinstance(module, MultiheadAttention) and any(
             isinstance(c, LowRankLinear) for c in module.children()
@@ -285,10 +342,6 @@ def merge_past_break_even_(model: nn.Module) -> List[str]:
         ):
             parent.skip_embed_dim_check = False  # undo factorize_'s switch: all dense again
     return merged
-
-
-def ranks_of(model: nn.Module) -> Dict[str, int]:
-    return {n: m.rank for n, m in model.named_modules() if isinstance(m, LowRankLinear)}
 
 
 def dumps_ranks(ranks: Dict[str, int]) -> str:

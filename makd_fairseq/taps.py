@@ -3,11 +3,12 @@
 Only forward hooks are used; no forward code is copied. Two facts of fairseq's ``MultiheadAttention``
 shape the design: its fused path (taken whenever it is not decoding incrementally) never calls the
 q/k/v/out modules, and layers call it with ``need_weights=False``. So a tapped attention module is switched
-to the module path with fairseq's ``_set_skip_embed_dim_check()`` (the same arithmetic), and its per-head
-probabilities are read as the input of its ``dropout_module``, i.e. right after the softmax — the same
+to the module path (``module_path``: fairseq's ``skip_embed_dim_check``, the same arithmetic) while the taps
+are open, and back on exit; its per-head probabilities are read as the input of its ``dropout_module``, i.e. right after the softmax — the same
 tensor the attention output is computed from, no second attention computation.
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Dict, Iterable, Optional
 
@@ -15,7 +16,21 @@ from torch import Tensor, nn
 
 ATTENTIONS = ("self_attn", "encoder_attn")  # encoder_attn is the decoder's cross-attention
 PROJECTIONS = ("q", "k", "v", "out")
-FEATURES = ("hidden", "attn", *PROJECTIONS, "fc1", "fc2")
+
+
+@contextmanager
+def module_path(attentions: Iterable[nn.Module]):
+    """Inside, each fairseq ``MultiheadAttention`` given calls its q/k/v/out modules (the fused kernel reads their
+    weights directly and hides these tensors); on exit each goes back to the path it had."""
+    attentions = list(dict.fromkeys(attentions))
+    before = [m.skip_embed_dim_check for m in attentions]
+    for m in attentions:
+        m.skip_embed_dim_check = True
+    try:
+        yield
+    finally:
+        for m, was in zip(attentions, before):
+            m.skip_embed_dim_check = was
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,7 @@ class Taps:
         # right after the projection, so a recorded q holds the scaled query (1.0 for every other feature)
         self.scales: Dict[Feature, float] = {}
         self._handles = []
+        self._module_path = None
 
     def module_for(self, f: Feature) -> nn.Module:
         layers = getattr(self.model, f.stack).layers
@@ -71,13 +87,19 @@ class Taps:
         layer = layers[max(f.layer, 0)]
         if f.name in ("attn", *PROJECTIONS):
             mha = getattr(layer, f.attention)
-            mha._set_skip_embed_dim_check()  # module path: the fused kernel hides these tensors
             return mha.dropout_module if f.name == "attn" else getattr(mha, f.name + "_proj")
         return {"hidden": layer, "fc1": layer.activation_dropout_module, "fc2": layer.fc2}[f.name]
 
+    def attention_of(self, f: Feature) -> Optional[nn.Module]:
+        if f.name not in ("attn", *PROJECTIONS):
+            return None
+        return getattr(getattr(self.model, f.stack).layers[f.layer], f.attention)
+
     def __enter__(self) -> "Taps":
-        for f in self.features:
-            module = self.module_for(f)
+        modules = {f: self.module_for(f) for f in self.features}
+        self._module_path = module_path(a for a in map(self.attention_of, self.features) if a is not None)
+        self._module_path.__enter__()
+        for f, module in modules.items():
             self.scales[f] = 1.0
             if f.name == "q":
                 layer = getattr(self.model, f.stack).layers[f.layer]
@@ -95,10 +117,8 @@ class Taps:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._module_path.__exit__(*exc)
         return False
-
-    def clear(self):
-        self.values.clear()
 
 
 def num_heads(model: nn.Module, f: Feature) -> int:

@@ -8,7 +8,8 @@ Teacher and student run on the same batch; ``Taps`` read only the features the a
 All terms are sums over target-token-scaled positions (see ``makd_fairseq.aspects``), so fairseq's division
 by ``sample_size`` (target tokens) makes each one a per-token value independent of batch size and padding.
 Logged values are per target token: ``loss``/``nll_loss`` in base 2 as fairseq does, the six components in
-their natural units (nats for KL/CE, squared activations for MSE), unweighted.
+their natural units (nats for KL/CE; squared activations for MSE, or relative squared errors averaged over a
+term's features with ``--feature-norm teacher``), unweighted.
 """
 
 import math
@@ -27,6 +28,7 @@ from ..aspects import TERMS, build_table, output_kl, position_weights, row_loss
 from ..taps import Taps, num_heads, shape_of
 
 COMPONENTS = ("loss_ce", "loss_model", *TERMS)
+FEATURE_NORMS = ("none", "teacher")
 
 
 @dataclass
@@ -50,6 +52,11 @@ class MakdConfig(FairseqDataclass):
         "help": "teacher layer each student layer mimics: skip (uniform), last, or '0:1,1:3'"})
     hidn_embeddings: bool = field(default=False, metadata={
         "help": "also match the embedding outputs in loss_hidn"})
+    feature_norm: str = field(default="none", metadata={
+        "help": "scale of the MSE terms (loss_mha, loss_ffn, loss_hidn): none (squared activations, summed over the "
+                "features of a term) or teacher (each position's squared error divided by the teacher feature's "
+                "mean square there, so an untrained student starts near 1 whatever the width or activation scale; "
+                "every intermediate term, loss_attn included, is then the mean over its features, not their sum)"})
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
@@ -59,6 +66,8 @@ class MakdCriterion(FairseqCriterion):
         super().__init__(task)
         if cfg.kd_temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {cfg.kd_temperature}")
+        if cfg.feature_norm not in FEATURE_NORMS:
+            raise ValueError(f"--feature-norm must be one of {FEATURE_NORMS}, got {cfg.feature_norm!r}")
         if not hasattr(task, "teacher_for"):
             raise ValueError("criterion makd needs a task with a teacher: --task makd_translation (or "
                              "makd_language_modeling) --teacher-path T.pt")
@@ -83,6 +92,12 @@ class MakdCriterion(FairseqCriterion):
             if "loss_hidn" in terms and s["width"] != t["width"]:
                 # TinyBERT-style: a learned map into the teacher's width, trained with the student, not exported
                 self.projections[stack] = nn.Linear(s["width"], t["width"], bias=False)
+        # --feature-norm teacher: a term is the mean of its rows (relative errors, KLs), not their sum
+        self.relative = cfg.feature_norm == "teacher"
+        self.share = {row.term: 1.0 for row in self.rows}
+        if self.relative:
+            for term in TERMS:
+                self.share[term] = 1.0 / max(1, sum(row.term == term for row in self.rows))
         self.student_features = {row.student for row in self.rows}
         self.teacher_features = {row.teacher for row in self.rows}
 
@@ -114,7 +129,8 @@ class MakdCriterion(FairseqCriterion):
                 s = self.projections[row.student.stack](s)
             heads = num_heads(teacher, row.teacher) if row.loss == "kl" else None
             value = row_loss(row, s, t_taps.values[row.teacher], weights, heads,
-                             (s_taps.scales[row.student], t_taps.scales[row.teacher]))
+                             (s_taps.scales[row.student], t_taps.scales[row.teacher]), self.relative)
+            value = value * self.share[row.term]
             values[row.term] = values[row.term] + value
             loss = loss + row.weight * value
 
