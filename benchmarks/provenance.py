@@ -11,6 +11,13 @@ def git_commit() -> str:
     return subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
+def git_state() -> dict:
+    """The commit and whether the work tree differs from it (tracked files): what a result was produced by."""
+    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                           capture_output=True, text=True).stdout.strip()
+    return {"commit": git_commit(), "dirty": bool(dirty)}
+
+
 def hardware(detail: str) -> str:
     """The processor and core count, then ``detail`` (how the benchmark used them)."""
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {detail}"

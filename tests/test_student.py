@@ -134,7 +134,8 @@ def test_makd_init_prints_the_table_and_totals(teacher, tmp_path):
     proc = makd_init("--teacher", teacher, "--param-budget", "0.6", "--allocation", "spectrum", "--out", out)
     lines = proc.stdout.splitlines()
     row = next(line for line in lines if line.startswith("encoder.layers.0.self_attn.q_proj "))
-    _, shape, rank, before, after, residual, inference = row.split(None, 6)
+    _, shape, rank, before, after, residual, output_error, inference = row.split(None, 7)
+    assert output_error == "–"  # the output error needs --data
     assert shape == "64x64" and int(before) == 4096 and int(after) == int(rank) * 128
     assert inference == ("dense (merged)" if int(rank) >= 32 else "factored")  # 64·64 / (64 + 64) = 32
     assert 0 < float(residual) < 1

@@ -1,0 +1,191 @@
+#!/usr/bin/env python3
+"""Choose the distillation defaults on validation data: a sweep of makd and word-level KD with the same budget.
+
+    python3 benchmarks/sweep.py --task translation --data /tmp/debian1k/translation/bin \\
+        --teacher /tmp/qb/translation/teacher/checkpoint_best.pt --work /tmp/sweep/translation --jobs 2
+
+1. Students at ``--budget`` of the teacher's parameters with ``makd-init`` for every ``INITS`` entry (truncated SVD
+   or whitened factors, uniform or spectrum allocation); each is scored untrained on the valid split
+   (``fairseq-validate``, nll in bits) — the init comparison.
+2. Every configuration in ``SWEEP`` trains from the whitened uniform student with the benchmark's student flags
+   and ``--max-update`` (the same updates, seed and data for all); its best validation nll (bits) is its score.
+   Each family (``makd``, ``word_kd``) has the same number of configurations: the same tuning budget.
+3. Only then, the test split: the best configuration of each family and the untrained students are decoded with
+   ``fairseq-generate`` and scored (ROUGE / sacreBLEU) — test numbers never choose anything.
+
+Results (every configuration, its flags, validation nll, updates, seed, the commit each training ran at and whether
+the tree was dirty) are merged into ``--out`` under the task's name, so the two tasks can run side by side.
+Finished steps in WORK are reused: an interrupted sweep resumes.
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from provenance import command, git_state, hardware, write_atomic  # noqa: E402
+from quality import (  # noqa: E402
+    USER_DIR, Run, best_valid_nll, finished, flag_value, generate_command, read_generation, score, train_command,
+)
+from sizes import METHODS, STUDENT_TRAIN, common_flags  # noqa: E402
+
+# makd-init variants compared untrained (name -> flags); the sweep trains from "whiten"
+INITS = {
+    "svd": ["--init", "svd"],
+    "svd_spectrum": ["--init", "svd", "--allocation", "spectrum"],
+    "whiten": ["--init", "whiten"],
+    "whiten_spectrum": ["--init", "whiten", "--allocation", "spectrum"],
+}
+TRAIN_INIT = "whiten"
+
+# four configurations per family. word_kd: temperature x KD weight; makd (scale-free terms): temperature x aspect
+# weight, the paper's hierarchy (matrix aspect on shallow layers, layer aspect on deep ones) kept
+_NORM = ["--feature-norm", "teacher"]
+SWEEP = {
+    "word_kd": {
+        f"word_kd_T{t}_w{w}": METHODS["word_kd"] + ["--kd-temperature", str(t), "--model-weight", str(w)]
+        for t in (1, 2) for w in (1, 2)
+    },
+    "makd": {
+        f"makd_T{t}_a{a}": ["--criterion", "makd", *_NORM, "--kd-temperature", str(t),
+                            "--matrix-weight", str(a), "--layer-weight", str(a)]
+        for t in (1, 2) for a in (0.3, 1)
+    },
+}
+# outside the budget, for reference: makd as it was before this sweep (raw MSE terms, unit weights)
+REFERENCE = {"makd_raw_T1_a1": ["--criterion", "makd", "--feature-norm", "none"]}
+
+
+def validate_command(run, checkpoint):
+    """fairseq-validate on the valid split with the training runs' data flags and criterion (nll in bits)."""
+    flags = common_flags(run.args.size)
+    keep = [f for name in ("--max-source-positions",) for f in (name, flag_value(flags, name))]
+    return ["fairseq-validate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--valid-subset", "valid",
+            "--task", "translation", "--model-overrides", repr({"data": run.args.data}),
+            "--truncate-source", *keep, "--skip-invalid-size-inputs-valid-test", "--max-tokens", "4000",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--num-workers", "0", "--cpu"]
+
+
+def read_valid_nll(log):
+    m = re.findall(r"valid on 'valid' subset \| loss [\d.]+ \| nll_loss ([\d.]+)", open(log).read())
+    if not m:
+        raise SystemExit(f"sweep.py: no validation nll in {log}")
+    return float(m[-1])
+
+
+def last_updates(train_log):
+    found = re.findall(r'"(?:train_)?num_updates": "(\d+)"', open(train_log).read())
+    return int(found[-1]) if found else None
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True, choices=("summarization", "translation"))
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--work", required=True)
+    parser.add_argument("--size", default="cpu", choices=sorted(STUDENT_TRAIN))
+    parser.add_argument("--budget", type=float, default=0.5)
+    parser.add_argument("--max-update", type=int, default=300, help="updates of every configuration")
+    parser.add_argument("--calibration-tokens", type=int, default=32768)
+    parser.add_argument("--configs", nargs="+", help="train only these configurations (default: all, reference last)")
+    parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--remove-bpe", default="sentencepiece")
+    parser.add_argument("--generate-args", default="")
+    parser.add_argument("--no-test", action="store_true", help="stop after choosing on validation")
+    parser.add_argument("--out", default=os.path.join(HERE, "results", "sweep.json"))
+    args = parser.parse_args(argv)
+    for path, what in ((args.data, "directory"), (args.teacher, "file")):
+        if not (os.path.isdir if what == "directory" else os.path.isfile)(path):
+            parser.error(f"{path}: no such {what}")
+    started = time.time()
+    os.makedirs(args.work, exist_ok=True)
+    run = Run(args)
+
+    def pool(stages):
+        with ThreadPoolExecutor(args.jobs) as ex:
+            for f in [ex.submit(run.stage, *s) for s in stages]:
+                f.result()
+
+    # 1. students, each scored untrained on valid
+    inits = {name: run.path("init", f"{name}.pt") for name in INITS}
+    pool([(f"init/{name}", ["makd-init", "--teacher", args.teacher, "--param-budget", str(args.budget),
+                            "--data", args.data, "--calibration-tokens", str(args.calibration_tokens),
+                            *flags, "--out", inits[name]], run.path("init", f"{name}.log"),
+           lambda p=inits[name]: os.path.isfile(p)) for name, flags in INITS.items()])
+    pool([(f"validate/{name}", validate_command(run, inits[name]), run.path("init", f"{name}.valid.log"),
+           lambda p=run.path("init", f"{name}.valid.log"): os.path.isfile(p) and "nll_loss" in open(p).read())
+          for name in INITS])
+    init_results = {name: {"flags": INITS[name], "valid_nll": read_valid_nll(run.path("init", f"{name}.valid.log"))}
+                    for name in INITS}
+
+    # 2. the sweep, on validation only
+    configs = {name: (family, flags) for family, table in SWEEP.items() for name, flags in table.items()}
+    configs.update({name: ("reference", flags) for name, flags in REFERENCE.items()})
+    chosen = args.configs or list(configs)
+    unknown = set(chosen) - set(configs)
+    if unknown:
+        parser.error(f"unknown --configs {sorted(unknown)}; known: {sorted(configs)}")
+    fixed = ["--max-update", str(args.max_update), "--patience", "-1"]
+    jobs = []
+    for name in chosen:
+        save = run.path("train", name)
+        log = os.path.join(save, "train.log")
+        cmd = train_command(run, args.teacher, inits[TRAIN_INIT], configs[name][1] + fixed, save)
+        if not finished(log):  # the commit each training runs at, recorded when it starts
+            write_atomic(os.path.join(save, "provenance.json"), json.dumps({**git_state(), "command": cmd}, indent=1))
+        jobs.append((f"train/{name}", cmd, log, lambda p=log: finished(p)))
+    pool(jobs)
+    trained = {}
+    for name in chosen:
+        save = run.path("train", name)
+        prov = json.load(open(os.path.join(save, "provenance.json")))
+        trained[name] = {"family": configs[name][0], "flags": configs[name][1],
+                         "valid_nll": best_valid_nll(os.path.join(save, "train.log")),
+                         "updates": last_updates(os.path.join(save, "train.log")),
+                         "seed": int(flag_value(prov["command"], "--seed")), "commit": prov["commit"],
+                         "dirty": prov["dirty"], "command": " ".join(prov["command"])}
+    best = {}
+    for family in SWEEP:
+        scored = [(c["valid_nll"], name) for name, c in trained.items() if c["family"] == family]
+        if len(scored) == len(SWEEP[family]):  # choose only from a complete family
+            best[family] = min(scored)[1]
+
+    # 3. the test split, after choosing
+    tests = {}
+    if not args.no_test:
+        models = {f"untrained_{name}": inits[name] for name in ("svd", "whiten")}
+        models.update({name: run.path("train", name, "checkpoint_best.pt") for name in best.values()})
+        logs = {name: run.path("generate", f"{name}.txt") for name in models}
+        pool([(f"generate/{name}", generate_command(run, models[name]), logs[name],
+               lambda p=logs[name]: os.path.isfile(p) and "Generate test with beam" in open(p).read())
+              for name in models])
+        for name in models:
+            tests[name], signatures = score(args.task, *read_generation(logs[name]))
+            tests[name]["signature"] = signatures
+
+    result = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+    result[args.task] = {
+        "budget": args.budget, "max_update": args.max_update, "train_init": TRAIN_INIT,
+        "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size] + fixed),
+        "inits_untrained_valid_nll": init_results, "configs": trained, "best_on_valid": best, "test": tests,
+        "command": command(__file__, argv), "scored_at": git_state(), "hardware": hardware(
+            f"{args.jobs} job(s) of {args.threads} thread(s)"), "stage_seconds": run.stages,
+        "wall_s": round(time.time() - started, 1),
+    }
+    write_atomic(args.out, json.dumps(result, indent=1))
+    print(json.dumps({k: result[args.task][k] for k in ("inits_untrained_valid_nll", "best_on_valid", "test")},
+                     indent=1))
+    for name, c in sorted(trained.items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
+        print(f"{name:24s} {c['family']:10s} valid nll {c['valid_nll']}")
+
+
+if __name__ == "__main__":
+    main()
