@@ -244,3 +244,34 @@ def test_losses_equal_their_textbook_definitions():
     x, y = torch.randn(4, b, 8, requires_grad=True), torch.randn(4, b, 8)
     w = torch.rand(b, 4)
     assert torch.allclose(mse(x, y, w), (((x - y) ** 2).mean(-1) * w.t()).sum(), rtol=1e-6)
+
+
+def test_relative_mse_is_scale_free_and_exactly_one_for_a_silent_student():
+    torch.manual_seed(0)
+    t, s = torch.randn(7, 3, 16), torch.randn(7, 3, 16)
+    weight = torch.rand(3, 7)
+    # every position of a student that outputs zeros has relative error ‖0 − t‖² / ‖t‖² = 1
+    assert mse(torch.zeros_like(t), t, weight, relative=True).item() == pytest.approx(weight.sum().item(), rel=1e-6)
+    assert mse(t, t, weight, relative=True).item() == 0
+    for scale in (1e-3, 1e3):  # activations of any magnitude give the same value
+        assert mse(scale * s, scale * t, weight, relative=True).item() == pytest.approx(
+            mse(s, t, weight, relative=True).item(), rel=1e-5)
+    per_position = ((s - t) ** 2).sum(-1) / (t ** 2).sum(-1)
+    assert mse(s, t, weight, relative=True).item() == pytest.approx((per_position.t() * weight).sum().item(), rel=1e-5)
+
+
+def test_teacher_feature_norm_gives_per_term_means_of_relative_errors(teacher, full_rank_student, half_student,
+                                                                      mt_data):
+    task, model, criterion = _setup(teacher, full_rank_student, mt_data, feature_norm="teacher")
+    sample = batch_of(task, range(12))
+    values = per_token(criterion, model, sample)[0]
+    assert all(abs(values[term]) <= 1e-6 for term in TERMS), values
+    task, model, criterion = _setup(teacher, half_student, mt_data, feature_norm="teacher")
+    values = per_token(criterion, model, sample)[0]
+    raw = per_token(_setup(teacher, half_student, mt_data)[2], model, sample)[0]
+    for term in ("loss_mha", "loss_ffn", "loss_hidn"):  # relative errors of a 50% factorization, averaged
+        assert 0 < values[term] < 1, (term, values[term])
+    n_attn = sum(row.term == "loss_attn" for row in criterion.rows)
+    assert values["loss_attn"] == pytest.approx(raw["loss_attn"] / n_attn, rel=1e-5)  # the KL rows, averaged
+    with pytest.raises(ValueError, match="--feature-norm"):
+        _setup(teacher, half_student, mt_data, feature_norm="layer")
