@@ -14,8 +14,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from sizes import TEACHER_ARCH, TEACHER_TRAIN, common_flags, teacher_criterion  # noqa: E402
 
 
+USER_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "makd_fairseq")
+
+
 def teacher_command(data, size, save_dir, extra=()):
-    return ["fairseq-train", data, *TEACHER_ARCH[size], *common_flags(size), *TEACHER_TRAIN[size],
+    # the plugin's checkpoint allow-list lets an interrupted teacher resume from its checkpoint_last.pt (torch >= 2.6)
+    return ["fairseq-train", data, "--user-dir", USER_DIR, *TEACHER_ARCH[size], *common_flags(size), *TEACHER_TRAIN[size],
             *teacher_criterion(size), "--save-dir", save_dir, *extra]
 
 
