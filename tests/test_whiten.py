@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from conftest import load, makd_init, valid_batch
+from makd_fairseq import student_init
 from makd_fairseq.calibration import calibrate, distillation_task, input_grams
 from makd_fairseq.checkpoint import load_checkpoint
 from makd_fairseq.taps import Feature, Taps
@@ -88,3 +89,42 @@ def test_whiten_without_data_is_a_one_line_error(teacher, tmp_path):
     assert proc.returncode == 2 and not out.exists()
     assert proc.stderr.strip().splitlines() == ["makd-init: error: --init whiten needs --data BIN: the teacher's "
                                                 "inputs on its train split"]
+
+
+def test_spectrum_allocation_warns_because_it_measured_worse_than_uniform(teacher, tmp_path):
+    proc = makd_init("--teacher", teacher, "--param-budget", "0.6", "--allocation", "spectrum", "--out",
+                     tmp_path / "s.pt")
+    assert "warning: --allocation spectrum" in proc.stderr and (tmp_path / "s.pt").exists()
+    assert "warning" not in makd_init("--teacher", teacher, "--param-budget", "0.6", "--out",
+                                      tmp_path / "u.pt").stderr
+
+
+def _valid_nll(path, data):
+    """Validation nll of a checkpoint, nats per target token."""
+    model, task = load(path, data)
+    task.load_dataset("valid")
+    itr = task.get_batch_iterator(task.dataset("valid"), max_tokens=4096).next_epoch_itr(shuffle=False)
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for sample in itr:
+            lprobs = model.get_normalized_probs(model(**sample["net_input"]), log_probs=True)
+            target = sample["target"]
+            mask = target.ne(task.target_dictionary.pad())
+            total -= lprobs.gather(-1, target.unsqueeze(-1)).squeeze(-1)[mask].sum().item()
+            tokens += mask.sum().item()
+    return total / tokens
+
+
+def test_whitened_students_beat_plain_svd_and_spectrum_allocation_does_not_beat_uniform(teacher, mt_data, tmp_path):
+    """Why --init whiten is recommended and --allocation spectrum warns: validation nll of untrained 50% students."""
+    nll = {}
+    for init in ("svd", "whiten"):
+        for allocation in ("uniform", "spectrum"):
+            out = tmp_path / f"{init}_{allocation}.pt"
+            assert student_init.main(["--teacher", str(teacher), "--param-budget", "0.5", "--init", init,
+                                      "--data", str(mt_data), "--calibration-tokens", "4000",
+                                      "--allocation", allocation, "--out", str(out)]) == 0  # in-process: faster
+            nll[init, allocation] = _valid_nll(out, mt_data)
+    assert nll["whiten", "uniform"] < nll["svd", "uniform"], nll
+    # if this fails, spectrum allocation has become useful: drop makd-init's warning
+    assert nll["whiten", "spectrum"] > nll["whiten", "uniform"], nll
