@@ -27,20 +27,7 @@ from .lowrank import (
     svd_matrices,
 )
 from .models.lowrank_transformer import add_rank_args
-
-
-def student_arch(teacher_arch: str) -> str:
-    from fairseq.models import ARCH_MODEL_REGISTRY
-
-    name = "lowrank_" + teacher_arch
-    if name in ARCH_MODEL_REGISTRY:
-        return name
-    return "lowrank_transformer_lm" if is_lm(teacher_arch) else "lowrank_transformer"
-
-
-def task_of(arch: str) -> str:
-    """The distillation task for a student of ``arch``."""
-    return "makd_language_modeling" if is_lm(arch) else "makd_translation"
+from .student import arch_flags, student_arch, student_checkpoint, task_of  # noqa: F401  (arch_flags: re-exported)
 
 
 INITS = ("svd", "whiten")
@@ -48,43 +35,6 @@ INITS = ("svd", "whiten")
 # nll than uniform, with plain and with whitened spectra alike; it stays available, with this warning
 SPECTRUM_WARNING = ("makd-init: warning: --allocation spectrum has given students a worse validation nll than "
                     "uniform in every measurement so far (README: makd-init); prefer uniform")
-
-
-# architecture fields a student must repeat on fairseq-train's command line (fairseq builds from the CLI)
-ARCH_FIELDS = (
-    "encoder_layers", "decoder_layers", "encoder_embed_dim", "decoder_embed_dim", "encoder_ffn_embed_dim",
-    "decoder_ffn_embed_dim", "encoder_attention_heads", "decoder_attention_heads", "activation_fn",
-    "encoder_normalize_before", "decoder_normalize_before", "encoder_learned_pos", "decoder_learned_pos",
-    "share_all_embeddings", "share_decoder_input_output_embed", "layernorm_embedding", "no_scale_embedding",
-)
-# transformer_lm's CLI also sets these (its defaults do not follow --decoder-embed-dim); translation derives them
-LM_ARCH_FIELDS = ("decoder_input_dim", "decoder_output_dim", "no_decoder_final_norm")
-
-
-def is_lm(arch: str) -> bool:
-    from fairseq.models import ARCH_MODEL_REGISTRY
-    from fairseq.models.transformer_lm import TransformerLanguageModel
-
-    return issubclass(ARCH_MODEL_REGISTRY[arch], TransformerLanguageModel)
-
-
-def arch_flags(args: argparse.Namespace) -> list:
-    """The CLI flags that rebuild ``args``'s shape on top of its arch's defaults."""
-    from fairseq.models import ARCH_CONFIG_REGISTRY
-
-    defaults = argparse.Namespace()
-    ARCH_CONFIG_REGISTRY[args.arch](defaults)
-    flags = []
-    for name in ARCH_FIELDS + (LM_ARCH_FIELDS if is_lm(args.arch) else ()):
-        value = getattr(args, name, None)
-        if value is None or value == getattr(defaults, name, None):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if value is True:
-            flags.append(flag)
-        elif value is not False:  # a store_true default of True cannot be switched off from the CLI
-            flags += [flag, str(value)]
-    return flags
 
 
 def make_student(state: dict, args: argparse.Namespace):
@@ -142,23 +92,6 @@ def make_student(state: dict, args: argparse.Namespace):
                        "calibration": None if args.init != "whiten" else {
                            "data": os.path.abspath(args.data), "split": "train", "tokens": calibration_tokens}}
     return student, rows, (teacher_params, student_params, inference_params)
-
-
-def student_checkpoint(teacher_state: dict, sargs: argparse.Namespace, model_state: dict) -> dict:
-    """A checkpoint of the teacher's config with model args ``sargs`` and weights ``model_state``, at update 0."""
-    from omegaconf import OmegaConf
-
-    cfg = teacher_state["cfg"]
-    cfg = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True) if OmegaConf.is_config(cfg) else dict(cfg)
-    cfg["model"] = sargs
-    return {
-        "cfg": cfg,
-        "model": model_state,
-        # fresh training state in fairseq's own layout: fairseq-train starts at update 0, epoch 1
-        "optimizer_history": [{"criterion_name": None, "optimizer_name": None,
-                               "lr_scheduler_state": {}, "num_updates": 0}],
-        "extra_state": {"train_iterator": {"epoch": 1, "iterations_in_epoch": 0}},
-    }
 
 
 def get_parser():

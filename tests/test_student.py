@@ -157,9 +157,12 @@ def test_fairseq_train_builds_lowrank_transformer_from_scratch(mt_data, tmp_path
 
 
 def test_student_finetunes_with_fairseq_train_and_decodes_with_fairseq_generate(half_student, mt_data, tmp_path):
+    # no shape flags: the student named by --finetune-from-model brings its dimensions (2+2 layers, 64 wide)
     run("fairseq-train", mt_data, "--user-dir", USER_DIR, "--arch", "lowrank_transformer",
-        "--finetune-from-model", half_student, *TINY_ARCH, *TRAIN_COMMON, "--max-update", "3",
+        "--finetune-from-model", half_student, *TRAIN_COMMON, "--max-update", "3",
         "--save-dir", tmp_path)
+    trained = torch.load(tmp_path / "checkpoint_last.pt")["cfg"]["model"]
+    assert (trained.encoder_layers, trained.decoder_embed_dim, trained.share_all_embeddings) == (2, 64, True)
     proc = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", tmp_path / "checkpoint_last.pt",
                "--beam", "4", "--cpu", "--batch-size", "16")
     translated = int(re.search(r"Translated ([\d,]+) sentences", proc.stderr).group(1))
@@ -274,3 +277,23 @@ def test_presets_mirror_fairseq_architectures(dense):
     ARCH_CONFIG_REGISTRY[dense](theirs)
     assert {k: v for k, v in vars(ours).items() if k in vars(theirs)} == vars(theirs)
     assert ours.lowrank_targets == "q_proj,k_proj,v_proj,out_proj,fc1,fc2"
+
+
+def test_a_student_brings_its_shape_and_a_contradicting_flag_names_both(half_student):
+    from argparse import Namespace
+
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    from makd_fairseq.student import ShapeError
+
+    for arch in ("lowrank_transformer", "lowrank_transformer_iwslt_de_en"):
+        args = Namespace(finetune_from_model=str(half_student), share_all_embeddings=False)
+        ARCH_CONFIG_REGISTRY[arch](args)
+        assert (args.encoder_layers, args.decoder_layers, args.encoder_embed_dim, args.encoder_ffn_embed_dim,
+                args.encoder_attention_heads, args.share_all_embeddings) == (2, 2, 64, 128, 4, True)
+    args = Namespace(finetune_from_model=str(half_student), encoder_layers=6, decoder_embed_dim=64)
+    with pytest.raises(ShapeError, match=r"is a student with encoder_layers=2; the command line gives encoder_layers=6"):
+        ARCH_CONFIG_REGISTRY["lowrank_transformer"](args)
+    # a dense checkpoint is fairseq's usual fine-tuning: the command line decides
+    plain = Namespace(encoder_layers=6)
+    ARCH_CONFIG_REGISTRY["lowrank_transformer"](plain)
+    assert plain.encoder_layers == 6

@@ -22,6 +22,7 @@ from fairseq.models.transformer.transformer_legacy import (
 )
 
 from ..checkpoint import load_checkpoint, model_args
+from ..student import shape_from_student
 from ..lowrank import (
     ALLOCATIONS,
     DEFAULT_TARGETS,
@@ -133,6 +134,7 @@ def lowrank_defaults(args):
 
 
 def lowrank_base_architecture(args):
+    shape_from_student(args)
     lowrank_defaults(args)
     base_architecture(args)
 
@@ -150,6 +152,7 @@ PRESETS = {
 
 def _preset(dense_arch):
     def fill(args):
+        shape_from_student(args)  # before the dense preset fills its defaults
         dense_arch(args)
         lowrank_base_architecture(args)
 
