@@ -18,6 +18,7 @@ the tree was dirty) are merged into ``--out`` under the task's name, so the two 
 Finished steps in WORK are reused: an interrupted sweep resumes.
 """
 import argparse
+import fcntl
 import json
 import os
 import re
@@ -171,8 +172,22 @@ def main(argv=None):
             tests[name], signatures = score(args.task, *read_generation(logs[name]))
             tests[name]["signature"] = signatures
 
-    result = json.load(open(args.out)) if os.path.isfile(args.out) else {}
-    result[args.task] = {
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out + ".lock", "w") as lock:  # the tasks' sweeps run side by side and share --out
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+        result[args.task] = task_result(args, run, init_results, trained, best, tests, fixed, argv, started)
+        write_atomic(args.out, json.dumps(result, indent=1))
+    if os.path.exists(args.out + ".lock"):
+        os.remove(args.out + ".lock")
+    print(json.dumps({k: result[args.task][k] for k in ("inits_untrained_valid_nll", "best_on_valid", "test")},
+                     indent=1))
+    for name, c in sorted(trained.items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
+        print(f"{name:24s} {c['family']:10s} valid nll {c['valid_nll']}")
+
+
+def task_result(args, run, init_results, trained, best, tests, fixed, argv, started):
+    return {
         "budget": args.budget, "max_update": args.max_update, "train_init": TRAIN_INIT,
         "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size] + fixed),
         "inits_untrained_valid_nll": init_results, "configs": trained, "best_on_valid": best, "test": tests,
@@ -180,11 +195,6 @@ def main(argv=None):
             f"{args.jobs} job(s) of {args.threads} thread(s)"), "stage_seconds": run.stages,
         "wall_s": round(time.time() - started, 1),
     }
-    write_atomic(args.out, json.dumps(result, indent=1))
-    print(json.dumps({k: result[args.task][k] for k in ("inits_untrained_valid_nll", "best_on_valid", "test")},
-                     indent=1))
-    for name, c in sorted(trained.items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
-        print(f"{name:24s} {c['family']:10s} valid nll {c['valid_nll']}")
 
 
 if __name__ == "__main__":
