@@ -25,5 +25,7 @@ setup(
     ],
     extras_require={"test": ["pytest>=7"]},
     entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main",
-                                      "makd-shrink = makd_fairseq.shrink:main"]},
+                                      "makd-shrink = makd_fairseq.shrink:main",
+                                      "makd-teacher-data = makd_fairseq.teacher_data:main",
+                                      "makd-score = makd_fairseq.score:main"]},
 )

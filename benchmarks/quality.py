@@ -7,16 +7,21 @@
 1. Teacher: ``train_teacher.py`` (fairseq-train, label-smoothed CE) unless WORK/teacher/checkpoint_best.pt exists.
 2. Students for each ``--budgets`` fraction of the teacher's parameters: ``makd-init`` (uniform truncated SVD) and
    ``makd-shrink`` (dense, fewer copied layers, as in shrink-and-fine-tune).
-3. ``sizes.QUALITY_METHODS``: every trained method starts from its student and runs ``fairseq-train`` with the same
-   data, flags, updates and seed (``sizes.STUDENT_TRAIN``); ``--best-checkpoint-metric nll_loss`` (the one number
-   every criterion logs alike) picks the checkpoint. ``--jobs`` runs that many at once, one thread each.
-4. ``fairseq-generate`` with beam search on the test set, sentencepiece removed; summarization is scored with
+3. Sequence-level KD data, if a ``sizes.SEQ_KD_METHODS`` method runs: ``makd-teacher-data`` writes WORK/seq_kd_data,
+   the data with every train target replaced by the teacher's beam output (the generation flags of step 5).
+4. ``sizes.QUALITY_METHODS``: every trained method starts from its student and runs ``fairseq-train`` with the same
+   data (the teacher's outputs for the seq-KD methods; the same valid split for all), flags and seed until it
+   converges (``sizes.until_converged``: validation every N updates, ``--patience`` validations without a lower
+   ``nll_loss``, a cap on updates); ``--best-checkpoint-metric nll_loss`` (the one number every criterion logs alike)
+   picks the checkpoint. ``--jobs`` runs that many at once, one thread each.
+5. ``fairseq-generate`` with beam search on the test set, sentencepiece removed; summarization is scored with
    ``rouge-score`` (ROUGE-1/2/L F1, Porter stemming), translation with sacreBLEU (BLEU and chrF, signatures kept).
    ``--task language_modeling`` (decoder-only, ``lm_*`` sizes): ``fairseq-eval-lm`` perplexity on test and ROUGE-L
    of greedy continuations (fairseq's generator) of held-out descriptions from their first sentence.
 
 Steps whose outputs exist in WORK are reused (so an interrupted run resumes); their recorded times are kept in
-WORK/stages.json. Writes ``--out`` (JSON), the same path with ``.md`` (table) and ``.png`` (quality vs budget).
+WORK/stages.json. Writes ``--out`` (JSON: per method its scores, parameters, best validation nll and the updates it
+trained for), the same path with ``.md`` (table) and ``.png`` (quality vs budget).
 """
 import argparse
 import json
@@ -34,7 +39,7 @@ ROOT = os.path.dirname(HERE)
 USER_DIR = os.path.join(ROOT, "makd_fairseq")
 sys.path.insert(0, HERE)
 from sizes import (  # noqa: E402
-    GENERATE, QUALITY_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
+    GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
 )
 from provenance import command, git_commit, hardware, write_atomic  # noqa: E402
 from train_teacher import teacher_command  # noqa: E402
@@ -87,16 +92,28 @@ def student_paths(run, budget):
     return {"svd": run.path(key, "svd.pt"), "dense": run.path(key, "dense.pt")}, key
 
 
-def train_command(run, teacher, init, method_flags, save_dir):
+def train_command(run, teacher, init, method_flags, save_dir, data=None):
+    """fairseq-train distilling ``init`` from ``teacher`` on ``data`` (default: the benchmark's data)."""
     from makd_fairseq.checkpoint import load_checkpoint, model_args
     from makd_fairseq.student_init import arch_flags
 
     sargs = model_args(load_checkpoint(init))
     task = "makd_language_modeling" if run.args.task == "language_modeling" else "makd_translation"
-    return ["fairseq-train", run.args.data, "--user-dir", USER_DIR, "--task", task,
+    return ["fairseq-train", data or run.args.data, "--user-dir", USER_DIR, "--task", task,
             "--teacher-path", teacher, "--arch", sargs.arch, *arch_flags(sargs), "--finetune-from-model", init,
             *common_flags(run.args.size), *STUDENT_TRAIN[run.args.size], "--keep-interval-updates", "1",
             "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags]
+
+
+def device_flags(run):
+    return ["--fp16"] if "--fp16" in STUDENT_TRAIN[run.args.size] else ["--cpu"]
+
+
+def teacher_data_command(run, teacher):
+    """makd-teacher-data: the train split with the teacher's beam outputs as targets (sequence-level KD)."""
+    return ["makd-teacher-data", "--teacher", teacher, "--data", run.args.data, "--out", run.path("seq_kd_data"),
+            *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
+            *(["--cpu"] if device_flags(run) == ["--cpu"] else [])]
 
 
 def flag_value(flags, name):
@@ -106,7 +123,7 @@ def flag_value(flags, name):
 
 def generate_command(run, checkpoint):
     train = common_flags(run.args.size) + STUDENT_TRAIN[run.args.size]
-    device = ["--fp16"] if "--fp16" in train else ["--cpu"]
+    device = device_flags(run)
     return ["fairseq-generate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
             *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
             *(["--remove-bpe", run.args.remove_bpe] if run.args.remove_bpe != "none" else []),
@@ -115,20 +132,14 @@ def generate_command(run, checkpoint):
 
 
 def read_generation(log):
-    """(hypotheses, references) in test-set order from fairseq-generate's D- and T- lines."""
-    hyps, refs = {}, {}
-    with open(log) as f:
-        for line in f:
-            if line.startswith("D-"):
-                i, _score, text = line.rstrip("\n").split("\t", 2)
-                hyps[int(i[2:])] = text
-            elif line.startswith("T-"):
-                i, text = line.rstrip("\n").split("\t", 1) if "\t" in line else (line.strip(), "")
-                refs[int(i[2:])] = text
-    if not hyps or set(hyps) != set(refs):
-        raise SystemExit(f"quality.py: {log} holds {len(hyps)} hypotheses for {len(refs)} references")
-    ids = sorted(hyps)
-    return [hyps[i] for i in ids], [refs[i] for i in ids]
+    """(hypotheses, references) in test-set order from fairseq-generate's D- and T- lines (``makd-score``'s reader)."""
+    from makd_fairseq.score import ScoreError, read_generation as read
+
+    try:
+        with open(log, encoding="utf-8") as f:
+            return read(f, log)
+    except ScoreError as e:
+        raise SystemExit(f"quality.py: {e}") from None
 
 
 def eval_lm_command(run, checkpoint):
@@ -208,6 +219,20 @@ def best_valid_nll(train_log):
     return min(values) if values else None
 
 
+def last_updates(train_log):
+    """The number of updates a json-format fairseq-train log reached (the last ``num_updates`` it logged)."""
+    if not os.path.isfile(train_log):
+        return None
+    found = [log[k] for line in open(train_log) if "num_updates" in line and "{" in line
+             for log in [json.loads(line[line.index("{"):])] for k in log if k.endswith("num_updates")]
+    return int(found[-1]) if found else None
+
+
+def early_stopped(train_log):
+    """fairseq-train stopped on ``--patience`` (validation nll no longer falling) rather than at ``--max-update``."""
+    return os.path.isfile(train_log) and "early stop since valid performance hasn't improved" in open(train_log).read()
+
+
 def read_lm_scores(eval_log, continuations):
     m = re.search(r"Perplexity: ([\d.]+)", open(eval_log).read())
     if not m:
@@ -220,22 +245,24 @@ def read_lm_scores(eval_log, continuations):
 
 
 def score(task, hyps, refs):
-    if task == "summarization":
-        from rouge_score import rouge_scorer
+    """(scores, signatures) as ``makd-score`` computes them: ROUGE for summaries, BLEU and chrF for translations."""
+    from makd_fairseq.score import score as metric_score
 
-        scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=True)
-        totals = {"rouge1": 0.0, "rouge2": 0.0, "rougeL": 0.0}
-        for h, r in zip(hyps, refs):
-            for name, s in scorer.score(r, h).items():
-                totals[name] += s.fmeasure
-        return {name: round(100 * v / len(hyps), 2) for name, v in totals.items()}, {"rouge": "rouge-score F1, "
-                                                                                       "use_stemmer=True"}
-    from sacrebleu.metrics import BLEU, CHRF
+    scores, signatures = {}, {}
+    for metric in (("rouge",) if task == "summarization" else ("bleu", "chrf")):
+        values, signature = metric_score(metric, hyps, refs)
+        scores.update(values)
+        signatures.update(signature)
+    return scores, signatures
 
-    bleu, chrf = BLEU(), CHRF()
-    b, c = bleu.corpus_score(hyps, [refs]), chrf.corpus_score(hyps, [refs])
-    return {"bleu": round(b.score, 2), "chrf": round(c.score, 2)}, {"bleu": str(bleu.get_signature()),
-                                                                    "chrf": str(chrf.get_signature())}
+
+def seq_kd_manifest(data):
+    """What makd-teacher-data recorded about the sequence-level KD data (None if this run built none)."""
+    path = os.path.join(data, "teacher_data.json")
+    if not os.path.isfile(path):
+        return None
+    m = json.load(open(path))
+    return {k: m[k] for k in ("beam", "max_len_a", "max_len_b", "sentences", "decode_seconds", "command")}
 
 
 def teacher_arch(checkpoint):
@@ -256,14 +283,16 @@ def params_of(checkpoint):
 def table(result):
     names = METRICS[result["task"]]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
-    lines = [f"| method | budget | params | {' | '.join(names)} | {names[0]} % of teacher | best valid nll (bits) |",
-             "|---|---|---|" + "---|" * (len(names) + 2)]
+    lines = [f"| method | budget | params | {' | '.join(names)} | {names[0]} % of teacher | best valid nll (bits) "
+             "| updates |", "|---|---|---|" + "---|" * (len(names) + 3)]
     for m in result["methods"]:
         budget = "teacher" if m["budget"] is None else f"{m['budget']:.0%}"
         share = 100 * m["metrics"][names[0]] / max(teacher["metrics"][names[0]], 1e-9)
         nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
+        updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (" (early stop)" if m.get(
+            "early_stopped") else "")
         lines.append(f"| {m['method']} | {budget} | {m['params']:,} | "
-                     + " | ".join(f"{m['metrics'][n]:.2f}" for n in names) + f" | {share:.1f}% | {nll} |")
+                     + " | ".join(f"{m['metrics'][n]:.2f}" for n in names) + f" | {share:.1f}% | {nll} | {updates} |")
     return "\n".join(lines) + "\n"
 
 
@@ -329,6 +358,9 @@ def main(argv=None):
     args.methods = args.methods or list(LM_METHODS if lm else QUALITY_METHODS)
     if lm and "dense_sft_kd" in args.methods:
         parser.error("dense_sft_kd (makd-shrink) is for encoder-decoder models, not --task language_modeling")
+    if lm and set(SEQ_KD_METHODS) & set(args.methods):
+        parser.error(f"{', '.join(SEQ_KD_METHODS)} decode sources with the teacher: encoder-decoder models only, "
+                     "not --task language_modeling")
     args.out = args.out or os.path.join(HERE, "results", f"{args.task}.json")
     if not os.path.isfile(os.path.join(args.data, "dict.txt")) and not any(
             f.startswith("dict.") for f in (os.listdir(args.data) if os.path.isdir(args.data) else [])):
@@ -354,6 +386,11 @@ def main(argv=None):
         m = re.search(r"done training in ([\d.]+) seconds", open(run.path("teacher.log")).read())
         run.stages["teacher"] = float(m.group(1)) if m else None
 
+    seq_kd_data = run.path("seq_kd_data")
+    if set(SEQ_KD_METHODS) & set(args.methods):
+        run.stage("seq_kd_data", teacher_data_command(run, teacher), run.path("seq_kd_data.log"),
+                  lambda: os.path.isfile(os.path.join(seq_kd_data, "teacher_data.json")))
+
     models = [("teacher", None, teacher)]
     jobs = []  # (name, command, log, done)
     for budget in args.budgets:
@@ -371,7 +408,8 @@ def main(argv=None):
             save = run.path(key, method)
             best = os.path.join(save, "checkpoint_best.pt")
             log = os.path.join(save, "train.log")
-            jobs.append((f"{key}/{method}", train_command(run, teacher, inits[init], flags, save), log,
+            data = seq_kd_data if method in SEQ_KD_METHODS else None
+            jobs.append((f"{key}/{method}", train_command(run, teacher, inits[init], flags, save, data=data), log,
                          lambda p=log: finished(p)))
             models.append((method, budget, best))
 
@@ -402,8 +440,11 @@ def main(argv=None):
     for (method, budget, checkpoint), files in zip(models, outputs):
         metrics, signatures = read_lm_scores(*files) if lm else score(args.task, *read_generation(*files))
         log = os.path.join(os.path.dirname(checkpoint), "train.log") if method != "teacher" else run.path("teacher.log")
+        trained = method != "svd_only"
         methods.append({"method": method, "budget": budget, "params": params_of(checkpoint), "metrics": metrics,
-                        "valid_nll": None if method == "svd_only" else best_valid_nll(log),
+                        "valid_nll": best_valid_nll(log) if trained else None,
+                        "updates": last_updates(log) if trained else None,
+                        "early_stopped": early_stopped(log) if trained else None,
                         "checkpoint": os.path.relpath(checkpoint, args.work)})
     manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
     data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
@@ -411,6 +452,9 @@ def main(argv=None):
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures,
         "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size]),
+        "stopping": {name.strip("-").replace("-", "_"): int(flag_value(STUDENT_TRAIN[args.size], name))
+                     for name in ("--max-update", "--patience", "--validate-interval-updates")},
+        "seq_kd_data": seq_kd_manifest(seq_kd_data),
         "generation": "greedy continuations, 40 new tokens" if lm else " ".join(GENERATE[args.task]),
         "command": command(__file__, argv), "git_commit": git_commit(), "data_sha256": data_hash,
         "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),

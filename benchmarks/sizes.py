@@ -50,20 +50,26 @@ METHODS = {
     "makd": ["--criterion", "makd"],
 }
 
-# quality benchmark: every student method trains with the same flags, updates and seed on top of TRAIN_COMMON
+
+def until_converged(cap, every, patience):
+    """The students' stopping rule: validate every ``every`` updates (and only then, so ``--patience`` counts equal
+    intervals), stop after ``patience`` validations without a lower nll (``--best-checkpoint-metric nll_loss``), at
+    most ``cap`` updates."""
+    return ["--max-update", str(cap), "--validate-interval-updates", str(every), "--save-interval-updates", str(every),
+            "--validate-interval", "1000000", "--patience", str(patience)]
+
+
+# quality benchmark: every student method trains with the same flags, stopping rule and seed on top of TRAIN_COMMON
 STUDENT_TRAIN = {
-    "smoke": ["--lr", "0.0005", "--max-tokens", "2048", "--max-update", "4", "--validate-interval-updates", "2",
-              "--save-interval-updates", "2", "--cpu"],
-    "cpu": ["--lr", "0.0005", "--max-tokens", "4000", "--max-update", "300", "--validate-interval-updates", "100",
-            "--save-interval-updates", "100", "--cpu"],
-    "gpu": ["--lr", "0.0003", "--max-tokens", "8192", "--max-update", "20000", "--validate-interval-updates", "2000",
-            "--save-interval-updates", "2000", "--fp16"],
-    "iwslt": ["--lr", "0.0005", "--max-tokens", "4096", "--max-update", "20000", "--warmup-updates", "4000",
-              "--dropout", "0.3", "--validate-interval-updates", "2000", "--save-interval-updates", "2000", "--fp16"],
+    "smoke": ["--lr", "0.0005", "--max-tokens", "2048", *until_converged(4, 2, 2), "--cpu"],
+    "cpu": ["--lr", "0.0005", "--max-tokens", "4000", *until_converged(3000, 100, 3), "--cpu"],
+    "gpu": ["--lr", "0.0003", "--max-tokens", "8192", *until_converged(20000, 2000, 3), "--fp16"],
+    "iwslt": ["--lr", "0.0005", "--max-tokens", "4096", "--warmup-updates", "4000", "--dropout", "0.3",
+              *until_converged(20000, 2000, 3), "--fp16"],
     # a BART-base teacher fine-tuned by the user (fairseq's examples/bart summarization recipe): its lr and batch
-    "bart": ["--lr", "3e-05", "--max-tokens", "2048", "--update-freq", "4", "--max-update", "20000",
-             "--warmup-updates", "500", "--max-source-positions", "1024", "--max-target-positions", "1024",
-             "--validate-interval-updates", "2000", "--save-interval-updates", "2000", "--fp16"],
+    "bart": ["--lr", "3e-05", "--max-tokens", "2048", "--update-freq", "4", "--warmup-updates", "500",
+             "--max-source-positions", "1024", "--max-target-positions", "1024", *until_converged(20000, 2000, 3),
+             "--fp16"],
 }
 
 # decoder-only teachers (language_modeling): fairseq's LM defaults keep input/output widths at 512, so set them
@@ -113,7 +119,12 @@ QUALITY_METHODS = {
     "svd_layer_kd": ("svd", METHODS["layer_kd"]),
     "makd": ("svd", METHODS["makd"]),
     "dense_sft_kd": ("dense", METHODS["word_kd"]),
+    "svd_seq_kd": ("svd", METHODS["ce"]),
+    "makd_seq_kd": ("svd", METHODS["makd"]),
 }
+# sequence-level KD (Kim & Rush 2016): these train on the teacher's beam outputs (makd-teacher-data), not the
+# references; validation stays on the original valid split. Encoder-decoder teachers only.
+SEQ_KD_METHODS = ("svd_seq_kd", "makd_seq_kd")
 
 # beam search on the test set; summaries are one line, translations follow the source's length
 GENERATE = {

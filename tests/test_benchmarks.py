@@ -40,14 +40,15 @@ QUALITY = ROOT / "benchmarks" / "quality.py"
 
 
 def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
+    """Every method at one budget (two budgets only multiply the trainings), sequence-level KD included."""
     out, work = tmp_path / "translation.json", tmp_path / "work"
     args = [sys.executable, QUALITY, "--task", "translation", "--data", mt_data, "--size", "smoke", "--work", work,
-            "--budgets", "0.6", "0.5", "--jobs", "2", "--remove-bpe", "none", "--out", out]
+            "--budgets", "0.5", "--jobs", "2", "--remove-bpe", "none", "--out", out]
     run(*args)
     result = json.loads(out.read_text())
     methods = [(m["method"], m["budget"]) for m in result["methods"]]
-    assert methods == [("teacher", None)] + [(m, b) for b in (0.6, 0.5) for m in (
-        "svd_only", "svd_ce", "svd_word_kd", "svd_layer_kd", "makd", "dense_sft_kd")]
+    assert methods == [("teacher", None)] + [(m, 0.5) for m in (
+        "svd_only", "svd_ce", "svd_word_kd", "svd_layer_kd", "makd", "dense_sft_kd", "svd_seq_kd", "makd_seq_kd")]
     teacher = result["methods"][0]["params"]
     for m in result["methods"][1:]:
         assert 0.9 * m["budget"] * teacher < m["params"] <= m["budget"] * teacher, m
@@ -55,17 +56,31 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     assert result["scoring"]["bleu"].startswith("nrefs:1|case:mixed")
     for key in ("command", "git_commit", "hardware", "wall_s", "stage_seconds"):
         assert result[key], key
-    # every trained method ran its updates and logged validation
+    # every trained method ran under the stopping rule (cap 4, validation every 2) and logged validation
+    assert result["stopping"] == {"max_update": 4, "patience": 2, "validate_interval_updates": 2}
+    assert "--patience 2" in result["student_training"]
     for log in work.glob("b*/*/train.log"):
         assert "done training in" in log.read_text() and '"valid"' in log.read_text(), log
-    assert len(list(work.glob("b*/*/train.log"))) == 10
+    assert len(list(work.glob("b*/*/train.log"))) == 7
+    updates = {m["method"]: m["updates"] for m in result["methods"]}
+    assert updates.pop("teacher") == 20 and updates.pop("svd_only") is None
+    assert set(updates.values()) == {4}, updates  # the cap: two validations cannot exhaust a patience of 2
+    assert all(m["valid_nll"] > 0 for m in result["methods"] if m["method"] != "svd_only")
+    # the seq-KD methods train on the teacher's beam outputs (the benchmark's beam), validate on the same valid split
+    assert result["seq_kd_data"]["beam"] == 4 and result["seq_kd_data"]["sentences"] == 400
+    for method in ("svd_seq_kd", "makd_seq_kd"):
+        log = (work / "b50" / method / "train.log").read_text()
+        assert str(work / "seq_kd_data" / "train.en-de.de") in log and str(mt_data / "valid") not in log
+    assert str(work / "seq_kd_data") not in (work / "b50" / "makd" / "train.log").read_text()
     table = (tmp_path / "translation.md").read_text()
     assert table.startswith("| method | budget | params | bleu | chrf |") and "| makd | 50% |" in table
+    assert "| best valid nll (bits) | updates |" in table and "| makd_seq_kd | 50% |" in table
     assert (tmp_path / "translation.png").read_bytes()[:4] == b"\x89PNG"
     # a second run reuses every finished step: nothing is trained or generated again, same scores
     stages = (work / "stages.json").read_text()
     again = run(*args)
     assert "fairseq-train" not in again.stdout and "fairseq-generate" not in again.stdout
+    assert "makd-teacher-data" not in again.stdout
     assert (work / "stages.json").read_text() == stages
     assert json.loads(out.read_text())["methods"] == result["methods"]
 
@@ -120,3 +135,7 @@ def test_quality_benchmark_smoke_language_modeling(tmp_path):
     proc = subprocess.run([sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
                            "cpu", "--work", tmp_path / "w"], capture_output=True, text=True)
     assert proc.returncode == 2 and "lm_" in proc.stderr
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
+                           "lm_smoke", "--methods", "makd_seq_kd", "--work", tmp_path / "w"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "encoder-decoder models only" in proc.stderr

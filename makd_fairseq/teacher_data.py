@@ -1,0 +1,324 @@
+"""``makd-teacher-data``: sequence-level KD data (Kim & Rush, 2016): the train targets replaced by the teacher's beam.
+
+    makd-teacher-data --teacher T.pt --data BIN --out BIN_KD [--beam 4] [--batch-size 64] [--max-len-a A --max-len-b B]
+
+Decodes every train source of the binarized translation data BIN with fairseq's own sequence generator (the task's
+``build_generator``/``inference_step``, as fairseq-generate does) and writes BIN_KD, a data directory fairseq's
+translation task (and ``makd_translation``) loads: train example i has source i of BIN, unchanged, and the teacher's
+best hypothesis for it as its target, written as token ids by fairseq's indexed-dataset builder in BIN's dataset
+format; the dictionaries, valid and test are copied byte for byte, so a student trained on BIN_KD is validated on the
+original references. Decoding is saved every ``--shard-size`` sentences under BIN_KD/.partial, so an interrupted run
+resumes; BIN_KD/teacher_data.json is written last and a re-run with the same teacher, data and decoding flags
+reuses the finished directory.
+"""
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+import warnings
+
+MANIFEST = "teacher_data.json"
+PARTIAL = ".partial"
+# the teacher's task settings that decide what it reads (fairseq-generate would need them on its command line)
+TASK_FIELDS = ("source_lang", "target_lang", "left_pad_source", "left_pad_target", "max_source_positions",
+               "max_target_positions", "truncate_source")
+# what a finished or partial BIN_KD must have been made from to be reused or resumed
+KEY_FIELDS = ("teacher_sha256", "train_sha256", "source_lang", "target_lang", "beam", "max_len_a", "max_len_b")
+
+
+class TeacherDataError(ValueError):
+    """Bad input; the message is one line for the user."""
+
+
+def sha256_of(paths) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: str, value) -> None:
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def copy_atomic(src: str, dst: str) -> None:
+    shutil.copyfile(src, dst + ".tmp")
+    os.replace(dst + ".tmp", dst)
+
+
+def split_prefixes(data: str, split: str, src: str, tgt: str) -> list:
+    """``DIR/split{,1,2,...}.{src}-{tgt}.`` (or ``{tgt}-{src}``) prefixes, as fairseq's translation task finds them."""
+    from fairseq.data import indexed_dataset
+
+    prefixes = []
+    for k in range(10 ** 6):
+        name = split + (str(k) if k else "")
+        found = [os.path.join(data, f"{name}.{a}-{b}.") for a, b in ((src, tgt), (tgt, src))
+                 if indexed_dataset.infer_dataset_impl(os.path.join(data, f"{name}.{a}-{b}.{src}"))]
+        if not found:
+            return prefixes
+        prefixes.append(found[0])
+
+
+def encoder_decoder_check(state: dict, path: str) -> None:
+    from fairseq.models import ARCH_MODEL_REGISTRY, FairseqEncoderDecoderModel
+
+    from .checkpoint import model_args
+
+    arch = model_args(state).arch
+    model_cls = ARCH_MODEL_REGISTRY.get(arch)
+    if model_cls is None or not issubclass(model_cls, FairseqEncoderDecoderModel):
+        raise TeacherDataError(f"teacher {path}: arch {arch!r} is not an encoder-decoder model; sequence-level KD "
+                               "data is for translation/summarization teachers (decoder-only models have no sources)")
+
+
+def build_task(args, state):
+    """The ``makd_translation`` task on BIN with the teacher's language pair and source handling, and its cfg."""
+    from fairseq import options, tasks
+    from fairseq.data import data_utils
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+
+    from .checkpoint import model_args
+
+    saved = state["cfg"]["task"] if state.get("cfg") is not None else model_args(state)
+    parser = options.get_generation_parser(default_task="makd_translation")
+    flags = [args.data, "--task", "makd_translation", "--teacher-path", args.teacher, "--path", args.teacher,
+             "--gen-subset", "train", "--beam", str(args.beam), "--max-len-a", str(args.max_len_a),
+             "--max-len-b", str(args.max_len_b), "--batch-size", str(args.batch_size), "--nbest", "1"]
+    with warnings.catch_warnings():  # hydra's deprecation notices inside fairseq: stderr keeps one error line
+        warnings.simplefilter("ignore")
+        cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, flags + ["--cpu"] * args.cpu))
+    for name in TASK_FIELDS:
+        if getattr(saved, name, None) is not None:
+            setattr(cfg.task, name, getattr(saved, name))
+    if cfg.task.source_lang is None or cfg.task.target_lang is None:  # fairseq infers them from the file names
+        cfg.task.source_lang, cfg.task.target_lang = data_utils.infer_language_pair(args.data)
+    if cfg.task.source_lang is None:
+        raise TeacherDataError(f"--data {args.data}: no binarized language-pair files there (run fairseq-preprocess)")
+    return cfg, tasks.setup_task(cfg.task)
+
+
+def run_key(args, state_path_sha, task) -> dict:
+    """What the output depends on (compared on re-runs) plus where it came from (recorded only)."""
+    from fairseq.data import indexed_dataset
+
+    src, tgt = task.cfg.source_lang, task.cfg.target_lang
+    prefixes = split_prefixes(args.data, "train", src, tgt)
+    if not prefixes:
+        raise TeacherDataError(f"--data {args.data}: no train split for {src}-{tgt} (run fairseq-preprocess)")
+    impls = {indexed_dataset.infer_dataset_impl(p + lang) for p in prefixes for lang in (src, tgt)}
+    if not impls <= {"mmap", "lazy", "cached"}:
+        raise TeacherDataError(f"--data {args.data}: train files in dataset format {sorted(map(str, impls))}; "
+                               "makd-teacher-data writes binarized (mmap, lazy or cached) data only")
+    train_files = [p + src + ext for p in prefixes for ext in (".idx", ".bin")]
+    dicts = [os.path.join(args.data, f"dict.{lang}.txt") for lang in (src, tgt)]
+    return {"teacher_sha256": state_path_sha, "train_sha256": sha256_of(train_files + dicts),
+            "source_lang": src, "target_lang": tgt, "beam": args.beam, "max_len_a": args.max_len_a,
+            "max_len_b": args.max_len_b, "teacher": os.path.abspath(args.teacher), "data": os.path.abspath(args.data)}
+
+
+def differences(old: dict, new: dict) -> str:
+    return ", ".join(f"{k} {old.get(k)!r} vs {new[k]!r}" for k in KEY_FIELDS if old.get(k) != new[k])
+
+
+def out_state(out: str, key: dict):
+    """('fresh' | 'finished' | 'resume', reason the directory cannot be used as it is or '')."""
+    if not os.path.exists(out):
+        return "fresh", ""
+    for name, state, what in ((MANIFEST, "finished", "finished"), (os.path.join(PARTIAL, "run.json"), "resume",
+                                                                    "partial")):
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                diff = differences(json.load(f), key)
+            return state, diff and f"--out {out} holds {what} teacher data made with other arguments ({diff})"
+    if os.listdir(out):
+        return "fresh", f"--out {out} exists and is not a makd-teacher-data directory"
+    return "fresh", ""
+
+
+def load_teacher(cfg, task, state):
+    """The teacher as fairseq-generate loads it: the task builds it, fairseq loads the weights, inference mode."""
+    import torch
+    from fairseq import checkpoint_utils
+
+    models, _ = checkpoint_utils.load_model_ensemble([cfg.common_eval.path], task=task, state=state)
+    model = models[0].eval()
+    if torch.cuda.is_available() and not cfg.common.cpu:
+        model.cuda()
+    model.prepare_for_inference_(cfg)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+def decode(cfg, task, model, ids, progress) -> dict:
+    """{sentence id: the teacher's best hypothesis as token ids, EOS included} for train sentences ``ids``."""
+    import torch
+    from fairseq import utils
+
+    dataset = task.dataset("train")
+    generator = task.build_generator([model], cfg.generation)
+    order = sorted(ids, key=lambda i: -int(dataset.src_sizes[i]))  # similar lengths per batch: little padding
+    eos, out = task.target_dictionary.eos(), {}
+    for start in range(0, len(order), cfg.dataset.batch_size):
+        sample = dataset.collater([dataset[i] for i in order[start:start + cfg.dataset.batch_size]])
+        if next(model.parameters()).is_cuda:
+            sample = utils.move_to_cuda(sample)
+        with torch.no_grad():
+            hypos = task.inference_step(generator, [model], sample)
+        for i, nbest in zip(sample["id"].tolist(), hypos):
+            tokens = nbest[0]["tokens"].int().cpu().tolist()
+            out[i] = tokens if tokens and tokens[-1] == eos else tokens + [eos]  # an empty hypothesis is EOS alone
+        progress.update(len(hypos))
+    return out
+
+
+def decode_shards(args, cfg, task, model, partial: str) -> dict:
+    """All train hypotheses: those saved under ``partial`` by an earlier run, the rest decoded ``--shard-size``
+    sentences at a time, each shard saved as soon as it is done."""
+    import glob
+
+    from fairseq import utils
+    from tqdm import tqdm
+
+    dataset = task.dataset("train")
+    n = len(dataset)
+    max_src = utils.resolve_max_positions(task.max_positions(), model.max_positions())[0]
+    hyps, unread = {}, 0
+    for path in sorted(glob.glob(os.path.join(partial, "shard-*.json"))):  # whatever shard size wrote them
+        with open(path) as f:
+            hyps.update({int(k): v for k, v in json.load(f).items()})
+    if hyps:
+        print(f"resuming: {len(hyps)} of {n} train sentences already decoded in {partial}", flush=True)
+    with tqdm(total=n, initial=len(hyps), unit="sent", desc="makd-teacher-data", file=sys.stderr,
+              mininterval=1 if sys.stderr.isatty() else 30) as progress:
+        for s in range(0, n, args.shard_size):
+            e = min(s + args.shard_size, n)
+            todo = [i for i in range(s, e) if i not in hyps]
+            if not todo:
+                continue
+            # a source the teacher cannot read keeps its reference (fairseq-train skips such examples anyway)
+            readable = [i for i in todo if dataset.src_sizes[i] <= max_src]
+            shard = decode(cfg, task, model, readable, progress)
+            shard.update({i: dataset.tgt[i].tolist() for i in todo if i not in shard})
+            unread += len(todo) - len(readable)
+            progress.update(len(todo) - len(readable))
+            write_json_atomic(os.path.join(partial, f"shard-{s:09d}-{e:09d}.json"), shard)
+            hyps.update(shard)
+    if unread:
+        logging.getLogger(__name__).warning(f"{unread} train sources are longer than the teacher reads "
+                                            f"({max_src} tokens): they keep their reference targets")
+    return hyps
+
+
+def write_outputs(args, task, hyps: dict, key: dict, command: str, seconds: float) -> None:
+    """BIN_KD's files: train targets from ``hyps``, everything else copied; the manifest last (the 'done' mark)."""
+    import torch
+    from fairseq.data import indexed_dataset
+
+    src, tgt = task.cfg.source_lang, task.cfg.target_lang
+    out, n = args.out, 0
+    for name in sorted(os.listdir(args.data)):  # dictionaries, valid and test as they are
+        if re.match(r"dict\..+\.txt$", name) or re.match(r"(valid|test)\d*\..+\.(bin|idx)$", name):
+            copy_atomic(os.path.join(args.data, name), os.path.join(out, name))
+    for prefix in split_prefixes(args.data, "train", src, tgt):  # train sources unchanged, teacher targets
+        base = os.path.basename(prefix)
+        for ext in (".bin", ".idx"):
+            copy_atomic(prefix + src + ext, os.path.join(out, base + src + ext))
+        impl = indexed_dataset.infer_dataset_impl(prefix + tgt) or indexed_dataset.infer_dataset_impl(prefix + src)
+        count = len(indexed_dataset.make_dataset(prefix + src, impl))
+        target = os.path.join(out, base + tgt)
+        builder = indexed_dataset.make_builder(target + ".bin.tmp", impl, vocab_size=len(task.target_dictionary))
+        for i in range(n, n + count):
+            builder.add_item(torch.IntTensor(hyps[i]))
+        builder.finalize(target + ".idx.tmp")
+        os.replace(target + ".bin.tmp", target + ".bin")
+        os.replace(target + ".idx.tmp", target + ".idx")
+        n += count
+    write_json_atomic(os.path.join(out, MANIFEST), dict(
+        key, sentences=n, hypothesis_tokens=sum(len(h) for h in hyps.values()), command=command,
+        decode_seconds=round(seconds, 1)))
+
+
+def main(argv=None) -> int:
+    from .checkpoint import CheckpointError, load_checkpoint
+
+    # importing fairseq lets every DEBUG record through; stderr is for the error line and the progress bar
+    for name in ("fairseq", "hydra"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    parser = argparse.ArgumentParser(
+        prog="makd-teacher-data",
+        description="Sequence-level KD data: write a copy of a binarized translation data directory whose train "
+                    "targets are the teacher's beam-search outputs (sources, dictionaries, valid and test unchanged).")
+    parser.add_argument("--teacher", required=True, metavar="T.pt", help="encoder-decoder teacher checkpoint")
+    parser.add_argument("--data", required=True, metavar="BIN", help="fairseq-preprocess output (translation pair)")
+    parser.add_argument("--out", required=True, metavar="BIN_KD", help="data directory to write")
+    parser.add_argument("--beam", type=int, default=4, help="beam size (default: 4)")
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch (default: 64)")
+    parser.add_argument("--max-len-a", type=float, default=0.0, help="max length = a·source length + b (default: 0)")
+    parser.add_argument("--max-len-b", type=int, default=200, help="(default: 200, as fairseq-generate)")
+    parser.add_argument("--shard-size", type=int, default=1000,
+                        help="sentences decoded between two saves under BIN_KD/.partial (default: 1000)")
+    parser.add_argument("--cpu", action="store_true", help="decode on CPU even when CUDA is available")
+    parser.add_argument("--force", action="store_true",
+                        help="rebuild an --out that holds other files or teacher data made with other arguments")
+    args = parser.parse_args(argv)
+    command = " ".join(["makd-teacher-data"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
+    try:
+        if args.beam < 1 or args.batch_size < 1 or args.shard_size < 1:
+            raise TeacherDataError("--beam, --batch-size and --shard-size must be >= 1")
+        if not os.path.isdir(args.data):
+            raise TeacherDataError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            raise TeacherDataError(f"--out {args.out} exists and is not a directory")
+        if os.path.exists(args.out) and os.path.samefile(args.out, args.data):
+            raise TeacherDataError(f"--out {args.out} is the --data directory itself; choose another path")
+        state = load_checkpoint(args.teacher)
+        encoder_decoder_check(state, args.teacher)
+        cfg, task = build_task(args, state)
+        task.check_dictionaries(state, args.teacher)
+        key = run_key(args, sha256_of([args.teacher]), task)
+        status, problem = out_state(args.out, key)
+        if problem and not args.force:
+            raise TeacherDataError(f"{problem}; pass --force to rebuild it")
+    except (CheckpointError, TeacherDataError, FileNotFoundError, OSError) as e:
+        print(f"makd-teacher-data: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    if status == "finished" and not problem:
+        print(f"{args.out}: already holds this teacher's outputs (beam {args.beam}) for the train split of "
+              f"{args.data}: reused", flush=True)
+        return 0
+    partial = os.path.join(args.out, PARTIAL)
+    if problem:  # --force: our own state goes, files of the same names are overwritten, nothing else is touched
+        shutil.rmtree(partial, ignore_errors=True)
+        if os.path.isfile(os.path.join(args.out, MANIFEST)):
+            os.remove(os.path.join(args.out, MANIFEST))
+    os.makedirs(partial, exist_ok=True)
+    write_json_atomic(os.path.join(partial, "run.json"), key)
+    started = time.time()
+    task.load_dataset("train")
+    model = load_teacher(cfg, task, state)
+    del state
+    hyps = decode_shards(args, cfg, task, model, partial)
+    write_outputs(args, task, hyps, key, command, time.time() - started)
+    shutil.rmtree(partial)
+    print(f"wrote {args.out}: {len(hyps)} train targets decoded by {args.teacher} (beam {args.beam}) "
+          f"in {time.time() - started:.0f} s; sources, dictionaries, valid and test copied from {args.data}",
+          flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""makd-teacher-data: sequence-level KD data from the teacher's beam search, checked against fairseq-generate."""
+
+import hashlib
+import json
+import shutil
+import time
+
+import pytest
+import torch
+
+from conftest import TINY_ARCH, TRAIN_COMMON, USER_DIR, run
+from makd_fairseq import teacher_data
+
+BEAM = ["--beam", "2"]
+
+
+@pytest.fixture(scope="module")
+def kd_data(mt_data, teacher, tmp_path_factory):
+    """The real CLI, once: the fixture teacher's beam-2 outputs for the 400 train sources."""
+    out = tmp_path_factory.mktemp("seq_kd") / "bin_kd"
+    proc = run("makd-teacher-data", "--teacher", teacher, "--data", mt_data, "--out", out, *BEAM,
+               "--batch-size", "64", "--shard-size", "150")
+    assert "400 train targets" in proc.stdout, proc.stdout
+    return out
+
+
+def files(path):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def targets(data):
+    from fairseq.data import indexed_dataset
+
+    return [t.tolist() for t in indexed_dataset.make_dataset(str(data / "train.en-de.de"), "mmap")]
+
+
+def test_train_targets_are_what_fairseq_generate_writes_for_the_train_sources(kd_data, mt_data, teacher):
+    from fairseq.data import Dictionary
+
+    proc = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", teacher, "--gen-subset", "train",
+               *BEAM, "--batch-size", "32", "--cpu", "--num-workers", "0")
+    generated = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("H-"):
+            i, _score, text = (line.split("\t") + [""])[:3]
+            generated[int(i[2:])] = text
+    dictionary = Dictionary.load(str(mt_data / "dict.de.txt"))
+    kd = targets(kd_data)
+    assert len(kd) == len(generated) == 400
+    assert all(t[-1] == dictionary.eos() for t in kd)
+    # example i keeps source i and holds the teacher's best hypothesis for it (other batches, same sentences)
+    assert [dictionary.string(torch.tensor(t[:-1])) for t in kd] == [generated[i] for i in range(400)]
+    assert kd != targets(mt_data)  # the references are gone
+    manifest = json.loads((kd_data / teacher_data.MANIFEST).read_text())
+    assert manifest["sentences"] == 400 and manifest["beam"] == 2 and manifest["command"].startswith(
+        "makd-teacher-data --teacher")
+
+
+def test_sources_dictionaries_valid_and_test_are_copied_byte_for_byte(kd_data, mt_data):
+    ours, theirs = files(kd_data), files(mt_data)
+    copied = [n for n in theirs if n.startswith(("dict.", "valid.", "test.", "train.en-de.en."))]
+    assert len(copied) == 12 and all(ours[n] == theirs[n] for n in copied)
+    assert set(ours) == set(copied) | {"train.en-de.de.bin", "train.en-de.de.idx", teacher_data.MANIFEST}
+    assert not (kd_data / teacher_data.PARTIAL).exists()
+
+
+def test_a_student_distills_on_the_teacher_data_with_fairseq_train(kd_data, teacher, tmp_path):
+    proc = run("fairseq-train", kd_data, "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path",
+               teacher, "--arch", "lowrank_transformer", *TINY_ARCH, "--rank", "8", "--criterion", "makd",
+               *TRAIN_COMMON, "--max-update", "2", "--save-dir", tmp_path)
+    assert "num_updates=2" in proc.stdout and "valid on 'valid' subset" in proc.stdout
+    assert (tmp_path / "checkpoint_last.pt").is_file()
+
+
+def no_decoding(*args, **kwargs):
+    raise AssertionError("decoded again")
+
+
+def test_a_second_run_with_the_same_arguments_reuses_the_data(kd_data, mt_data, teacher, monkeypatch, capsys):
+    before = files(kd_data)
+    monkeypatch.setattr(teacher_data, "decode", no_decoding)
+    start = time.time()
+    assert teacher_data.main(["--teacher", str(teacher), "--data", str(mt_data), "--out", str(kd_data), *BEAM,
+                              "--batch-size", "8"]) == 0  # the batch size does not change the outputs
+    assert time.time() - start < 15
+    assert "reused" in capsys.readouterr().out and files(kd_data) == before
+
+
+def test_an_interrupted_run_resumes_where_it_stopped(kd_data, mt_data, teacher, monkeypatch, capsys, tmp_path):
+    out, calls = tmp_path / "kd", []
+    decode = teacher_data.decode
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupted(*args, **kwargs):
+        if len(calls) == 2:
+            raise Interrupted
+        calls.append(1)
+        return decode(*args, **kwargs)
+
+    argv = ["--teacher", str(teacher), "--data", str(mt_data), "--out", str(out), *BEAM, "--shard-size", "100"]
+    monkeypatch.setattr(teacher_data, "decode", interrupted)
+    with pytest.raises(Interrupted):
+        teacher_data.main(argv)
+    assert len(list((out / teacher_data.PARTIAL).glob("shard-*.json"))) == 2
+    assert not (out / teacher_data.MANIFEST).exists() and not (out / "train.en-de.de.bin").exists()
+    calls.clear()
+    monkeypatch.setattr(teacher_data, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
+    assert teacher_data.main(argv) == 0
+    assert "resuming: 200 of 400" in capsys.readouterr().out and len(calls) == 2
+    resumed, whole = files(out), files(kd_data)
+    assert resumed.pop(teacher_data.MANIFEST) and whole.pop(teacher_data.MANIFEST)  # command and time differ
+    assert resumed == whole  # the same bytes as the uninterrupted run, other batches notwithstanding
+
+
+def test_force_rebuilds_in_a_directory_of_other_files_and_leaves_them(kd_data, mt_data, teacher, capsys, tmp_path):
+    out = tmp_path / "kd"
+    out.mkdir()
+    (out / "notes.txt").write_text("somebody's notes\n")
+    argv = ["--teacher", str(teacher), "--data", str(mt_data), "--out", str(out), *BEAM]
+    assert teacher_data.main(argv) == 2 and "pass --force" in capsys.readouterr().err
+    assert teacher_data.main(argv + ["--force"]) == 0
+    assert (out / "notes.txt").read_text() == "somebody's notes\n"
+    assert targets(out) == targets(kd_data)
+
+
+def bad_inputs(tmp, mt_data, teacher, kd_data):
+    text = tmp / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    unsafe = tmp / "unsafe.pt"
+    torch.save({"model": {}, "hook": print}, unsafe)
+    lm = tmp / "lm.pt"  # the fixture teacher relabelled as a decoder-only model
+    state = torch.load(teacher)
+    state["cfg"]["model"].arch = state["cfg"]["model"]._name = "transformer_lm"
+    torch.save(state, lm)
+    other_vocab = tmp / "other_vocab"
+    shutil.copytree(mt_data, other_vocab)
+    lines = (other_vocab / "dict.de.txt").read_text().splitlines()
+    (other_vocab / "dict.de.txt").write_text("\n".join([lines[1], lines[0]] + lines[2:]) + "\n")
+    foreign = tmp / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("somebody's notes\n")
+    return {  # name: (flag overrides, the message's words)
+        "teacher missing": (["--teacher", tmp / "nope.pt"], "nope.pt: no such checkpoint file"),
+        "teacher not a checkpoint": (["--teacher", text], "not a readable fairseq checkpoint"),
+        "teacher unsafe": (["--teacher", unsafe], "not allow-listed"),
+        "decoder-only teacher": (["--teacher", lm], "'transformer_lm' is not an encoder-decoder model"),
+        "data missing": (["--data", tmp / "nope"], "nope: no such directory"),
+        "dictionary differs": (["--data", other_vocab], "its tgt dictionary"),
+        "out is the data": (["--out", mt_data], "is the --data directory itself"),
+        "out holds other files": (["--out", foreign], "is not a makd-teacher-data directory; pass --force"),
+        "out made with another beam": (["--out", kd_data, "--beam", "3"], "other arguments (beam 2 vs 3)"),
+    }
+
+
+@pytest.mark.parametrize("case", ["teacher missing", "teacher not a checkpoint", "teacher unsafe",
+                                  "decoder-only teacher", "data missing", "dictionary differs", "out is the data",
+                                  "out holds other files", "out made with another beam"])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, mt_data, teacher, kd_data, tmp_path, capsys):
+    overrides, message = bad_inputs(tmp_path, mt_data, teacher, kd_data)[case]
+    flags = {"--teacher": teacher, "--data": mt_data, "--out": tmp_path / "out", "--beam": 2}
+    flags.update(zip(overrides[::2], overrides[1::2]))
+    watched = [kd_data, mt_data, tmp_path / "foreign"]
+    before = [files(d) for d in watched]
+    capsys.readouterr()
+    rc = teacher_data.main([str(a) for flag in flags.items() for a in flag])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and err.startswith("makd-teacher-data: error: "), err
+    assert message in err, err
+    assert [files(d) for d in watched] == before and not (tmp_path / "out").exists()
