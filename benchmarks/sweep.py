@@ -31,7 +31,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 from provenance import command, git_state, hardware, write_atomic  # noqa: E402
 from quality import (  # noqa: E402
-    USER_DIR, Run, best_valid_nll, finished, flag_value, generate_command, read_generation, score, train_command,
+    USER_DIR, Run, best_valid_nll, finished, flag_value, generate_command, last_updates, read_generation, score,
+    train_command,
 )
 from sizes import METHODS, STUDENT_TRAIN, common_flags  # noqa: E402
 
@@ -77,11 +78,6 @@ def read_valid_nll(log):
     if not m:
         raise SystemExit(f"sweep.py: no validation nll in {log}")
     return float(m[-1])
-
-
-def last_updates(train_log):
-    found = re.findall(r'"(?:train_)?num_updates": "(\d+)"', open(train_log).read())
-    return int(found[-1]) if found else None
 
 
 def main(argv=None):

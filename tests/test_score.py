@@ -1,0 +1,55 @@
+"""makd-score on a real fairseq-generate output: the same numbers as rouge-score / sacreBLEU on its lines."""
+
+import json
+import sys
+
+import pytest
+
+from conftest import USER_DIR, run
+from makd_fairseq.score import ScoreError, main, read_generation, score
+
+
+@pytest.fixture(scope="module")
+def generation(teacher, mt_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("gen") / "gen.out"
+    proc = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", teacher, "--beam", "2", "--cpu",
+               "--batch-size", "8", "--gen-subset", "valid")
+    out.write_text(proc.stdout)
+    return out
+
+
+def test_pairs_are_read_in_sample_order(generation):
+    text = generation.read_text()
+    hyps, refs = read_generation(text.splitlines(), "gen.out")
+    by_id = {int(line.split("\t")[0][2:]): line.split("\t")[1] for line in text.splitlines() if line.startswith("T-")}
+    assert refs == [by_id[i] for i in sorted(by_id)] and len(hyps) == len(refs) == len(by_id) >= 45  # of 50
+    printed = [int(line.split("\t")[0][2:]) for line in text.splitlines() if line.startswith("T-")]
+    assert printed != sorted(printed)  # fairseq prints in batch order, so the sort is what aligns the pairs
+
+
+def test_scores_equal_the_libraries_on_the_same_pairs(generation, capsys):
+    from rouge_score import rouge_scorer
+    from sacrebleu.metrics import BLEU
+
+    hyps, refs = read_generation(generation.read_text().splitlines())
+    bleu = BLEU().corpus_score(hyps, [refs]).score
+    assert score("bleu", hyps, refs)[0] == {"bleu": round(bleu, 2)}
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge_l = sum(scorer.score(r, h)["rougeL"].fmeasure for h, r in zip(hyps, refs)) / len(hyps)
+    assert score("rouge", hyps, refs)[0]["rougeL"] == round(100 * rouge_l, 2)
+    assert main([str(generation), "--metric", "chrf", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["pairs"] == len(hyps) and printed["signature"]["chrf"].startswith("nrefs:1")
+
+
+def test_the_console_command_scores_and_bad_input_is_one_line_exit_2(generation, tmp_path):
+    proc = run("makd-score", generation, "--metric", "rouge")
+    assert proc.stdout.startswith("rouge1 ") and " pairs; rouge-score F1, use_stemmer=True)" in proc.stdout
+    empty = tmp_path / "train.log"
+    empty.write_text("2026-01-01 | INFO | fairseq_cli.train | done\n")
+    for path in (empty, tmp_path / "missing.out"):
+        proc = run(sys.executable, "-m", "makd_fairseq.score", path, check=False)
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+        assert proc.stderr.startswith("makd-score: error:")
+    with pytest.raises(ScoreError, match="2 hypotheses"):
+        read_generation(["D-0\t-0.1\ta", "D-1\t-0.2\tb", "T-0\tx"])
