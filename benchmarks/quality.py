@@ -5,8 +5,9 @@
         --size cpu --work /tmp/qb/summarization --jobs 2
 
 1. Teacher: ``train_teacher.py`` (fairseq-train, label-smoothed CE) unless WORK/teacher/checkpoint_best.pt exists.
-2. Students for each ``--budgets`` fraction of the teacher's parameters: ``makd-init`` (uniform truncated SVD) and
-   ``makd-shrink`` (dense, fewer copied layers, as in shrink-and-fine-tune).
+2. Students for each ``--budgets`` fraction of the teacher's parameters: ``makd-init`` (uniform ranks; ``--init
+   whiten`` factors fitted to the teacher's inputs on train, or plain truncated SVD) and ``makd-shrink`` (dense,
+   fewer copied layers, as in shrink-and-fine-tune).
 3. Sequence-level KD data, if a ``sizes.SEQ_KD_METHODS`` method runs: ``makd-teacher-data`` writes WORK/seq_kd_data,
    the data with every train target replaced by the teacher's beam output (the generation flags of step 5).
 4. ``sizes.QUALITY_METHODS``: every trained method starts from its student and runs ``fairseq-train`` with the same
@@ -341,6 +342,9 @@ def main(argv=None):
                         help="default: all (language modeling: " + ", ".join(LM_METHODS) + ")")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per job")
+    parser.add_argument("--init", choices=("whiten", "svd"), default="whiten",
+                        help="makd-init's factors for every low-rank student: whitened on the train split's inputs "
+                             "(default; benchmarks/results/sweep.json) or the plain truncated SVD")
     parser.add_argument("--batch-size", type=int, default=64, help="fairseq-generate sentences per batch")
     parser.add_argument("--remove-bpe", default="sentencepiece",
                         help="fairseq-generate's --remove-bpe before scoring ('none' for word-level data)")
@@ -397,7 +401,8 @@ def main(argv=None):
         inits, key = student_paths(run, budget)
         for kind, tool in (("svd", "makd-init"), ("dense", "makd-shrink")):
             if any(QUALITY_METHODS[m] and QUALITY_METHODS[m][0] == kind for m in args.methods):
-                run.stage(f"{key}/{kind}", [tool, "--teacher", teacher, "--param-budget", str(budget),
+                init_flags = ["--init", args.init, "--data", args.data] if kind == "svd" else []
+                run.stage(f"{key}/{kind}", [tool, "--teacher", teacher, "--param-budget", str(budget), *init_flags,
                                             "--out", inits[kind]], run.path(key, f"{kind}.log"),
                           lambda p=inits[kind]: os.path.isfile(p))
         for method in args.methods[1:]:
@@ -451,6 +456,7 @@ def main(argv=None):
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures,
+        "student_init": f"makd-init --init {args.init} (uniform ranks)",
         "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size]),
         "stopping": {name.strip("-").replace("-", "_"): int(flag_value(STUDENT_TRAIN[args.size], name))
                      for name in ("--max-update", "--patience", "--validate-interval-updates")},
