@@ -60,7 +60,8 @@ SWEEP = {
     },
 }
 # outside the budget, for reference: makd as it was before this sweep (raw MSE terms, unit weights)
-REFERENCE = {"makd_raw_T1_a1": ["--criterion", "makd", "--feature-norm", "none"]}
+REFERENCE = {"makd_raw_T1_a1": ["--criterion", "makd", "--feature-norm", "none", "--kd-temperature", "1",
+                                 "--matrix-weight", "1", "--layer-weight", "1"]}
 
 
 def validate_command(run, checkpoint):
@@ -176,10 +177,34 @@ def main(argv=None):
         write_atomic(args.out, json.dumps(result, indent=1))
     if os.path.exists(args.out + ".lock"):
         os.remove(args.out + ".lock")
+    write_atomic(os.path.splitext(args.out)[0] + ".md", tables(result))
     print(json.dumps({k: result[args.task][k] for k in ("inits_untrained_valid_nll", "best_on_valid", "test")},
                      indent=1))
     for name, c in sorted(trained.items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
         print(f"{name:24s} {c['family']:10s} valid nll {c['valid_nll']}")
+
+
+def tables(result):
+    """Markdown: per task, the untrained inits, every configuration by validation nll, the winners on test."""
+    out = []
+    for task, r in sorted(result.items()):
+        out += [f"## {task} ({r['budget']:.0%} of the teacher's parameters)", "",
+                "| makd-init | flags | valid nll (bits), untrained |", "|---|---|---|"]
+        out += [f"| {name} | `{' '.join(i['flags'])}` | {i['valid_nll']:.3f} |"
+                for name, i in r["inits_untrained_valid_nll"].items()]
+        out += ["", f"Trained from `{r['train_init']}`, {r['max_update']} updates each:", "",
+                "| configuration | family | flags | best valid nll (bits) | chosen |", "|---|---|---|---|---|"]
+        for name, c in sorted(r["configs"].items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
+            flags = " ".join(f for f in c["flags"] if f not in ("--criterion", "makd"))
+            chosen = "yes" if r["best_on_valid"].get(c["family"]) == name else ""
+            out.append(f"| {name} | {c['family']} | `{flags}` | {c['valid_nll']:.3f} | {chosen} |")
+        if r["test"]:
+            metrics = [k for k in next(iter(r["test"].values())) if k != "signature"]
+            out += ["", "Test (after choosing):", "", "| model | " + " | ".join(metrics) + " |",
+                    "|---|" + "---|" * len(metrics)]
+            out += [f"| {name} | " + " | ".join(f"{t[m]:.2f}" for m in metrics) + " |" for name, t in r["test"].items()]
+        out.append("")
+    return "\n".join(out) + "\n"
 
 
 def task_result(args, run, init_results, trained, best, tests, fixed, argv, started):
