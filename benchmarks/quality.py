@@ -95,15 +95,11 @@ def student_paths(run, budget):
 
 def train_command(run, teacher, init, method_flags, save_dir, data=None):
     """fairseq-train distilling ``init`` from ``teacher`` on ``data`` (default: the benchmark's data)."""
-    from makd_fairseq.checkpoint import load_checkpoint, model_args
-    from makd_fairseq.student_init import arch_flags
+    from makd_fairseq.student import distill_command
 
-    sargs = model_args(load_checkpoint(init))
-    task = "makd_language_modeling" if run.args.task == "language_modeling" else "makd_translation"
-    return ["fairseq-train", data or run.args.data, "--user-dir", USER_DIR, "--task", task,
-            "--teacher-path", teacher, "--arch", sargs.arch, *arch_flags(sargs), "--finetune-from-model", init,
-            *common_flags(run.args.size), *STUDENT_TRAIN[run.args.size], "--keep-interval-updates", "1",
-            "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags]
+    return distill_command(data or run.args.data, teacher, init, [
+        *common_flags(run.args.size), *STUDENT_TRAIN[run.args.size], "--keep-interval-updates", "1",
+        "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags])
 
 
 def device_flags(run):
@@ -268,7 +264,7 @@ def seq_kd_manifest(data):
 
 def teacher_arch(checkpoint):
     from makd_fairseq.checkpoint import load_checkpoint, model_args
-    from makd_fairseq.student_init import arch_flags
+    from makd_fairseq.student import arch_flags
 
     targs = model_args(load_checkpoint(checkpoint))
     return " ".join(["--arch", targs.arch, *arch_flags(targs)])

@@ -204,15 +204,13 @@ def gen_flags(args):
 
 
 def train_argv(args, student, method, save_dir):
-    from makd_fairseq.checkpoint import load_checkpoint, model_args
-    from makd_fairseq.student_init import arch_flags
+    """fairseq-train's arguments (without the program name: the worker runs it in-process)."""
+    from makd_fairseq.student import distill_command
 
-    sargs = model_args(load_checkpoint(student))
     device = ["--fp16"] if args.fp16 else ["--cpu"]
-    return [args.data, "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path", args.teacher,
-            "--arch", sargs.arch, *arch_flags(sargs), "--finetune-from-model", student,
-            *TRAIN_COMMON, "--lr", "0.0005", "--max-tokens", str(args.max_tokens), "--save-dir", save_dir,
-            "--no-save", *device, *METHODS[method]]
+    return distill_command(args.data, args.teacher, student, [
+        *TRAIN_COMMON, "--lr", "0.0005", "--max-tokens", str(args.max_tokens), "--save-dir", save_dir,
+        "--no-save", *device, *METHODS[method]])[1:]
 
 
 def table(result):

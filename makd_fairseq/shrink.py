@@ -8,7 +8,7 @@ as the smaller model still holds at least the budget; the layers kept are the te
 first and the last kept (12 -> 6 keeps 0, 2, 4, 7, 9, 11, as distilBART does). If that model is still over the
 budget, every FFN is narrowed to the widest width within it, keeping the neurons with the largest
 ‖fc1 row‖·‖fc2 column‖. The checkpoint keeps the teacher's arch with the new depths and widths, so
-``fairseq-train --finetune-from-model S.pt`` (with ``makd_fairseq.student_init.arch_flags``) continues from it.
+``fairseq-train --finetune-from-model S.pt`` (``makd_fairseq.student.distill_command``) continues from it.
 """
 
 import argparse
@@ -94,7 +94,7 @@ def shrink_state(state: dict, p: dict) -> dict:
 
 def make_dense_student(state: dict, budget: float):
     """(student checkpoint state, plan) for a dense student at ``budget``."""
-    from .student_init import student_checkpoint
+    from .student import student_checkpoint
 
     p = plan(state, budget)
     sargs = copy.deepcopy(model_args(state))
@@ -112,7 +112,7 @@ def make_dense_student(state: dict, budget: float):
 
 def main(argv=None) -> int:
     import makd_fairseq  # noqa: F401  (safe-loading allow-list)
-    from .student_init import arch_flags
+    from .student import distill_command
 
     parser = argparse.ArgumentParser(
         prog="makd-shrink", description="Write a dense student with fewer (copied) teacher layers and, if needed, "
@@ -139,10 +139,8 @@ def main(argv=None) -> int:
     print(f"ratio: {p['params'] / p['teacher_params']:.4f}")
     save_atomic(student, args.out)
     print(f"wrote {args.out}")
-    sargs = student["cfg"]["model"]
-    print("distill it with:\n  fairseq-train DATA --user-dir makd_fairseq --task makd_translation "
-          f"--teacher-path {args.teacher} --arch {sargs.arch} --finetune-from-model {args.out} "
-          + " ".join(arch_flags(sargs) + ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0"]))
+    print("distill it with:\n  " + " ".join(distill_command("DATA", args.teacher, args.out, [
+        "--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0"])))
     return 0
 
 

@@ -117,3 +117,42 @@ def shape_from_student(args) -> None:
             + ", ".join(f"{n}={getattr(sargs, n)}" for n in conflicts) + "; the command line gives "
             + ", ".join(f"{n}={getattr(args, n)}" for n in conflicts)
             + ": drop those flags (the student brings its shape) or fine-tune another student")
+
+
+USER_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def brings_shape(arch: str) -> bool:
+    """A low-rank encoder-decoder student takes its dimensions from its checkpoint (``shape_from_student``)."""
+    return arch.startswith("lowrank_") and not is_lm(arch)
+
+
+def distill_command(data: str, teacher: str, student: str, flags=()) -> list:
+    """The ``fairseq-train`` command distilling ``student`` (a makd-init or makd-shrink checkpoint) from ``teacher`` on
+    ``data``: task, teacher, arch, the shape flags a student cannot bring itself, then ``flags`` (the method and the
+    optimisation; later flags win, as in argparse). The one place this command is assembled."""
+    from .checkpoint import load_checkpoint, model_args
+
+    sargs = model_args(load_checkpoint(student))
+    shape = [] if brings_shape(sargs.arch) else arch_flags(sargs)
+    return ["fairseq-train", data, "--user-dir", USER_DIR, "--task", task_of(sargs.arch), "--teacher-path", teacher,
+            "--arch", sargs.arch, *shape, "--finetune-from-model", student, *flags]
+
+
+def main(argv=None) -> int:
+    """``python3 -m makd_fairseq.student DATA TEACHER STUDENT [fairseq-train flags]``: the command, one word a line
+    (for shell scripts: ``mapfile -t cmd < <(python3 -m makd_fairseq.student ...)``)."""
+    import sys
+
+    import makd_fairseq  # noqa: F401  (allow-list, archs)
+
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3:
+        print("usage: python3 -m makd_fairseq.student DATA TEACHER STUDENT [fairseq-train flags...]", file=sys.stderr)
+        return 2
+    print("\n".join(distill_command(argv[0], argv[1], argv[2], argv[3:])))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

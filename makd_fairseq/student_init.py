@@ -27,7 +27,7 @@ from .lowrank import (
     svd_matrices,
 )
 from .models.lowrank_transformer import add_rank_args
-from .student import arch_flags, student_arch, student_checkpoint, task_of  # noqa: F401  (arch_flags: re-exported)
+from .student import distill_command, student_arch, student_checkpoint, task_of
 
 
 INITS = ("svd", "whiten")
@@ -150,10 +150,7 @@ def main(argv=None) -> int:
               "fairseq-generate")
     save_atomic(student, args.out)
     print(f"wrote {args.out}")
-    sargs = student["cfg"]["model"]
-    print(f"distill it with:\n  fairseq-train DATA --user-dir makd_fairseq --task {task_of(sargs.arch)} "
-          f"--teacher-path {args.teacher} --arch {sargs.arch} --finetune-from-model {args.out} "
-          + " ".join(arch_flags(sargs) + ["--criterion", "makd"]))
+    print("distill it with:\n  " + " ".join(distill_command("DATA", args.teacher, args.out, ["--criterion", "makd"])))
     return 0
 
 

@@ -13,7 +13,7 @@ NAMES = ("loss_ce", "loss_model", "loss_attn", "loss_hidn", "loss_mha", "loss_ff
 
 @pytest.fixture(scope="module")
 def makd_run(mt_data, teacher, tmp_path_factory):
-    """Runs the very command makd-init prints (the teacher's shape flags included)."""
+    """Runs the very command makd-init prints: no shape flag, the student brings its shape."""
     save = tmp_path_factory.mktemp("makd")
     student = save / "student.pt"
     printed = makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", student).stdout

@@ -10,25 +10,17 @@
 set -euo pipefail
 data=$1 teacher=$2 save=$3 budget=${4:-0.5} updates=${5:-2000}
 shift $(( $# < 5 ? $# : 5 ))
-root=$(cd "$(dirname "$0")/../.." && pwd)
 mkdir -p "$save"
 student=$save/student_init.pt
-[ -e "$student" ] || makd-init --teacher "$teacher" --param-budget "$budget" --out "$student" | tail -n 4
-# the student's arch and the teacher's shape flags (makd-init prints them too)
-read -r -a shape < <(python3 - "$student" <<'PY'
-import sys
-import makd_fairseq  # noqa: F401
-from makd_fairseq.checkpoint import load_checkpoint, model_args
-from makd_fairseq.student_init import arch_flags
-args = model_args(load_checkpoint(sys.argv[1]))
-print(" ".join(["--arch", args.arch, *arch_flags(args)]))
-PY
-)
+[ -e "$student" ] || makd-init --teacher "$teacher" --param-budget "$budget" --init whiten --data "$data" \
+  --out "$student" | tail -n 4
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-fairseq-train "$data" --user-dir "$root/makd_fairseq" --task makd_translation --teacher-path "$teacher" \
-  "${shape[@]}" --finetune-from-model "$student" --criterion makd \
+# the fairseq-train command distilling the student (task, teacher, arch; the student brings its shape), then ours
+mapfile -t cmd < <(python3 -m makd_fairseq.student "$data" "$teacher" "$student" --criterion makd \
   --optimizer adam --adam-betas '(0.9, 0.98)' --lr 0.0005 --lr-scheduler inverse_sqrt --warmup-updates 100 \
   --clip-norm 1.0 --dropout 0.1 --max-tokens 6000 --max-update "$updates" ${DEVICE:---cpu} --seed 1 \
   --truncate-source --max-source-positions 256 --skip-invalid-size-inputs-valid-test \
   --validate-interval-updates 250 --save-interval-updates 250 --keep-interval-updates 1 --no-epoch-checkpoints \
-  --num-workers 0 --log-format json --log-interval 50 --save-dir "$save" "$@" 2>&1 | tee -a "$save/train.log"
+  --num-workers 0 --log-format json --log-interval 50 --save-dir "$save" "$@")
+[ ${#cmd[@]} -gt 0 ] || { echo "distill.sh: no fairseq-train command for $student" >&2; exit 2; }
+"${cmd[@]}" 2>&1 | tee -a "$save/train.log"
