@@ -27,5 +27,6 @@ setup(
     entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main",
                                       "makd-shrink = makd_fairseq.shrink:main",
                                       "makd-teacher-data = makd_fairseq.teacher_data:main",
-                                      "makd-score = makd_fairseq.score:main"]},
+                                      "makd-score = makd_fairseq.score:main",
+                                      "makd-compress = makd_fairseq.compress:main"]},
 )

@@ -156,3 +156,26 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+# the teacher's task settings a student's training and evaluation must repeat (fairseq builds the task from the CLI)
+TASK_FIELDS = {
+    "makd_translation": ("source_lang", "target_lang", "truncate_source", "max_source_positions",
+                         "max_target_positions"),
+    "makd_language_modeling": ("tokens_per_sample", "sample_break_mode", "max_target_positions"),
+}
+
+
+def task_flags(state: dict) -> list:
+    """CLI flags repeating the teacher checkpoint's task settings (language pair, truncation, block layout)."""
+    from .checkpoint import model_args
+
+    cfg = state["cfg"]["task"] if state.get("cfg") is not None else model_args(state)
+    flags = []
+    for name in TASK_FIELDS[task_of(model_args(state).arch)]:
+        value = cfg.get(name) if hasattr(cfg, "get") else getattr(cfg, name, None)
+        if value is None or value is False:
+            continue
+        flag = "--" + name.replace("_", "-")
+        flags += [flag] if value is True else [flag, str(value)]
+    return flags

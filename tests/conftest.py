@@ -56,6 +56,16 @@ def mt_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def other_vocab_data(tmp_path_factory):
+    """The summarization fixture: another vocabulary than the teacher's."""
+    src, dest = FIXTURES / "summarization", tmp_path_factory.mktemp("sum") / "bin"
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
+        "--validpref", src / "valid", "--destdir", dest, "--joined-dictionary", "--nwordssrc", "1000",
+        "--workers", "1")
+    return dest
+
+
+@pytest.fixture(scope="session")
 def teacher(mt_data, tmp_path_factory):
     """A small Transformer teacher trained by fairseq-train; returns its checkpoint path."""
     save = tmp_path_factory.mktemp("teacher")

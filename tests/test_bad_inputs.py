@@ -4,20 +4,10 @@ import shutil
 
 import pytest
 
-from conftest import FIXTURES, TINY_ARCH, TRAIN_COMMON, USER_DIR, run
+from conftest import TINY_ARCH, TRAIN_COMMON, USER_DIR, run
 
 NARROW = ["--encoder-embed-dim", "32", "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64",
           "--decoder-ffn-embed-dim", "64"]
-
-
-@pytest.fixture(scope="module")
-def other_vocab_data(tmp_path_factory):
-    """The summarization fixture: another vocabulary than the teacher's."""
-    src, dest = FIXTURES / "summarization", tmp_path_factory.mktemp("sum") / "bin"
-    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
-        "--validpref", src / "valid", "--destdir", dest, "--joined-dictionary", "--nwordssrc", "1000",
-        "--workers", "1")
-    return dest
 
 
 def cases(tmp, teacher, other):

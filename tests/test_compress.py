@@ -1,0 +1,95 @@
+"""makd-compress on the fixtures: every stage real, the report consistent with the logs, a rerun reuses all."""
+
+import json
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+from conftest import run
+from makd_fairseq.compress import json_logs, main
+from makd_fairseq.score import read_generation, score
+
+ARGS = ["--param-budget", "0.5", "--max-update", "6", "--validate-interval-updates", "2", "--metric", "bleu",
+        "--remove-bpe", "none", "--calibration-tokens", "2000", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def compressed(teacher, mt_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compress") / "run"
+    proc = run("makd-compress", "--teacher", teacher, "--data", mt_data, "--out", out, *ARGS)
+    return out, proc
+
+
+def test_report_agrees_with_the_training_and_generation_logs(compressed):
+    out, proc = compressed
+    report = json.loads((out / "report.json").read_text())
+    assert "fairseq_cli.train" in proc.stdout and "valid_nll_loss" in proc.stdout  # fairseq's own lines, live
+    logs = json_logs(out / "train.log")
+    assert report["training"]["updates"] == max(int(v) for x in logs for k, v in x.items() if k.endswith("num_updates")) == 6
+    assert report["training"]["best_valid_nll"] == min(float(x["valid_nll_loss"]) for x in logs if "valid_nll_loss" in x)
+    for name in ("teacher", "student"):
+        text = (out / "generate" / f"{name}.txt").read_text()
+        assert report[name]["scores"] == score("bleu", *read_generation(text.splitlines()))[0]
+        speed = float(re.search(r"\(([\d.]+) sentences/s", text).group(1))
+        assert report[name]["speed"]["sentences_per_s"] == speed
+    assert report["speedup"] == pytest.approx(report["student"]["speed"]["sentences_per_s"]
+                                              / report["teacher"]["speed"]["sentences_per_s"])
+    assert report["metric_ratio"] == pytest.approx(report["student"]["scores"]["bleu"]
+                                                   / report["teacher"]["scores"]["bleu"])
+    assert report["student"]["params"] <= 0.5 * report["teacher"]["params"]
+    best = torch.load(out / "train" / "checkpoint_best.pt")["model"]
+    student = torch.load(out / "student.pt")["model"]
+    assert all(torch.equal(best[k], v) for k, v in student.items())
+    assert "encoder.layers.0.fc1" in report["ranks_table"] and "output error" in report["ranks_table"]
+    assert report["init"] == "whiten" and torch.load(out / "init.pt")["makd"]["init"] == "whiten"
+    md = (out / "report.md").read_text()
+    assert f"{report['teacher']['scores']['bleu']:.2f}" in md and report["commit"] in md
+
+
+def test_a_second_run_reuses_every_stage(compressed, teacher, mt_data, capsys):
+    out, _ = compressed
+    watched = ["init.pt", "student.pt", "train.log", "generate/teacher.txt", "generate/student.txt"]
+    before = {p: os.stat(out / p).st_mtime_ns for p in watched}
+    assert main(["--teacher", str(teacher), "--data", str(mt_data), "--out", str(out), *ARGS, "--quiet"]) == 0
+    assert {p: os.stat(out / p).st_mtime_ns for p in watched} == before
+    printed = capsys.readouterr().out
+    assert "[makd-compress] train" not in printed and "[makd-compress] evaluate" not in printed
+
+
+def _files(path):
+    return {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, fs in os.walk(path) for p in fs} if path.exists() else {}
+
+
+@pytest.mark.parametrize("case", ["teacher missing", "data missing", "other dictionary", "budget impossible",
+                                  "another run in out", "unrelated files in out"])
+def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, teacher, mt_data, other_vocab_data,
+                                                            tmp_path):
+    out = tmp_path / "out"
+    args = {"--teacher": teacher, "--data": mt_data, "--param-budget": "0.5", "--out": out}
+    expect = {"teacher missing": "no such checkpoint file", "data missing": "no such directory",
+              "other dictionary": "dictionary", "budget impossible": "cannot be met",
+              "another run in out": "holds a run with other arguments", "unrelated files in out": "not empty"}[case]
+    if case == "teacher missing":
+        args["--teacher"] = tmp_path / "nope.pt"
+    elif case == "data missing":
+        args["--data"] = tmp_path / "nope"
+    elif case == "other dictionary":
+        args["--data"] = other_vocab_data
+    elif case == "budget impossible":
+        args["--param-budget"] = "0.01"
+    elif case == "another run in out":
+        args["--out"] = out = compressed[0]  # the finished run above, asked for another budget
+        args["--param-budget"] = "0.4"
+    else:
+        out.mkdir()
+        (out / "notes.txt").write_text("mine\n")
+    before = _files(out)
+    proc = run(sys.executable, "-m", "makd_fairseq.compress", *[str(x) for kv in args.items() for x in kv],
+               "--max-update", "2", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
+    assert _files(out) == before
