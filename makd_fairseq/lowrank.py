@@ -160,12 +160,13 @@ class Matrix:
     def params(self, rank: int) -> int:
         return rank * (self.d_out + self.d_in)
 
-    def merged_at_inference(self, rank: int) -> bool:
+    def past_break_even(self, rank: int) -> bool:
+        """Factors of rank ``rank`` cost at least the dense matrix: merged back to dense at inference."""
         return past_break_even(rank, self.d_out, self.d_in)
 
     def inference_params(self, rank: int) -> int:
         """Parameters at inference, where a rank past break-even is merged back to dense."""
-        return self.dense_params if self.merged_at_inference(rank) else self.params(rank)
+        return self.dense_params if self.past_break_even(rank) else self.params(rank)
 
     def residual(self, rank: int) -> float:
         """The relative error rank ``rank`` leaves, exact from the spectrum: ‖W − W_r‖_F / ‖W‖_F for a plain SVD,

@@ -75,7 +75,7 @@ def make_student(state: dict, args: argparse.Namespace):
         rows.append([m.name, f"{m.d_out}x{m.d_in}", ranks[m.name], m.dense_params, m.params(ranks[m.name]),
                      f"{relative_error(weights[m.name], approx):.4f}",
                      "–" if valid_grams is None else f"{relative_error(weights[m.name], approx, valid_grams[m.name]):.4f}",
-                     "dense (merged)" if m.merged_at_inference(ranks[m.name]) else "factored"])
+                     "dense (merged)" if m.past_break_even(ranks[m.name]) else "factored"])
     student_params = count_params(model)
     inference_params = student_params + sum(m.inference_params(ranks[m.name]) - m.params(ranks[m.name])
                                             for m in matrices)

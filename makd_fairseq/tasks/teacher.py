@@ -1,7 +1,8 @@
 """The teacher a distillation task owns (``makd_translation``, ``makd_language_modeling``).
 
 Loaded safely from ``--teacher-path`` on first use (training only; decoding a student never loads it), checked
-against the data's dictionaries (each task's ``check_dictionaries``), frozen (eval mode, no gradients), moved to
+against the data's dictionaries (``TeacherMixin.check_dictionaries`` over the sides each task lists in
+``teacher_dictionaries``), frozen (eval mode, no gradients), moved to
 the student's device and dtype (half under ``--fp16``). It is not part of the model, so it is never given to the
 optimizer, never wrapped by DDP and never saved: resuming reloads it from ``--teacher-path``.
 """
