@@ -26,11 +26,12 @@ if ! grep -qs "done training in" "$work/teacher.log"; then
     --encoder-layers 2 --decoder-layers 2 --encoder-embed-dim 64 --decoder-embed-dim 64 \
     --encoder-ffn-embed-dim 256 --decoder-ffn-embed-dim 256 --encoder-attention-heads 4 --decoder-attention-heads 4 \
     --criterion label_smoothed_cross_entropy --label-smoothing 0.1 --optimizer adam --adam-betas '(0.9, 0.98)' \
-    --lr 0.003 --lr-scheduler inverse_sqrt --warmup-updates 100 --dropout 0.1 --max-tokens 2048 --max-update 800 \
+    --lr 0.003 --lr-scheduler inverse_sqrt --warmup-updates 100 --dropout 0.1 --max-tokens 2048 --max-update 400 \
+    --validate-interval 1000000 --validate-interval-updates 100 --save-interval 1000000 --save-interval-updates 100 \
     --no-epoch-checkpoints --save-dir "$work/teacher" --cpu --seed 1 --num-workers 0 --log-format simple \
     --log-interval 100 >> "$work/teacher.log" 2>&1
-  grep "valid on" "$work/teacher.log" | tail -n 1
+  grep "valid on" "$work/teacher.log" | tail -n 1 | sed 's/.*| valid on/teacher: valid on/' 
 fi
 echo "== makd-compress at 50%"
 makd-compress --teacher "$work/teacher/checkpoint_best.pt" --data "$work/bin" --param-budget 0.5 \
-  --out "$work/student" --metric bleu --remove-bpe none --max-tokens 2048 --batch-size 32 --quiet
+  --out "$work/student" --metric bleu --remove-bpe none --max-tokens 2048 --batch-size 32 --max-update 600 --quiet

@@ -199,6 +199,10 @@ def main(argv=None) -> int:
 
     parser = get_parser()
     args = parser.parse_args(argv)
+    if args.quiet:  # fairseq's INFO lines from the in-process init (subprocess output goes to DIR/*.log anyway)
+        import logging
+
+        logging.getLogger().setLevel(logging.WARNING)
     started = time.time()
     arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet")}
     arguments.update(teacher=os.path.abspath(args.teacher), data=os.path.abspath(args.data))
@@ -251,7 +255,7 @@ def main(argv=None) -> int:
         flags = [*args.task_flags, *METHODS[args.method], *OPTIMIZATION, "--lr", str(args.lr), "--max-tokens", str(args.max_tokens),
                  "--max-update", str(args.max_update), "--validate-interval-updates",
                  str(args.validate_interval_updates), "--save-interval-updates", str(args.validate_interval_updates),
-                 "--validate-interval", "1000000", "--patience", str(args.patience), "--keep-interval-updates", "1",
+                 "--validate-interval", "1000000", "--save-interval", "1000000", "--patience", str(args.patience), "--keep-interval-updates", "1",
                  "--best-checkpoint-metric", "nll_loss", "--save-dir", path("train"),
                  *([] if args.gpu else ["--cpu"]), *shlex.split(args.fairseq_args)]
         if not lm:
