@@ -297,3 +297,17 @@ def test_a_student_brings_its_shape_and_a_contradicting_flag_names_both(half_stu
     plain = Namespace(encoder_layers=6)
     ARCH_CONFIG_REGISTRY["lowrank_transformer"](plain)
     assert plain.encoder_layers == 6
+
+
+def test_distill_command_repeats_shape_flags_only_where_a_student_cannot_bring_its_shape(half_student, teacher,
+                                                                                       capsys):
+    from makd_fairseq.student import distill_command, main
+
+    low = distill_command("DATA", str(teacher), str(half_student), ["--criterion", "makd"])
+    assert low[:2] == ["fairseq-train", "DATA"] and low[-2:] == ["--criterion", "makd"]
+    assert low[low.index("--arch") + 1] == "lowrank_transformer" and "--encoder-layers" not in low
+    assert low[low.index("--task") + 1] == "makd_translation"
+    dense = distill_command("DATA", str(teacher), str(teacher))  # a dense student (makd-shrink's kind)
+    assert dense[dense.index("--encoder-layers") + 1] == "2" and "--share-all-embeddings" in dense
+    assert main(["DATA", str(teacher), str(half_student), "--lr", "0.001"]) == 0
+    assert capsys.readouterr().out.splitlines() == low[:-2] + ["--lr", "0.001"]
