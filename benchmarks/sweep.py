@@ -10,7 +10,8 @@
 2. Every configuration in ``SWEEP`` trains from the whitened uniform student with the benchmark's student flags
    and ``--max-update`` (the same updates, seed and data for all); its best validation nll (bits) is its score.
    Each family (``makd``, ``word_kd``) has the same number of configurations: the same tuning budget.
-3. Only then, the test split: the best configuration of each family and the untrained students are decoded with
+3. Only then, the test split: the teacher, the best configuration of each family and the untrained students are
+   decoded with
    ``fairseq-generate`` and scored (ROUGE / sacreBLEU) — test numbers never choose anything.
 
 Results (every configuration, its flags, validation nll, updates, seed, the commit each training ran at and whether
@@ -184,7 +185,7 @@ def main(argv=None):
     # 3. the test split, after choosing
     tests = {}
     if not args.no_test:
-        models = {f"untrained_{name}": inits[name] for name in ("svd", "whiten")}
+        models = {"teacher": args.teacher, **{f"untrained_{name}": inits[name] for name in ("svd", "whiten")}}
         models.update({name: run.path("train", name, "checkpoint_best.pt") for name in best.values()})
         logs = {name: run.path("generate", f"{name}.txt") for name in models}
         pool([(f"generate/{name}", generate_command(run, models[name]), logs[name],
