@@ -11,8 +11,7 @@
    and ``--max-update`` (the same updates, seed and data for all); its best validation nll (bits) is its score.
    Each family (``makd``, ``word_kd``) has the same number of configurations: the same tuning budget.
 3. Only then, the test split: the teacher, the best configuration of each family and the untrained students are
-   decoded with
-   ``fairseq-generate`` and scored (ROUGE / sacreBLEU) — test numbers never choose anything.
+   decoded with ``fairseq-generate`` and scored (ROUGE / sacreBLEU) — test numbers never choose anything.
 
 Results (every configuration, its flags, validation nll, updates, seed, the commit each training ran at and whether
 the tree was dirty) are merged into ``--out`` under the task's name, so the two tasks can run side by side.
