@@ -5,6 +5,8 @@
 Transformer-base teacher.
 """
 
+from makd_fairseq.compress import METHODS as DISTILL_METHODS
+
 TEACHER_ARCH = {
     "smoke": ["--arch", "transformer", "--encoder-layers", "2", "--decoder-layers", "2",
               "--encoder-embed-dim", "64", "--decoder-embed-dim", "64",
@@ -44,10 +46,8 @@ TEACHER_TRAIN = {
 
 # the distillation methods, as criterion flags on the makd_translation task (the SVD student is the same)
 METHODS = {
-    "ce": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
-    "word_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0"],
+    **DISTILL_METHODS,  # ce, word_kd (its swept settings), makd (the criterion's defaults): what makd-compress offers
     "layer_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-layers", "all"],
-    "makd": ["--criterion", "makd"],
 }
 
 
