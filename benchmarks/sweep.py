@@ -187,6 +187,12 @@ def main(argv=None):
     if not args.no_test:
         models = {"teacher": args.teacher, **{f"untrained_{name}": inits[name] for name in ("svd", "whiten")}}
         models.update({name: run.path("train", name, "checkpoint_best.pt") for name in best.values()})
+        # and the configurations chosen as defaults across the tasks swept so far (this one's results included)
+        merged = json.load(open(args.out)) if os.path.isfile(args.out) else {}
+        merged.pop("defaults", None)
+        merged[args.task] = {"task": args.task, "configs": trained}
+        for d in defaults_across_tasks(merged).values():
+            models[d["config"]] = run.path("train", d["config"], "checkpoint_best.pt")
         logs = {name: run.path("generate", f"{name}.txt") for name in models}
         pool([(f"generate/{name}", generate_command(run, models[name]), logs[name],
                lambda p=logs[name]: os.path.isfile(p) and "Generate test with beam" in open(p).read())
