@@ -136,9 +136,13 @@ def evaluate(args, lm, log):
         return {"ppl": float(ppl[-1])}, {"ppl": "fairseq-eval-lm on test"}, {"tokens_per_s": float(speed[-1])}
     hyps, refs = read_generation(text.splitlines(), log)
     scores, signatures = score(args.metric, hyps, refs)
-    speed = re.findall(r"Translated [\d,]+ sentences \([\d,]+ tokens\) in ([\d.]+)s \(([\d.]+) sentences/s", text)
-    return scores, signatures, {"sentences": len(hyps), "seconds": float(speed[-1][0]),
-                                "sentences_per_s": float(speed[-1][1])}
+    speed = re.findall(r"Translated [\d,]+ sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
+                       r"([\d.]+) tokens/s", text)
+    tokens, seconds, sentences_per_s, tokens_per_s = speed[-1]
+    # outputs of different lengths make sentences/s alone unfair: tokens/s is reported next to it
+    return scores, signatures, {"sentences": len(hyps), "tokens": int(tokens.replace(",", "")),
+                                "seconds": float(seconds), "sentences_per_s": float(sentences_per_s),
+                                "tokens_per_s": float(tokens_per_s)}
 
 
 def report_markdown(r):
@@ -153,9 +157,14 @@ def report_markdown(r):
     for name in t["scores"]:
         ratio = s["scores"][name] / t["scores"][name] if t["scores"][name] else float("nan")
         lines.append(f"| {name} (test) | {t['scores'][name]:.2f} | {s['scores'][name]:.2f} | {ratio:.3f} |")
-    speed_key = "tokens_per_s" if "tokens_per_s" in t["speed"] else "sentences_per_s"
-    lines += [f"| {speed_key.replace('_', ' ')} | {t['speed'][speed_key]:.2f} | {s['speed'][speed_key]:.2f} | "
-              f"{r['speedup']:.2f}x |", "",
+    for key in ("sentences_per_s", "tokens_per_s"):
+        if key in t["speed"]:
+            lines.append(f"| {key.replace('_per_s', '/s')} (generation) | {t['speed'][key]:.2f} | "
+                         f"{s['speed'][key]:.2f} | {s['speed'][key] / t['speed'][key]:.2f}x |")
+    if "tokens" in t["speed"]:
+        lines.append(f"| tokens generated | {t['speed']['tokens']:,} | {s['speed']['tokens']:,} | "
+                     f"{s['speed']['tokens'] / max(t['speed']['tokens'], 1):.2f} |")
+    lines += ["",
               f"Main metric: {main_metric}, student keeps {100 * r['metric_ratio']:.1f}% of the teacher's "
               "(for perplexity: teacher / student)." if r["metric_ratio"] is not None else "",
               f"Training: {r['training']['updates']} updates, best validation nll {r['training']['best_valid_nll']} "
