@@ -268,7 +268,7 @@ def test_teacher_feature_norm_gives_per_term_means_of_relative_errors(teacher, f
     assert all(abs(values[term]) <= 1e-6 for term in TERMS), values
     task, model, criterion = _setup(teacher, half_student, mt_data, feature_norm="teacher")
     values = per_token(criterion, model, sample)[0]
-    raw = per_token(_setup(teacher, half_student, mt_data)[2], model, sample)[0]
+    raw = per_token(_setup(teacher, half_student, mt_data, feature_norm="none")[2], model, sample)[0]
     for term in ("loss_mha", "loss_ffn", "loss_hidn"):  # relative errors of a 50% factorization, averaged
         assert 0 < values[term] < 1, (term, values[term])
     n_attn = sum(row.term == "loss_attn" for row in criterion.rows)
