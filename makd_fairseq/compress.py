@@ -36,7 +36,8 @@ METRICS = ("rouge", "bleu", "chrf", "ppl")
 # best configuration of benchmarks/results/sweep.json (the same tuning budget as makd's defaults)
 METHODS = {
     "makd": ["--criterion", "makd"],
-    "word_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0"],
+    "word_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0", "--kd-temperature", "2",
+                "--model-weight", "4"],
     "ce": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
 }
 # optimisation for a distilled student (Adam with inverse-sqrt warm-up, as the benchmarks use)
