@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The quality benchmark on the Debian descriptions, one command:
 #
-#   bash benchmarks/quality.sh cpu /tmp/qb      # 2 cores, about 2 hours: summarization, translation, language modeling
+#   bash benchmarks/quality.sh cpu /tmp/qb      # 2 cores, many hours (students train to convergence, up to 3,000
+#                                               # updates; seq-KD decodes each train split once): 3 tasks, resumable
 #   bash benchmarks/quality.sh gpu /data/qb     # one GPU: Transformer-base teachers, full data, 8k vocabulary
 #
 # Prepares WORK/data once (prepare.py; the same seed gives the same data hash), then runs benchmarks/quality.py per
