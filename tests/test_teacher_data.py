@@ -3,7 +3,6 @@
 import hashlib
 import json
 import shutil
-import time
 
 import pytest
 import torch
@@ -78,11 +77,9 @@ def no_decoding(*args, **kwargs):
 
 def test_a_second_run_with_the_same_arguments_reuses_the_data(kd_data, mt_data, teacher, monkeypatch, capsys):
     before = files(kd_data)
-    monkeypatch.setattr(teacher_data, "decode", no_decoding)
-    start = time.time()
+    monkeypatch.setattr(teacher_data, "decode", no_decoding)  # reuse means no decoding at all
     assert teacher_data.main(["--teacher", str(teacher), "--data", str(mt_data), "--out", str(kd_data), *BEAM,
                               "--batch-size", "8"]) == 0  # the batch size does not change the outputs
-    assert time.time() - start < 15
     assert "reused" in capsys.readouterr().out and files(kd_data) == before
 
 
