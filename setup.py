@@ -23,7 +23,7 @@ setup(
         "matplotlib",
         "tensorboardX",  # fairseq-train --tensorboard-logdir; without it fairseq prints a notice at every import
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
     entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main",
                                       "makd-shrink = makd_fairseq.shrink:main",
                                       "makd-teacher-data = makd_fairseq.teacher_data:main",

@@ -93,10 +93,12 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
         "--nwordssrc", "1000", "--workers", "1")
     out = tmp_path / "summarization.json"
     run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke",
-        "--work", tmp_path / "work", "--budgets", "0.6", "--methods", "svd_only", "makd", "--remove-bpe", "none",
-        "--out", out)
+        "--work", tmp_path / "work", "--budgets", "0.6", "0.5", "--methods", "svd_only", "makd", "--remove-bpe",
+        "none", "--out", out)
     result = json.loads(out.read_text())
-    assert [m["method"] for m in result["methods"]] == ["teacher", "svd_only", "makd"]
+    assert [(m["method"], m["budget"]) for m in result["methods"]] == [
+        ("teacher", None), ("svd_only", 0.6), ("makd", 0.6), ("svd_only", 0.5), ("makd", 0.5)]  # every budget
+    assert result["methods"][2]["params"] > result["methods"][4]["params"]
     for m in result["methods"]:
         assert set(m["metrics"]) == {"rouge1", "rouge2", "rougeL"}
         assert 0 <= m["metrics"]["rouge2"] <= m["metrics"]["rouge1"] <= 100
