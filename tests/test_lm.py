@@ -1,6 +1,8 @@
 """Decoder-only students: lowrank_transformer_lm, makd_language_modeling, makd-init on transformer_lm teachers."""
 
 import copy
+import json
+import re
 
 import pytest
 import torch
@@ -165,3 +167,20 @@ def test_lm_teacher_with_another_vocabulary_is_refused(lm_teacher, tmp_path):
               "--save-dir", tmp_path / "s", check=False)
     assert out.returncode != 0
     assert "dictionary" in out.stderr.strip().splitlines()[-1]
+
+
+def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teacher, lm_data, tmp_path):
+    from makd_fairseq.compress import main
+
+    out = tmp_path / "run"
+    assert main(["--teacher", str(lm_teacher), "--data", str(lm_data), "--param-budget", "0.6", "--out", str(out),
+                 "--max-update", "4", "--validate-interval-updates", "2", "--calibration-tokens", "2000",
+                 "--quiet"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["main_metric"] == "ppl" and report["training"]["updates"] == 4
+    for name in ("teacher", "student"):
+        text = (out / "generate" / f"{name}.txt").read_text()
+        assert report[name]["scores"]["ppl"] == float(re.findall(r"Perplexity: ([\d.]+)", text)[-1])
+        assert report[name]["speed"]["tokens_per_s"] > 0
+    ppl = {name: report[name]["scores"]["ppl"] for name in ("teacher", "student")}
+    assert report["metric_ratio"] == pytest.approx(ppl["teacher"] / ppl["student"])  # perplexity: lower is better
