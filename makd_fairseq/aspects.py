@@ -145,10 +145,11 @@ def mse(student: Tensor, teacher: Tensor, weight: Tensor, relative: bool = False
     term is scale-free (an untrained student is near 1, the teacher's own features give 0) and stays additive over
     positions. Autograd keeps only d = s − t for the backward (not s and t, as ``F.mse_loss`` would): the
     teacher's feature is freed as soon as the loss is formed."""
-    d = student.float() - teacher.float()
+    t = teacher.float()  # one fp32 copy of a half-precision teacher feature, shared by both uses
+    d = student.float() - t
     per_position = torch.linalg.vecdot(d, d) / d.size(-1)
     if relative:
-        t = teacher.detach().float()
+        t = t.detach()
         per_position = per_position / (torch.linalg.vecdot(t, t) / t.size(-1)).clamp_min(1e-8)
     return (per_position.t() * weight).sum()
 
