@@ -86,7 +86,8 @@ def defaults_across_tasks(result):
                             for r in tasks) / len(tasks) for name in table}
         best = min(regret, key=regret.get)
         chosen[family] = {"config": best, "mean_regret_bits": round(regret[best], 4),
-                          "tasks": sorted(r["task"] for r in tasks), "flags": table[best]}
+                          "tasks": sorted(r["task"] for r in tasks), "flags": table[best],
+                          "mean_regret_bits_of_every_config": {n: round(v, 4) for n, v in sorted(regret.items())}}
     return chosen
 
 
