@@ -20,6 +20,7 @@ setup(
         "rouge-score",
         "tabulate",
         "lz4",
+        "datasketch>=1.5",  # MinHash LSH: near-duplicate grouping in prepare.py
         "matplotlib",
         "tensorboardX",  # fairseq-train --tensorboard-logdir; without it fairseq prints a notice at every import
     ],

@@ -70,6 +70,63 @@ def test_no_family_crosses_splits(out1, task):
         assert not fams[a] & fams[b], (a, b, sorted(fams[a] & fams[b])[:3])
 
 
+def planted_lists(tmp_path, n=20):
+    """A DDTP directory: the fixture excerpt plus, for n long English records, a near-duplicate under an unrelated
+    package name (one word of the description changed, another synopsis) -> (dir, [(original, copy) sources])."""
+    import lz4.frame
+
+    blocks = prepare.read_blocks(os.path.join(DDTP, "Translation-en.lz4"))
+    recs = [(b, prepare.parse_record(b)) for b in blocks]
+    long = [(b, r) for b, r in recs if r and len(" ".join(r["paragraphs"]).split()) >= 40][:n]
+    assert len(long) == n
+    planted, pairs = [], []
+    for i, (block, rec) in enumerate(long):
+        lines = block.split("\n")
+        body = [line for line in lines if line.startswith(" ")]
+        words = body[0].split()
+        body[0] = " " + " ".join(words[:2] + ["zzchanged"] + words[3:])
+        planted.append("\n".join([f"Package: planted{i}x", f"Description-md5: {i:032x}",
+                                   f"Description-en: planted synopsis number {i}"] + body))
+        copy = prepare.parse_record(planted[-1])
+        pairs.append((" ".join(rec["paragraphs"]), " ".join(copy["paragraphs"])))
+    d = tmp_path / "ddtp"
+    d.mkdir()
+    with lz4.frame.open(d / "Translation-en.lz4", "wt", encoding="utf-8") as f:
+        f.write("\n\n".join(blocks + planted) + "\n")
+    (d / "Translation-de.lz4").write_bytes(open(os.path.join(DDTP, "Translation-de.lz4"), "rb").read())
+    return d, pairs
+
+
+def split_of_sources(out):
+    return {line: s for s in SPLITS for line in read_lines(out / "summarization" / f"{s}.src")}
+
+
+def test_planted_near_duplicates_never_cross_splits(tmp_path):
+    lists, pairs = planted_lists(tmp_path)
+    res = run_prepare(tmp_path / "out", "--no-spm", lists_dir=lists)
+    assert res.returncode == 0, res.stderr
+    where = split_of_sources(tmp_path / "out")
+    assert all(a in where and b in where for a, b in pairs)
+    assert [(where[a], where[b]) for a, b in pairs if where[a] != where[b]] == []
+    assert {where[a] for a, _ in pairs} != {"train"}  # some planted pairs are held out, together
+    leak = manifest(tmp_path / "out")["near_duplicate_leakage"]
+    assert all(leak[t][s]["share"] <= 0.01 for t in prepare.TASKS for s in ("valid", "test")), leak
+    # the grouping is what keeps them together: without it some planted pairs cross, and the manifest sees them
+    res = run_prepare(tmp_path / "off", "--no-spm", "--near-dup", "0", lists_dir=lists)
+    assert res.returncode == 0, res.stderr
+    where = split_of_sources(tmp_path / "off")
+    assert any(where[a] != where[b] for a, b in pairs)
+    assert manifest(tmp_path / "off")["near_duplicate_leakage"] == {}
+    assert prepare.leakage({s: [(line, "", []) for line in read_lines(tmp_path / "off" / "summarization" / f"{s}.src")]
+                            for s in SPLITS}, 0.5)["test"]["leaking"] > 0
+
+
+def test_near_dup_flag_checked(tmp_path):
+    res = run_prepare(tmp_path / "out", "--no-spm", "--near-dup", "1.5")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "--near-dup" in res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_family_examples():
     assert len({prepare.family(p) for p in ("libfoo2", "libfoo-dev", "foo", "foo-doc", "python3-foo")}) == 1
     assert prepare.family("libx11-6") == prepare.family("libx11-dev") == "x11"
@@ -113,3 +170,6 @@ def test_spm_and_fairseq_preprocess(tmp_path):
                 assert (d / "bin" / f"{split}.{src}-{tgt}.{lang}.bin").stat().st_size > 0
         # joined dictionary: both sides share one vocabulary
         assert read_lines(d / "bin" / f"dict.{src}.txt") == read_lines(d / "bin" / f"dict.{tgt}.txt")
+        # the manifest's hash covers the sentencepiece model and the binaries, not only the split text
+        files = manifest(tmp_path)["files"]
+        assert f"{task}/spm.model" in files and f"{task}/bin/test.{src}-{tgt}.{tgt}.bin" in files

@@ -9,8 +9,13 @@ Output: OUT/summarization/{train,valid,test}.{src,tgt,pkg}
         OUT/manifest.json (counts, per-file SHA-256 and one overall SHA-256)
         and, unless --no-spm, sentencepiece models, *.spm.* files and fairseq
         binaries in OUT/<task>/bin.
-Near-duplicates never cross splits: items sharing a normalized text or a
-package family are grouped (union-find) and whole groups go to one split.
+Near-duplicates never cross splits: items sharing a normalized text or a package
+family, or whose sources or targets have word 5-gram Jaccard similarity >= --near-dup
+(MinHash LSH candidates, confirmed by exact Jaccard), are grouped (union-find) and whole
+groups go to one split. The manifest records, per task and held-out split, the share of
+items whose nearest training item reaches that similarity (found with an independent
+MinHash: other seed, more permutations), and one hash over the split text, the
+sentencepiece models and the binarized files.
 """
 import argparse
 import glob
@@ -25,6 +30,7 @@ import sys
 import time
 
 import lz4.frame
+from datasketch import MinHash, MinHashLSH
 
 log = logging.getLogger("prepare")
 
@@ -171,9 +177,53 @@ def family(package):
             return name
 
 
-def group_ids(items):
-    """items [(src, tgt, packages)] -> list of group ids; items sharing a normalized text
-    (either side) or a package family get the same id (the group's smallest key)."""
+def shingles(text, n=5):
+    """Text -> set of its normalized word n-grams; a text of fewer than n words is one shingle (itself)."""
+    words = norm(text).split()
+    return {" ".join(words[i:i + n]) for i in range(max(1, len(words) - n + 1))} if words else set()
+
+
+def jaccard(a, b):
+    return len(a & b) / len(a | b) if a or b else 0.0
+
+
+class NearDuplicates:
+    """One side (source or target) of a set of items, indexed by MinHash LSH over word 5-gram shingles. The LSH
+    bands are tuned for ``recall`` x threshold, so pairs just above the threshold are rarely missed; every candidate
+    is then confirmed by its exact Jaccard."""
+
+    def __init__(self, texts, threshold, num_perm=128, seed=1, recall=0.7):
+        self.threshold, self.num_perm, self.seed = threshold, num_perm, seed
+        self.sets = [shingles(t) for t in texts]
+        self.lsh = MinHashLSH(threshold=threshold * recall, num_perm=num_perm)
+        with self.lsh.insertion_session() as session:
+            for i, m in enumerate(self.minhashes(self.sets)):
+                session.insert(i, m, check_duplication=False)
+
+    def minhashes(self, sets):
+        return MinHash.bulk([[g.encode() for g in s] for s in sets], num_perm=self.num_perm, seed=self.seed)
+
+    def nearest(self, sets):
+        """Query shingle sets -> per query, the highest exact Jaccard over its LSH candidates (0 if none)
+        and that candidate's index (-1 if none)."""
+        out = []
+        for s, m in zip(sets, self.minhashes(sets)):
+            best = max(((jaccard(s, self.sets[j]), j) for j in self.lsh.query(m)), default=(0.0, -1))
+            out.append(best)
+        return out
+
+    def pairs(self):
+        """(i, j), i < j, of indexed items at or above the threshold."""
+        for i, m in enumerate(self.minhashes(self.sets)):
+            for j in self.lsh.query(m):
+                if j > i and jaccard(self.sets[i], self.sets[j]) >= self.threshold:
+                    yield i, j
+
+
+def group_ids(items, near_dup=0.5):
+    """items [(src, tgt, packages)] -> list of group ids; items sharing a normalized text (either side) or a
+    package family, or whose source or target word 5-gram Jaccard reaches ``near_dup`` (0: off), get the same id
+    (the group's smallest key)."""
     parent = {}
 
     def find(x):
@@ -192,7 +242,25 @@ def group_ids(items):
         for k in ks[1:]:
             union(ks[0], k)
         keys.append(ks[0])
+    if near_dup:
+        for side in (0, 1):
+            for i, j in NearDuplicates([it[side] for it in items], near_dup).pairs():
+                union(keys[i], keys[j])
     return [find(k) for k in keys]
+
+
+def leakage(splits, threshold):
+    """{split: items} -> {valid|test: share of items whose nearest train item (source or target word 5-gram
+    Jaccard, LSH candidates with a MinHash independent of the grouping's) reaches the threshold}, with an example."""
+    out = {}
+    index = [NearDuplicates([it[side] for it in splits["train"]], threshold, num_perm=256, seed=2) for side in (0, 1)]
+    for split in ("valid", "test"):
+        items = splits[split]
+        near = [index[side].nearest([shingles(it[side]) for it in items]) for side in (0, 1)]
+        hits = [i for i in range(len(items)) if max(near[0][i][0], near[1][i][0]) >= threshold]
+        out[split] = {"share": len(hits) / max(1, len(items)), "items": len(items), "leaking": len(hits),
+                      "max_jaccard": max([max(a[0], b[0]) for a, b in zip(*near)], default=0.0)}
+    return out
 
 
 def seeded_hash(seed, key):
@@ -200,13 +268,13 @@ def seeded_hash(seed, key):
     return int.from_bytes(hashlib.sha256(f"{seed}\0{key}".encode()).digest()[:8], "big")
 
 
-def split_items(items, seed, valid_size, test_size):
+def split_items(items, seed, valid_size, test_size, near_dup=0.5):
     """items -> {'train'|'valid'|'test': [item, ...]} keeping whole groups together.
     Groups are visited in seeded-hash order and fill valid, then test, up to their sizes;
     groups larger than max(10, 5% of a held-out target) stay in train so no family dominates it."""
     if valid_size + test_size > len(items) // 3:
         log.warning("held-out sizes %d+%d are large for %d items", valid_size, test_size, len(items))
-    gids = group_ids(items)
+    gids = group_ids(items, near_dup)
     members = {}
     for item, g in zip(items, gids):
         members.setdefault(g, []).append(item)
@@ -297,6 +365,8 @@ def parse_args(argv=None):
     p.add_argument("--min-source-words", type=int, default=5, help="drop summarization sources shorter than this")
     p.add_argument("--max-source-words", type=int, default=0,
                    help="truncate summarization sources / skip translation pairs longer than this (0: no limit)")
+    p.add_argument("--near-dup", type=float, default=0.5,
+                   help="group items whose source or target word 5-gram Jaccard reaches this (0: off; default: %(default)s)")
     p.add_argument("--subset", type=int, default=0, help="cap train pairs per task at N, seeded sample (0: all)")
     p.add_argument("--spm-vocab", type=int, default=8000, help="sentencepiece vocab size per task (default: %(default)s)")
     p.add_argument("--no-spm", action="store_true", help="skip sentencepiece and fairseq-preprocess")
@@ -319,6 +389,8 @@ def main(argv=None):
         return fail(f"output directory {args.out} is not empty; use --force to write into it")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         return fail(f"output path {args.out} exists and is not a directory")
+    if not 0 <= args.near_dup <= 1:
+        return fail(f"--near-dup must be a Jaccard similarity in [0, 1] (0: off), got {args.near_dup}")
 
     missing = lambda: [lang for lang in ("en", "de") if not find_lists(args.lists_dir, lang)]  # noqa: E731
     if missing() and os.path.abspath(args.lists_dir) == DEFAULT_LISTS:
@@ -336,26 +408,35 @@ def main(argv=None):
         "summarization": (summarization_pairs(en, args.min_source_words, args.max_source_words), 1000),
         "translation": (translation_pairs(en, de, args.max_source_words), 500),
     }
-    counts, written = {}, []
+    counts, leaks, written = {}, {}, []
     for task, (items, default_size) in tasks.items():
         exts = TASKS[task]
         splits = split_items(items, args.seed, args.valid_size if args.valid_size is not None else default_size,
-                             args.test_size if args.test_size is not None else default_size)
+                             args.test_size if args.test_size is not None else default_size, args.near_dup)
         splits["train"] = subset(splits["train"], args.subset, args.seed)
+        if args.near_dup:
+            leaks[task] = leakage(splits, args.near_dup)
+            log.info("%s: held-out items with a training near-duplicate: %s", task,
+                     ", ".join(f"{s} {v['leaking']}/{v['items']}" for s, v in leaks[task].items()))
         for split, part in splits.items():
             write_split(os.path.join(args.out, task), split, part, exts)
             written += [f"{task}/{split}.{e}" for e in exts + ("pkg",)]
         counts[task] = {s: len(v) for s, v in splits.items()}
         print(f"{task}: " + " ".join(f"{s}={n}" for s, n in counts[task].items()), flush=True)
 
-    total, per_file = output_hash(args.out, written)
-    print(f"sha256: {total}", flush=True)
     if not args.no_spm:
         for task, exts in TASKS.items():
             spm_and_binarize(os.path.join(args.out, task), exts, args.spm_vocab, args.workers)
+            written += [os.path.relpath(p, args.out) for p in
+                        sorted(glob.glob(os.path.join(args.out, task, "spm.model")) +
+                               glob.glob(os.path.join(args.out, task, "bin", "*.bin")) +
+                               glob.glob(os.path.join(args.out, task, "bin", "*.idx")) +
+                               glob.glob(os.path.join(args.out, task, "bin", "dict.*.txt")))]
+    total, per_file = output_hash(args.out, written)  # split text, sentencepiece models, binaries
+    print(f"sha256: {total}", flush=True)
     manifest = {"inputs": {os.path.basename(p): sha256_file(p) for lang in ("en", "de")
                            for p in find_lists(args.lists_dir, lang)},
-                "seed": args.seed, "counts": counts, "sha256": total, "files": per_file,
+                "seed": args.seed, "counts": counts, "near_duplicate_leakage": leaks, "sha256": total, "files": per_file,
                 "options": {k: v for k, v in vars(args).items() if k not in ("out", "lists_dir", "force")}}
     with open(os.path.join(args.out, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1, sort_keys=True)
