@@ -42,7 +42,7 @@ sys.path.insert(0, HERE)
 from sizes import (  # noqa: E402
     GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
 )
-from provenance import command, git_commit, hardware, write_atomic  # noqa: E402
+from provenance import command, git_commit, git_state, hardware, write_atomic  # noqa: E402
 from train_teacher import teacher_command  # noqa: E402
 
 METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf"),
@@ -69,6 +69,10 @@ class Run:
             return
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
         os.makedirs(os.path.dirname(log), exist_ok=True)
+        # what produced this stage's output, recorded when it starts (a resumed stage keeps the first record)
+        if not os.path.isfile(log + ".provenance.json"):
+            write_atomic(log + ".provenance.json", json.dumps({**git_state(), "started": time.strftime(
+                "%Y-%m-%d %H:%M:%S"), "command": cmd}, indent=1))
         env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads), MKL_NUM_THREADS=str(self.args.threads),
                    PYTHONWARNINGS="ignore")
         start = time.time()
