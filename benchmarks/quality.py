@@ -69,10 +69,11 @@ class Run:
             return
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        # what produced this stage's output, recorded when it starts (a resumed stage keeps the first record)
-        if not os.path.isfile(log + ".provenance.json"):
-            write_atomic(log + ".provenance.json", json.dumps({**git_state(), "started": time.strftime(
-                "%Y-%m-%d %H:%M:%S"), "command": cmd}, indent=1))
+        # what produced this stage's output, recorded each time it starts (a resumed training adds a record)
+        prov = log + ".provenance.json"
+        starts = json.load(open(prov)) if os.path.isfile(prov) else []
+        starts.append({**git_state(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd})
+        write_atomic(prov, json.dumps(starts, indent=1))
         env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads), MKL_NUM_THREADS=str(self.args.threads),
                    PYTHONWARNINGS="ignore")
         start = time.time()
