@@ -53,3 +53,22 @@ def test_the_console_command_scores_and_bad_input_is_one_line_exit_2(generation,
         assert proc.stderr.startswith("makd-score: error:")
     with pytest.raises(ScoreError, match="2 hypotheses"):
         read_generation(["D-0\t-0.1\ta", "D-1\t-0.2\tb", "T-0\tx"])
+
+
+@pytest.mark.parametrize("metric", ["rougeL", "bleu", "chrf"])
+def test_paired_bootstrap(generation, metric):
+    """The difference is the seed-averaged score difference, its interval holds it, swapping sides negates it,
+    and a system against itself differs by exactly 0 on every resample."""
+    from makd_fairseq.score import paired_bootstrap
+
+    hyps, refs = read_generation(generation.read_text().splitlines())
+    hyps, worse = refs, hyps  # the references themselves are the better system
+    name = "rouge" if metric == "rougeL" else metric
+    full = lambda h: score(name, h, refs)[0][metric]  # noqa: E731
+    ab = paired_bootstrap(metric, [hyps, worse], [worse], refs, samples=200)
+    assert ab["diff"] == pytest.approx((full(hyps) + full(worse)) / 2 - full(worse), abs=0.011)
+    assert ab["ci95"][0] <= ab["diff"] <= ab["ci95"][1] and ab["ci95"][0] > 0
+    ba = paired_bootstrap(metric, [worse], [hyps, worse], refs, samples=200)
+    assert ba["diff"] == -ab["diff"] and ba["ci95"] == [-ab["ci95"][1], -ab["ci95"][0]]
+    assert paired_bootstrap(metric, [hyps], [hyps], refs, samples=50) == {"diff": 0.0, "ci95": [0.0, 0.0],
+                                                                        "samples": 50}
