@@ -26,9 +26,11 @@ trained for), the same path with ``.md`` (table) and ``.png`` (quality vs budget
 """
 import argparse
 import json
+import lzma
 import os
 import re
 import shlex
+import statistics
 import subprocess
 import sys
 import threading
@@ -42,7 +44,7 @@ sys.path.insert(0, HERE)
 from sizes import (  # noqa: E402
     GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
 )
-from provenance import command, git_commit, git_state, hardware, write_atomic  # noqa: E402
+from provenance import command, git_state, hardware, write_atomic  # noqa: E402
 from train_teacher import teacher_command  # noqa: E402
 
 METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf"),
@@ -124,13 +126,14 @@ def flag_value(flags, name):
 
 
 def generate_command(run, checkpoint):
+    """makd-compress's fairseq-generate (test split) with the benchmark's beam, lengths, batch and truncation."""
+    from makd_fairseq.compress import generate_command as generate
+
     train = common_flags(run.args.size) + STUDENT_TRAIN[run.args.size]
-    device = device_flags(run)
-    return ["fairseq-generate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
-            *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
-            *(["--remove-bpe", run.args.remove_bpe] if run.args.remove_bpe != "none" else []),
-            "--truncate-source", "--max-source-positions", flag_value(train, "--max-source-positions"), "--skip-invalid-size-inputs-valid-test",
-            "--num-workers", "0", *device, *shlex.split(run.args.generate_args)]
+    return generate(run.args.data, checkpoint, [
+        *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size), "--truncate-source",
+        "--max-source-positions", flag_value(train, "--max-source-positions"), *shlex.split(run.args.generate_args)],
+        run.args.remove_bpe, device_flags(run))
 
 
 def read_generation(log):
@@ -145,17 +148,99 @@ def read_generation(log):
 
 
 def eval_lm_command(run, checkpoint):
-    """fairseq-eval-lm on the test set, with the training run's block layout."""
+    """makd-compress's fairseq-eval-lm on the test set, with the training run's block layout."""
+    from makd_fairseq.compress import eval_lm_command as eval_lm
+
     common = common_flags(run.args.size)
     layout = [f for name in ("--tokens-per-sample", "--sample-break-mode") for f in (name, flag_value(common, name))]
-    return ["fairseq-eval-lm", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
-            *layout, "--max-tokens", "6000", "--num-workers", "0", "--cpu"]
+    return eval_lm(run.args.data, checkpoint, [*layout, "--max-tokens", "6000"], device_flags(run))
 
 
 def continue_command(run, checkpoint, out):
     return [sys.executable, os.path.abspath(__file__), "--worker-continue", checkpoint, out, "--task",
             run.args.task, "--data", run.args.data, "--work", run.work, "--remove-bpe", run.args.remove_bpe,
             "--continue-docs", str(run.args.continue_docs), "--batch-size", str(run.args.batch_size)]
+
+
+def seeds_of(args, budget):
+    """The seeds a budget's students train with: every ``--seeds`` at ``--seeded-budgets``, else the first."""
+    return list(args.seeds) if any(abs(budget - b) < 1e-9 for b in args.seeded_budgets) else list(args.seeds[:1])
+
+
+def model_name(method, budget, seed=None):
+    name = method if budget is None else f"b{round(budget * 100)}/{method}"
+    return name if seed is None else f"{name}/seed{seed}"
+
+
+def first_seed(args, models, method, budget):
+    return min((s for m, b, s, _ in models if (m, b) == (method, budget) and s is not None), default=None)
+
+
+def time_generation(run, models):
+    """Each model's generation throughput, measured one model at a time (the first seed of a trained method):
+    fairseq-generate on the test set with the benchmark's beam, batch and threads; the 1-minute load average
+    before each measurement is kept, so a reader can tell a quiet machine from a busy one."""
+    from makd_fairseq.compress import generation_speed
+
+    loads_path = run.path("timing", "load.json")
+    loads = json.load(open(loads_path)) if os.path.isfile(loads_path) else {}
+    speeds = {}
+    for method, budget, seed, checkpoint in models:
+        if seed not in (None, first_seed(run.args, models, method, budget)):
+            continue
+        name = model_name(method, budget, seed)
+        log = run.path("timing", name.replace("/", "_") + ".txt")
+        done = lambda p=log: os.path.isfile(p) and "Translated" in open(p).read()  # noqa: E731
+        if not done():
+            loads[name] = round(os.getloadavg()[0], 2)
+            write_atomic(loads_path, json.dumps(loads, indent=1))
+        run.stage(f"time {name}", generate_command(run, checkpoint), log, done)
+        speeds[name] = {**generation_speed(open(log).read(), log), "load_before": loads.get(name)}
+    return speeds
+
+
+def read_continuations(path):
+    pairs = [line.rstrip("\n").split("\t") for line in open(path, encoding="utf-8") if line.strip()]
+    return [h for h, _ in pairs], [r for _, r in pairs]
+
+
+def keep_text(path, lines):
+    """Write ``lines`` xz-compressed (the hypotheses any reported number can be recomputed from)."""
+    data = lzma.compress(("\n".join(lines) + "\n").encode("utf-8"), preset=9)
+    if os.path.isfile(path) and lzma.decompress(open(path, "rb").read()) == lzma.decompress(data):
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+        f.write(data)
+    os.replace(path + ".tmp", path)
+
+
+def seed_record(run, method, seed, checkpoint, metrics):
+    """One trained model: its scores, best validation nll, updates, and the commit(s) it was trained at."""
+    log = run.path("teacher.log") if method == "teacher" else os.path.join(os.path.dirname(checkpoint), "train.log")
+    prov = log + ".provenance.json"
+    return {"seed": seed, "metrics": metrics, "valid_nll": best_valid_nll(log), "updates": last_updates(log),
+            "early_stopped": early_stopped(log), "checkpoint": os.path.relpath(checkpoint, run.work),
+            "trained_at": [{k: r[k] for k in ("commit", "dirty", "started")} for r in json.load(open(prov))]
+            if os.path.isfile(prov) else None}
+
+
+PAIRED = {"summarization": ("rougeL",), "translation": ("bleu", "chrf"), "language_modeling": ("rougeL",)}
+
+
+def compare_with_makd(task, methods, models, scored, references):
+    """Every method's ``vs_makd``: its metric minus makd's at the same budget, with a paired-bootstrap 95% interval
+    (``makd_fairseq.score.paired_bootstrap``; each side's seeds averaged)."""
+    from makd_fairseq.score import paired_bootstrap
+
+    def runs(method, budget):
+        return [scored[(m, b, s)][1] for m, b, s, _ in models if (m, b) == (method, budget)]
+    for entry in methods:
+        method, budget = entry["method"], entry["budget"]
+        if budget is None or method == "makd" or not runs("makd", budget):
+            continue
+        entry["vs_makd"] = {metric: paired_bootstrap(metric, runs(method, budget), runs("makd", budget), references)
+                            for metric in PAIRED[task]}
 
 
 def split_first_sentence(text):
@@ -239,11 +324,11 @@ def read_lm_scores(eval_log, continuations):
     m = re.search(r"Perplexity: ([\d.]+)", open(eval_log).read())
     if not m:
         raise SystemExit(f"quality.py: no perplexity in {eval_log}")
-    pairs = [line.rstrip("\n").split("\t") for line in open(continuations, encoding="utf-8") if line.strip()]
-    rouge, _ = score("summarization", [h for h, _ in pairs], [r for _, r in pairs])
+    hyps, refs = read_continuations(continuations)
+    rouge, _ = score("summarization", hyps, refs)
     return {"rougeL": rouge["rougeL"], "ppl": round(float(m.group(1)), 2)}, {
         "ppl": "fairseq-eval-lm on test", "rougeL": f"rouge-score F1 (use_stemmer=True) of greedy continuations "
-                                                    f"of {len(pairs)} test descriptions from their first sentence"}
+                                                    f"of {len(hyps)} test descriptions from their first sentence"}
 
 
 def score(task, hyps, refs):
@@ -283,22 +368,33 @@ def params_of(checkpoint):
 
 
 def table(result):
+    """Markdown: per method and budget, each metric's mean (± sd over seeds), the first metric's difference to
+    makd with its 95% interval, validation nll, updates and generation speed."""
     names = METRICS[result["task"]]
+    first = names[0]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
-    lines = [f"| method | budget | params | {' | '.join(names)} | {names[0]} % of teacher | best valid nll (bits) "
-             "| updates |", "|---|---|---|" + "---|" * (len(names) + 3)]
+    lines = [f"| method | budget | seeds | params | {' | '.join(names)} | {first} % of teacher | {first} vs makd (95% CI) "
+             "| best valid nll (bits) | updates | sentences/s |", "|---|---|---|---|" + "---|" * (len(names) + 5)]
     for m in result["methods"]:
         budget = "teacher" if m["budget"] is None else f"{m['budget']:.0%}"
-        share = 100 * m["metrics"][names[0]] / max(teacher["metrics"][names[0]], 1e-9)
+        sd = m.get("sd") or {}
+        cells = [f"{m['metrics'][n]:.2f}" + (f" ± {sd[n]:.2f}" if n in sd else "") for n in names]
+        share = 100 * m["metrics"][first] / max(teacher["metrics"][first], 1e-9)
+        vs = (m.get("vs_makd") or {}).get(first)
+        vs = "–" if vs is None else f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]"
         nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
-        updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (" (early stop)" if m.get(
-            "early_stopped") else "")
-        lines.append(f"| {m['method']} | {budget} | {m['params']:,} | "
-                     + " | ".join(f"{m['metrics'][n]:.2f}" for n in names) + f" | {share:.1f}% | {nll} | {updates} |")
+        early = [r.get("early_stopped") for r in m.get("seeds", [])]
+        updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (
+            " (early stop)" if early and all(early) else "")
+        seeds = len(m["seeds"]) if m.get("seeds") and m["budget"] is not None else "–"
+        speed = "–" if not m.get("speed") else f"{m['speed']['sentences_per_s']:.2f}"
+        lines.append(f"| {m['method']} | {budget} | {seeds} | {m['params']:,} | " + " | ".join(cells)
+                     + f" | {share:.1f}% | {vs} | {nll} | {updates} | {speed} |")
     return "\n".join(lines) + "\n"
 
 
 def plot(result, path):
+    """Quality against budget (each metric; mean and sd over seeds) and, when timed, against sentences/s."""
     import logging
 
     logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup lets its DEBUG lines through
@@ -308,19 +404,31 @@ def plot(result, path):
     import matplotlib.pyplot as plt
 
     metrics = METRICS[result["task"]][:2]
+    timed = [m for m in result["methods"] if m.get("speed")]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4), squeeze=False)
+    panels = len(metrics) + bool(timed)
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         ax.axhline(teacher["metrics"][metric], color="black", linestyle="--", label="teacher")
         for name in QUALITY_METHODS:
-            points = sorted((m["budget"], m["metrics"][metric]) for m in result["methods"]
-                            if m["method"] == name and m["budget"] is not None)
+            points = sorted((m["budget"], m["metrics"][metric], (m.get("sd") or {}).get(metric, 0))
+                            for m in result["methods"] if m["method"] == name and m["budget"] is not None)
             if points:
-                ax.plot(*zip(*points), marker="o", label=name)
+                x, y, err = zip(*points)
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
         ax.set_xlabel("student parameters / teacher parameters")
-        ax.set_ylabel(metric)
+        ax.set_ylabel(metric + " (mean ± sd over seeds)")
         if metric == "ppl":
             ax.set_yscale("log")  # an untrained factorization is orders of magnitude off
+        ax.grid(alpha=0.3)
+    if timed:
+        ax, metric = axes[0][-1], metrics[0]
+        for m in timed:
+            label = "teacher" if m["budget"] is None else f"{m['method']} {m['budget']:.0%}"
+            ax.scatter(m["speed"]["sentences_per_s"], m["metrics"][metric], marker="*" if m["budget"] is None else "o")
+            ax.annotate(label, (m["speed"]["sentences_per_s"], m["metrics"][metric]), fontsize=6)
+        ax.set_xlabel(f"generation sentences/s ({result['speed'].split(', ', 1)[1]})")
+        ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
     fig.suptitle(f"Debian descriptions, {result['task']} ({result['size']} size)")
@@ -341,6 +449,14 @@ def main(argv=None):
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
     parser.add_argument("--methods", nargs="+", choices=list(QUALITY_METHODS),
                         help="default: all (language modeling: " + ", ".join(LM_METHODS) + ")")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
+                        help="training seeds of every trained method at --seeded-budgets (default: %(default)s)")
+    parser.add_argument("--seeded-budgets", type=float, nargs="*", default=[0.5],
+                        help="budgets trained with every --seeds; the others with the first seed only")
+    parser.add_argument("--time-generation", action="store_true",
+                        help="also time each model's generation, one at a time (run when nothing else is running)")
+    parser.add_argument("--hypotheses", help="where the xz-compressed hypotheses go (default: "
+                                             "benchmarks/results/hypotheses/<task> next to --out)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per job")
     parser.add_argument("--init", choices=("whiten", "svd"), default="whiten",
@@ -391,14 +507,16 @@ def main(argv=None):
         m = re.search(r"done training in ([\d.]+) seconds", open(run.path("teacher.log")).read())
         run.stages["teacher"] = float(m.group(1)) if m else None
 
-    seq_kd_data = run.path("seq_kd_data")
-    if set(SEQ_KD_METHODS) & set(args.methods):
-        run.stage("seq_kd_data", teacher_data_command(run, teacher), run.path("seq_kd_data.log"),
-                  lambda: os.path.isfile(os.path.join(seq_kd_data, "teacher_data.json")))
+    seq_kd_data, seq_kd_lock = run.path("seq_kd_data"), threading.Lock()
 
-    models = [("teacher", None, teacher)]
-    jobs = []  # (name, command, log, done)
-    for budget in args.budgets:
+    def seq_kd_ready():  # built once, by the first sequence-level KD training that needs it
+        with seq_kd_lock:
+            run.stage("seq_kd_data", teacher_data_command(run, teacher), run.path("seq_kd_data.log"),
+                      lambda: os.path.isfile(os.path.join(seq_kd_data, "teacher_data.json")))
+
+    models = [("teacher", None, None, teacher)]  # (method, budget, seed or None if untrained, checkpoint)
+    jobs = []  # (name, command, log, done, needs the seq-KD data)
+    for budget in args.budgets:  # in the order given: the first budget's every seed trains before the next budget
         inits, key = student_paths(run, budget)
         for kind, tool in (("svd", "makd-init"), ("dense", "makd-shrink")):
             if any(QUALITY_METHODS[m] and QUALITY_METHODS[m][0] == kind for m in args.methods):
@@ -406,31 +524,38 @@ def main(argv=None):
                 run.stage(f"{key}/{kind}", [tool, "--teacher", teacher, "--param-budget", str(budget), *init_flags,
                                             "--out", inits[kind]], run.path(key, f"{kind}.log"),
                           lambda p=inits[kind]: os.path.isfile(p))
-        for method in args.methods[1:]:
-            init, flags = QUALITY_METHODS[method]
-            if flags is None:
-                models.append((method, budget, inits[init]))
-                continue
-            save = run.path(key, method)
-            best = os.path.join(save, "checkpoint_best.pt")
-            log = os.path.join(save, "train.log")
-            data = seq_kd_data if method in SEQ_KD_METHODS else None
-            jobs.append((f"{key}/{method}", train_command(run, teacher, inits[init], flags, save, data=data), log,
-                         lambda p=log: finished(p)))
-            models.append((method, budget, best))
+        models += [(m, budget, None, inits[QUALITY_METHODS[m][0]]) for m in args.methods[1:]
+                   if QUALITY_METHODS[m][1] is None]
+        for seed in seeds_of(args, budget):
+            for method in args.methods[1:]:
+                init, flags = QUALITY_METHODS[method]
+                if flags is None:
+                    continue
+                save = run.path(key, method, f"seed{seed}")
+                log = os.path.join(save, "train.log")
+                data = seq_kd_data if method in SEQ_KD_METHODS else None
+                jobs.append((model_name(method, budget, seed), train_command(
+                    run, teacher, inits[init], [*flags, "--seed", str(seed)], save, data=data), log,
+                    lambda p=log: finished(p), method in SEQ_KD_METHODS))
+                models.append((method, budget, seed, os.path.join(save, "checkpoint_best.pt")))
 
-    def pool(stages):
+    def train(name, cmd, log, done, needs_seq_kd):
+        if needs_seq_kd and not done():
+            seq_kd_ready()
+        run.stage(name, cmd, log, done)
+
+    def pool(fn, stages):
         with ThreadPoolExecutor(args.jobs) as ex:
-            for f in [ex.submit(run.stage, *s) for s in stages]:
+            for f in [ex.submit(fn, *s) for s in stages]:
                 f.result()
 
-    pool(jobs)
+    pool(train, jobs)
     evals, outputs = [], []
-    for method, budget, checkpoint in models:
-        name = method if budget is None else f"b{round(budget * 100)}/{method}"
-        log = run.path("generate", name.replace("/", "_") + ".txt")
+    for method, budget, seed, checkpoint in models:
+        name = model_name(method, budget, seed).replace("/", "_")
+        log = run.path("generate", name + ".txt")
         if lm:
-            cont = run.path("generate", name.replace("/", "_") + ".continuations.tsv")
+            cont = run.path("generate", name + ".continuations.tsv")
             evals.append((f"eval-lm {name}", eval_lm_command(run, checkpoint), log,
                           lambda p=log: os.path.isfile(p) and "Perplexity:" in open(p).read()))
             evals.append((f"continue {name}", continue_command(run, checkpoint, cont), cont + ".log",
@@ -440,30 +565,62 @@ def main(argv=None):
             evals.append((f"generate {name}", generate_command(run, checkpoint), log,
                           lambda p=log: os.path.isfile(p) and "Generate test with beam" in open(p).read()))
             outputs.append((log,))
-    pool(evals)
+    pool(run.stage, evals)
+    speeds = time_generation(run, models) if args.time_generation and not lm else {}
 
-    methods, signatures = [], {}
-    for (method, budget, checkpoint), files in zip(models, outputs):
-        metrics, signatures = read_lm_scores(*files) if lm else score(args.task, *read_generation(*files))
-        log = os.path.join(os.path.dirname(checkpoint), "train.log") if method != "teacher" else run.path("teacher.log")
-        trained = method != "svd_only"
-        methods.append({"method": method, "budget": budget, "params": params_of(checkpoint), "metrics": metrics,
-                        "valid_nll": best_valid_nll(log) if trained else None,
-                        "updates": last_updates(log) if trained else None,
-                        "early_stopped": early_stopped(log) if trained else None,
-                        "checkpoint": os.path.relpath(checkpoint, args.work)})
+    hyp_dir = args.hypotheses or os.path.join(os.path.dirname(os.path.abspath(args.out)), "hypotheses", args.task)
+    scored, signatures, references = {}, {}, None
+    for (method, budget, seed, checkpoint), files in zip(models, outputs):
+        if lm:
+            metrics, signatures = read_lm_scores(*files)
+            hyps, refs = read_continuations(files[1])
+        else:
+            hyps, refs = read_generation(*files)
+            metrics, signatures = score(args.task, hyps, refs)
+        if references is None:
+            references = refs
+            keep_text(os.path.join(hyp_dir, "references.txt.xz"), refs)
+        elif refs != references:
+            raise SystemExit(f"quality.py: {files[-1]} scores other test items than the teacher's generation")
+        keep_text(os.path.join(hyp_dir, model_name(method, budget, seed).replace("/", "_") + ".txt.xz"), hyps)
+        scored[(method, budget, seed)] = (metrics, hyps)
+
+    methods = []
+    for method, budget, seed, checkpoint in models:
+        if seed not in (None, first_seed(args, models, method, budget)):
+            continue
+        runs = [(s, c) for m, b, s, c in models if (m, b) == (method, budget)]
+        per_seed = [scored[(method, budget, s)][0] for s, _ in runs]
+        entry = {"method": method, "budget": budget, "params": params_of(checkpoint),
+                 "metrics": {k: round(statistics.mean(m[k] for m in per_seed), 2) for k in per_seed[0]},
+                 "sd": {k: round(statistics.stdev(m[k] for m in per_seed), 2) for k in per_seed[0]}
+                 if len(per_seed) > 1 else None, "valid_nll": None, "updates": None}
+        if seed is not None or method == "teacher":
+            entry["seeds"] = [seed_record(run, method, s, c, scored[(method, budget, s)][0]) for s, c in runs]
+            trained = [r for r in entry["seeds"] if r.get("valid_nll") is not None]
+            entry["valid_nll"] = round(statistics.mean(r["valid_nll"] for r in trained), 3) if trained else None
+            entry["updates"] = round(statistics.mean(r["updates"] for r in trained)) if trained else None
+        entry["speed"] = speeds.get(model_name(method, budget, seed))
+        methods.append(entry)
+    compare_with_makd(args.task, methods, models, scored, references)
     manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
     data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
-        "methods": methods, "scoring": signatures,
+        "methods": methods, "scoring": signatures, "seeds": {f"{b:g}": seeds_of(args, b) for b in args.budgets},
+        "paired_bootstrap": "vs_makd: metric(method) - metric(makd), 95% interval from 1,000 paired resamples of "
+                            "test items (ROUGE: item F1 averaged over seeds; BLEU/chrF: sacreBLEU's resampling, "
+                            "corpus scores averaged over seeds)",
         "student_init": f"makd-init --init {args.init} (uniform ranks)",
         "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size]),
         "stopping": {name.strip("-").replace("-", "_"): int(flag_value(STUDENT_TRAIN[args.size], name))
                      for name in ("--max-update", "--patience", "--validate-interval-updates")},
         "seq_kd_data": seq_kd_manifest(seq_kd_data),
         "generation": "greedy continuations, 40 new tokens" if lm else " ".join(GENERATE[args.task]),
-        "command": command(__file__, argv), "git_commit": git_commit(), "data_sha256": data_hash,
+        "speed": None if not speeds else "fairseq-generate's sentences/s on the test set, one model at a time, "
+                                         f"{args.threads} thread(s), batch {args.batch_size}, the first seed",
+        "hypotheses": os.path.relpath(hyp_dir, ROOT),
+        "command": command(__file__, argv), "scored_at": git_state(), "data_sha256": data_hash,
         "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),
         # this invocation's wall time; the steps it reused from WORK took stage_seconds (sum: compute time)
         "stage_seconds": run.stages, "stage_seconds_sum": round(sum(v or 0 for v in run.stages.values()), 1),

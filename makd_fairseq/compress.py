@@ -115,15 +115,41 @@ def check_out_dir(args, manifest):
                             "or pass --force")
 
 
+def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",)):
+    """fairseq-generate on the test split (``flags``: beam, batch, lengths, ...): the command makd-compress and the
+    quality benchmark evaluate encoder-decoder models with."""
+    return ["fairseq-generate", data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test", *flags,
+            "--num-workers", "0", *(["--remove-bpe", remove_bpe] if remove_bpe != "none" else []),
+            "--skip-invalid-size-inputs-valid-test", *device]
+
+
+def eval_lm_command(data, checkpoint, flags, device=("--cpu",)):
+    """fairseq-eval-lm on the test split (``flags``: the training run's block layout, batch, ...)."""
+    return ["fairseq-eval-lm", data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test", *flags,
+            "--num-workers", "0", *device]
+
+
+def generation_speed(text, log="the log"):
+    """fairseq-generate's own timing line -> sentences, tokens, seconds, sentences/s and tokens/s."""
+    speed = re.findall(r"Translated [\d,]+ sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
+                       r"([\d.]+) tokens/s", text)
+    sentences = re.findall(r"Translated ([\d,]+) sentences", text)
+    if not speed:
+        raise SystemExit(f"no 'Translated N sentences' line in {log}: did fairseq-generate finish?")
+    tokens, seconds, sentences_per_s, tokens_per_s = speed[-1]
+    # outputs of different lengths make sentences/s alone unfair: tokens/s is reported next to it
+    return {"sentences": int(sentences[-1].replace(",", "")), "tokens": int(tokens.replace(",", "")),
+            "seconds": float(seconds), "sentences_per_s": float(sentences_per_s), "tokens_per_s": float(tokens_per_s)}
+
+
 def evaluate_command(args, lm, checkpoint):
     device = [] if args.gpu else ["--cpu"]
     if lm:
-        return ["fairseq-eval-lm", args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
-                *args.task_flags, "--max-tokens", "4096", "--num-workers", "0", *device, *shlex.split(args.eval_args)]
-    return ["fairseq-generate", args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test",
-            *args.task_flags, "--beam", str(args.beam), "--batch-size", str(args.batch_size), "--num-workers", "0",
-            *(["--remove-bpe", args.remove_bpe] if args.remove_bpe != "none" else []),
-            "--skip-invalid-size-inputs-valid-test", *device, *shlex.split(args.eval_args)]
+        return eval_lm_command(args.data, checkpoint, [*args.task_flags, "--max-tokens", "4096",
+                                                       *shlex.split(args.eval_args)], device)
+    return generate_command(args.data, checkpoint, [*args.task_flags, "--beam", str(args.beam), "--batch-size",
+                                                    str(args.batch_size), *shlex.split(args.eval_args)],
+                            args.remove_bpe, device)
 
 
 def evaluate(args, lm, log):
@@ -137,13 +163,7 @@ def evaluate(args, lm, log):
         return {"ppl": float(ppl[-1])}, {"ppl": "fairseq-eval-lm on test"}, {"tokens_per_s": float(speed[-1])}
     hyps, refs = read_generation(text.splitlines(), log)
     scores, signatures = score(args.metric, hyps, refs)
-    speed = re.findall(r"Translated [\d,]+ sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
-                       r"([\d.]+) tokens/s", text)
-    tokens, seconds, sentences_per_s, tokens_per_s = speed[-1]
-    # outputs of different lengths make sentences/s alone unfair: tokens/s is reported next to it
-    return scores, signatures, {"sentences": len(hyps), "tokens": int(tokens.replace(",", "")),
-                                "seconds": float(seconds), "sentences_per_s": float(sentences_per_s),
-                                "tokens_per_s": float(tokens_per_s)}
+    return scores, signatures, generation_speed(text, log)
 
 
 def report_markdown(r):

@@ -1,10 +1,19 @@
 """The benchmark scripts run end to end on the committed fixtures (smoke sizes), so none of them rots."""
 
 import json
+import lzma
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, run
+from makd_fairseq.score import paired_bootstrap, read_generation as read
+
+
+def read_generation(path):
+    with open(path, encoding="utf-8") as f:
+        return read(f, str(path))
 
 SPEED = ROOT / "benchmarks" / "speed.py"
 
@@ -43,7 +52,7 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     """Every method at one budget (two budgets only multiply the trainings), sequence-level KD included."""
     out, work = tmp_path / "translation.json", tmp_path / "work"
     args = [sys.executable, QUALITY, "--task", "translation", "--data", mt_data, "--size", "smoke", "--work", work,
-            "--budgets", "0.5", "--jobs", "2", "--remove-bpe", "none", "--out", out]
+            "--budgets", "0.5", "--seeds", "1", "--jobs", "2", "--remove-bpe", "none", "--out", out]
     run(*args)
     result = json.loads(out.read_text())
     methods = [(m["method"], m["budget"]) for m in result["methods"]]
@@ -54,14 +63,24 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
         assert 0.9 * m["budget"] * teacher < m["params"] <= m["budget"] * teacher, m
         assert set(m["metrics"]) == {"bleu", "chrf"} and all(0 <= v <= 100 for v in m["metrics"].values())
     assert result["scoring"]["bleu"].startswith("nrefs:1|case:mixed")
-    for key in ("command", "git_commit", "hardware", "wall_s", "stage_seconds"):
+    for key in ("command", "scored_at", "hardware", "wall_s", "stage_seconds"):
         assert result[key], key
+    # each trained model records the commit it trained at; every scored model's hypotheses are kept, compressed
+    for m in result["methods"][2:]:
+        assert [r["seed"] for r in m["seeds"]] == [1] and m["sd"] is None
+        assert len(m["seeds"][0]["trained_at"][0]["commit"]) == 40 and m["seeds"][0]["trained_at"][0]["dirty"] in (
+            True, False)
+    kept = tmp_path / "hypotheses" / "translation"
+    assert len(list(kept.glob("*.txt.xz"))) == 1 + 9  # references, the teacher and 8 students
+    hyps, refs = read_generation(work / "generate" / "teacher.txt")
+    assert lzma.decompress((kept / "teacher.txt.xz").read_bytes()).decode().splitlines() == hyps
+    assert lzma.decompress((kept / "references.txt.xz").read_bytes()).decode().splitlines() == refs
     # every trained method ran under the stopping rule (cap 4, validation every 2) and logged validation
     assert result["stopping"] == {"max_update": 4, "patience": 2, "validate_interval_updates": 2}
     assert "--patience 2" in result["student_training"]
-    for log in work.glob("b*/*/train.log"):
+    for log in work.glob("b*/*/seed1/train.log"):
         assert "done training in" in log.read_text() and '"valid"' in log.read_text(), log
-    assert len(list(work.glob("b*/*/train.log"))) == 7
+    assert len(list(work.glob("b*/*/seed1/train.log"))) == 7
     updates = {m["method"]: m["updates"] for m in result["methods"]}
     assert updates.pop("teacher") == 20 and updates.pop("svd_only") is None
     assert set(updates.values()) == {4}, updates  # the cap: two validations cannot exhaust a patience of 2
@@ -69,11 +88,11 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     # the seq-KD methods train on the teacher's beam outputs (the benchmark's beam), validate on the same valid split
     assert result["seq_kd_data"]["beam"] == 4 and result["seq_kd_data"]["sentences"] == 400
     for method in ("svd_seq_kd", "makd_seq_kd"):
-        log = (work / "b50" / method / "train.log").read_text()
+        log = (work / "b50" / method / "seed1" / "train.log").read_text()
         assert str(work / "seq_kd_data" / "train.en-de.de") in log and str(mt_data / "valid") not in log
-    assert str(work / "seq_kd_data") not in (work / "b50" / "makd" / "train.log").read_text()
+    assert str(work / "seq_kd_data") not in (work / "b50" / "makd" / "seed1" / "train.log").read_text()
     table = (tmp_path / "translation.md").read_text()
-    assert table.startswith("| method | budget | params | bleu | chrf |") and "| makd | 50% |" in table
+    assert table.startswith("| method | budget | seeds | params | bleu | chrf |") and "| makd | 50% | 1 |" in table
     assert "| best valid nll (bits) | updates |" in table and "| makd_seq_kd | 50% |" in table
     assert (tmp_path / "translation.png").read_bytes()[:4] == b"\x89PNG"
     # a second run reuses every finished step: nothing is trained or generated again, same scores
@@ -91,18 +110,43 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
     run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
         "--validpref", src / "valid", "--testpref", src / "test", "--destdir", data, "--joined-dictionary",
         "--nwordssrc", "1000", "--workers", "1")
-    out = tmp_path / "summarization.json"
-    run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke",
-        "--work", tmp_path / "work", "--budgets", "0.6", "0.5", "--methods", "svd_only", "makd", "--remove-bpe",
-        "none", "--out", out)
+    out, work = tmp_path / "summarization.json", tmp_path / "work"
+    run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work", work,
+        "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
+        "--seeded-budgets", "0.5", "--time-generation", "--remove-bpe", "none", "--out", out)
     result = json.loads(out.read_text())
-    assert [(m["method"], m["budget"]) for m in result["methods"]] == [
-        ("teacher", None), ("svd_only", 0.6), ("makd", 0.6), ("svd_only", 0.5), ("makd", 0.5)]  # every budget
-    assert result["methods"][2]["params"] > result["methods"][4]["params"]
+    assert [(m["method"], m["budget"]) for m in result["methods"]] == [("teacher", None)] + [
+        (m, b) for b in (0.6, 0.5) for m in ("svd_only", "svd_word_kd", "makd")]  # every budget
+    assert result["methods"][3]["params"] > result["methods"][6]["params"]
     for m in result["methods"]:
         assert set(m["metrics"]) == {"rouge1", "rouge2", "rougeL"}
         assert 0 <= m["metrics"]["rouge2"] <= m["metrics"]["rouge1"] <= 100
     assert result["methods"][0]["metrics"]["rouge1"] > 0  # the teacher writes words of the synopses
+    # seeds 1 and 2 at 50%, seed 1 at 60%; the reported metric is the mean over seeds, sd beside it
+    assert result["seeds"] == {"0.6": [1], "0.5": [1, 2]}
+    by = {(m["method"], m["budget"]): m for m in result["methods"]}
+    for method in ("svd_word_kd", "makd"):
+        assert [r["seed"] for r in by[(method, 0.6)]["seeds"]] == [1] and by[(method, 0.6)]["sd"] is None
+        runs = by[(method, 0.5)]["seeds"]
+        assert [r["seed"] for r in runs] == [1, 2]
+        assert by[(method, 0.5)]["metrics"]["rougeL"] == pytest.approx(
+            (runs[0]["metrics"]["rougeL"] + runs[1]["metrics"]["rougeL"]) / 2, abs=0.006)
+        assert by[(method, 0.5)]["sd"]["rougeL"] >= 0
+    assert (work / "b50" / "makd" / "seed2" / "train.log").is_file()
+    # vs makd: recomputed from the kept hypotheses, the seeds of each side averaged
+    kept = tmp_path / "hypotheses" / "summarization"
+    text = lambda name: lzma.decompress((kept / f"{name}.txt.xz").read_bytes()).decode().splitlines()  # noqa: E731
+    refs = text("references")
+    for budget, key, seeds in ((0.6, "b60", [1]), (0.5, "b50", [1, 2])):
+        expected = paired_bootstrap("rougeL", [text(f"{key}_svd_word_kd_seed{s}") for s in seeds],
+                                    [text(f"{key}_makd_seed{s}") for s in seeds], refs)
+        assert by[("svd_word_kd", budget)]["vs_makd"] == {"rougeL": expected}
+        assert "vs_makd" not in by[("makd", budget)]
+    # generation timed one model at a time: fairseq-generate's own numbers, first seed only
+    assert all(m["speed"]["sentences"] == len(refs) and m["speed"]["sentences_per_s"] > 0 for m in result["methods"])
+    assert len(list((work / "timing").glob("*.txt"))) == 7
+    table = (tmp_path / "summarization.md").read_text()
+    assert "| makd | 50% | 2 |" in table and " ± " in table and "| rougeL vs makd (95% CI) |" in table
 
 
 def test_quality_benchmark_rejects_bad_input(tmp_path, mt_data):
