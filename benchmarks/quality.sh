@@ -6,9 +6,11 @@
 #   bash benchmarks/quality.sh gpu /data/qb     # one GPU: Transformer-base teachers, full data, 8k vocabulary
 #
 # Prepares WORK/data once (prepare.py; the same seed gives the same data hash), then runs benchmarks/quality.py per
-# task with every method at 50% and 25%: on cpu the three tasks side by side (one job each, so the teachers'
-# single-process training overlaps), on gpu one after the other. Results: benchmarks/results/<task>.{json,md,png}
-# (OUT_DIR=... to write them elsewhere); logs: WORK/<task>.log. Re-running resumes: finished steps are reused.
+# task with every method at 50% (seeds 1, 2, 3) and 25% (seed 1): on cpu summarization and translation side by side
+# (one job each), then the language model (seed 1); on gpu one after the other. Then, with nothing else running,
+# each task once more with --time-generation: every model's generation is timed one at a time (the rest is reused).
+# Results: benchmarks/results/<task>.{json,md,png} and hypotheses/<task>/ (OUT_DIR=... to write them elsewhere);
+# logs: WORK/<task>.log. Re-running resumes: finished steps are reused.
 set -euo pipefail
 size=${1:?usage: quality.sh cpu|gpu WORK_DIR} work=${2:?usage: quality.sh cpu|gpu WORK_DIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -21,18 +23,26 @@ esac
 [ -f "$work/data/manifest.json" ] || python3 "$root/examples/debian_descriptions/prepare.py" --out "$work/data" "${prep[@]}"
 [ -d "$work/data/language_modeling/bin" ] || python3 "$root/examples/debian_descriptions/prepare_lm.py" --prepared "$work/data"
 
-run_task() {  # TASK SIZE
-  python3 "$root/benchmarks/quality.py" --task "$1" --data "$work/data/$1/bin" --size "$2" --work "$work/$1" \
-    --out "$out/$1.json" > "$work/$1.log" 2>&1 || { echo "quality.sh: $1 failed, see $work/$1.log" >&2; return 1; }
-  tail -n 20 "$work/$1.log" | grep '^|'
+run_task() {  # TASK SIZE [quality.py flags]
+  local task=$1 tsize=$2
+  shift 2
+  python3 "$root/benchmarks/quality.py" --task "$task" --data "$work/data/$task/bin" --size "$tsize" \
+    --work "$work/$task" --out "$out/$task.json" "$@" >> "$work/$task.log" 2>&1 \
+    || { echo "quality.sh: $task failed, see $work/$task.log" >&2; return 1; }
+  tail -n 30 "$work/$task.log" | grep '^|'
 }
 if [ "$size" = cpu ]; then
   run_task summarization cpu & a=$!
   run_task translation cpu & b=$!
-  run_task language_modeling lm_cpu & c=$!
   status=0
-  for pid in $a $b $c; do wait "$pid" || status=1; done
-  exit $status
+  for pid in $a $b; do wait "$pid" || status=1; done
+  run_task language_modeling lm_cpu --seeds 1 || status=1  # one seed for the language model
+  [ $status = 0 ] || exit $status
+  run_task summarization cpu --time-generation
+  run_task translation cpu --time-generation
+  exit 0
 fi
 run_task summarization gpu
 run_task translation gpu  # decoder-only: no GPU preset yet (sizes.py has lm_smoke and lm_cpu)
+run_task summarization gpu --time-generation
+run_task translation gpu --time-generation
