@@ -390,6 +390,8 @@ def table(result):
         speed = "–" if not m.get("speed") else f"{m['speed']['sentences_per_s']:.2f}"
         lines.append(f"| {m['method']} | {budget} | {seeds} | {m['params']:,} | " + " | ".join(cells)
                      + f" | {share:.1f}% | {vs} | {nll} | {updates} | {speed} |")
+    if result.get("pending"):
+        lines += ["", f"Partial: {len(result['pending'])} trainings not finished yet ({', '.join(result['pending'])})."]
     return "\n".join(lines) + "\n"
 
 
@@ -455,6 +457,9 @@ def main(argv=None):
                         help="budgets trained with every --seeds; the others with the first seed only")
     parser.add_argument("--time-generation", action="store_true",
                         help="also time each model's generation, one at a time (run when nothing else is running)")
+    parser.add_argument("--partial", action="store_true",
+                        help="score and report the students that have finished training; train nothing (a long run "
+                             "goes on in another process; its results so far)")
     parser.add_argument("--hypotheses", help="where the xz-compressed hypotheses go (default: "
                                              "benchmarks/results/hypotheses/<task> next to --out)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
@@ -549,7 +554,14 @@ def main(argv=None):
             for f in [ex.submit(fn, *s) for s in stages]:
                 f.result()
 
-    pool(train, jobs)
+    pending = []
+    if args.partial:  # report what has finished training, start nothing new
+        pending = [name for name, _, log, done, _ in jobs if not done()]
+        models = [m for m in models if m[2] is None or model_name(*m[:3]) not in pending]
+        if not any(m[2] is not None for m in models):
+            raise SystemExit("quality.py: --partial: no student has finished training yet")
+    else:
+        pool(train, jobs)
     evals, outputs = [], []
     for method, budget, seed, checkpoint in models:
         name = model_name(method, budget, seed).replace("/", "_")
@@ -607,7 +619,7 @@ def main(argv=None):
     data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
-        "methods": methods, "scoring": signatures, "seeds": {f"{b:g}": seeds_of(args, b) for b in args.budgets},
+        "methods": methods, "scoring": signatures, "pending": pending, "seeds": {f"{b:g}": seeds_of(args, b) for b in args.budgets},
         "paired_bootstrap": "vs_makd: metric(method) - metric(makd), 95% interval from 1,000 paired resamples of "
                             "test items (ROUGE: item F1 averaged over seeds; BLEU/chrF: sacreBLEU's resampling, "
                             "corpus scores averaged over seeds)",

@@ -147,6 +147,18 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
     assert len(list((work / "timing").glob("*.txt"))) == 7
     table = (tmp_path / "summarization.md").read_text()
     assert "| makd | 50% | 2 |" in table and " ± " in table and "| rougeL vs makd (95% CI) |" in table
+    # --partial reports what has finished while a run goes on elsewhere, and trains nothing
+    log = work / "b50" / "makd" / "seed2" / "train.log"
+    log.rename(log.with_suffix(".moved"))
+    partial = run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work",
+                  work, "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
+                  "--seeded-budgets", "0.5", "--remove-bpe", "none", "--partial", "--out", tmp_path / "partial.json")
+    assert "fairseq-train" not in partial.stdout and not log.exists()
+    result = json.loads((tmp_path / "partial.json").read_text())
+    assert result["pending"] == ["b50/makd/seed2"]
+    assert [r["seed"] for m in result["methods"] if (m["method"], m["budget"]) == ("makd", 0.5) for r in m["seeds"]] \
+        == [1]
+    assert "Partial: 1 trainings not finished yet (b50/makd/seed2)." in (tmp_path / "partial.md").read_text()
 
 
 def test_quality_benchmark_rejects_bad_input(tmp_path, mt_data):
