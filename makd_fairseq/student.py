@@ -123,8 +123,9 @@ USER_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def brings_shape(arch: str) -> bool:
-    """A low-rank encoder-decoder student takes its dimensions from its checkpoint (``shape_from_student``)."""
-    return arch.startswith("lowrank_") and not is_lm(arch)
+    """A low-rank student (encoder-decoder or decoder-only) takes its dimensions from its checkpoint
+    (``shape_from_student``); a dense one (makd-shrink's) needs them on the command line."""
+    return arch.startswith("lowrank_")
 
 
 def distill_command(data: str, teacher: str, student: str, flags=()) -> list:

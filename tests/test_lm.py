@@ -142,8 +142,9 @@ def test_full_rank_lm_student_continues_text_exactly_like_the_teacher(lm_teacher
 def test_makd_language_modeling_trains_with_fairseq_train_and_eval_lm_scores_it(lm_teacher, lm_students, lm_data,
                                                                               tmp_path):
     save = tmp_path / "save"
+    # no shape flags: the student named by --finetune-from-model brings its dimensions (2 layers, 64 wide)
     proc = run("fairseq-train", lm_data, "--user-dir", USER_DIR, "--task", "makd_language_modeling",
-               "--teacher-path", lm_teacher, "--arch", "lowrank_transformer_lm", *LM_ARCH, *LM_DATA,
+               "--teacher-path", lm_teacher, "--arch", "lowrank_transformer_lm", *LM_DATA,
                "--finetune-from-model", lm_students["small"], "--criterion", "makd", *TRAIN, "--lr", "0.001",
                "--max-update", "6", "--save-dir", save)
     log = proc.stdout + proc.stderr
@@ -151,6 +152,8 @@ def test_makd_language_modeling_trains_with_fairseq_train_and_eval_lm_scores_it(
         assert f"{name} " in log, name
     state = torch.load(save / "checkpoint_last.pt", weights_only=False)
     assert not any(k.startswith("teacher") for k in state["model"])  # the teacher is never saved
+    student = torch.load(lm_students["small"], weights_only=False)
+    assert {k: v.shape for k, v in state["model"].items()} == {k: v.shape for k, v in student["model"].items()}
     scored = run("fairseq-eval-lm", lm_data, "--user-dir", USER_DIR, "--path", save / "checkpoint_last.pt",
                  "--cpu", *LM_DATA, "--max-tokens", "2048", "--gen-subset", "test")
     assert "Perplexity:" in scored.stdout + scored.stderr
@@ -184,3 +187,19 @@ def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teach
         assert report[name]["speed"]["tokens_per_s"] > 0
     ppl = {name: report[name]["scores"]["ppl"] for name in ("teacher", "student")}
     assert report["metric_ratio"] == pytest.approx(ppl["teacher"] / ppl["student"])  # perplexity: lower is better
+
+
+def test_an_lm_student_brings_its_shape_and_a_contradicting_flag_names_both(lm_students):
+    from argparse import Namespace
+
+    from fairseq.models import ARCH_CONFIG_REGISTRY
+    from makd_fairseq.student import ShapeError
+
+    for arch in ("lowrank_transformer_lm", "lowrank_transformer_lm_gpt"):
+        args = Namespace(finetune_from_model=str(lm_students["small"]))
+        ARCH_CONFIG_REGISTRY[arch](args)
+        assert (args.decoder_layers, args.decoder_embed_dim, args.decoder_input_dim, args.decoder_ffn_embed_dim,
+                args.decoder_attention_heads, args.share_decoder_input_output_embed) == (2, 64, 64, 128, 4, True)
+    args = Namespace(finetune_from_model=str(lm_students["small"]), decoder_layers=6)
+    with pytest.raises(ShapeError, match=r"is a student with decoder_layers=2; the command line gives decoder_layers=6"):
+        ARCH_CONFIG_REGISTRY["lowrank_transformer_lm"](args)

@@ -13,6 +13,7 @@ from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerL
 from omegaconf import II
 
 from ..lowrank import ALLOCATIONS, DEFAULT_TARGETS
+from ..student import shape_from_student
 from .lowrank_transformer import LowRankMixin, lowrank_defaults
 
 
@@ -40,13 +41,17 @@ class LowRankTransformerLanguageModel(LowRankMixin, TransformerLanguageModel):
 
 def _preset(dense_arch):
     def fill(args):
+        shape_from_student(args)  # before the dense preset fills its defaults
         dense_arch(args)
         lowrank_defaults(args)
 
     return fill
 
 
-# (the dataclass gives the base arch ``lowrank_transformer_lm`` its defaults, as for ``transformer_lm``)
+# The base arch ``lowrank_transformer_lm`` gets its defaults from the dataclass, as ``transformer_lm`` does, after the
+# arch function: fairseq parses a dataclass model's flags without defaults, so the fields the command line leaves
+# unset are still unset here and a student named by --finetune-from-model fills them (register_model's no-op replaced)
+ARCH_CONFIG_REGISTRY["lowrank_transformer_lm"] = shape_from_student
 for _name in list(ARCH_MODEL_INV_REGISTRY["transformer_lm"]):
     if _name != "transformer_lm":
         register_model_architecture("lowrank_transformer_lm", "lowrank_" + _name)(_preset(ARCH_CONFIG_REGISTRY[_name]))
