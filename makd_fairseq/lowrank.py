@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
@@ -343,6 +344,63 @@ def merge_past_break_even_(model: nn.Module) -> List[str]:
         ):
             parent.skip_embed_dim_check = False  # undo factorize_'s switch: all dense again
     return merged
+
+
+class SharedDown(nn.Module):
+    """Inference: the down-projections of factorized matrices that read the same input, as one matrix product.
+
+    ``parts(x)`` returns every member's ``down(x)``; a second member called with the very same tensor (as fairseq's
+    attention calls q, k and v) reuses the product instead of multiplying again. The input is held, so a new tensor
+    can never be mistaken for it."""
+
+    def __init__(self, downs: List[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.cat([d.weight.detach() for d in downs]), requires_grad=False)
+        self.sizes = [d.out_features for d in downs]
+        self._input, self._parts = None, None
+
+    def parts(self, x: Tensor) -> Tuple[Tensor, ...]:
+        if x is not self._input:
+            self._input, self._parts = x, F.linear(x, self.weight).split(self.sizes, dim=-1)
+        return self._parts
+
+
+class SharedInputLowRankLinear(nn.Module):
+    """A ``LowRankLinear`` whose down-projection is one part of a ``SharedDown`` (inference only)."""
+
+    def __init__(self, layer: LowRankLinear, shared: SharedDown, index: int):
+        super().__init__()
+        self.in_features, self.out_features, self.rank = layer.in_features, layer.out_features, layer.rank
+        self.up, self.index = layer.up, index
+        self.shared = [shared]  # a list: the owner of the SharedDown is the attention module, not each projection
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.up(self.shared[0].parts(x)[self.index])
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, shared down #{self.index}"
+
+
+def share_inputs_(model: nn.Module) -> List[str]:
+    """Inference: in each attention module, the factorized projections that read one input (q, k and v of
+    self-attention; k and v of cross-attention, once per source) get one down-projection product. Returns the
+    attention modules changed. Outputs are those of the separate factors, up to float rounding."""
+    from fairseq.modules import MultiheadAttention
+
+    changed = []
+    for name, module in model.named_modules():
+        if not isinstance(module, MultiheadAttention):
+            continue
+        names = ("q_proj", "k_proj", "v_proj") if module.self_attention else (
+            ("k_proj", "v_proj") if module.encoder_decoder_attention else ())
+        group = [n for n in names if isinstance(getattr(module, n), LowRankLinear)]
+        if len(group) < 2:
+            continue
+        module.shared_down = SharedDown([getattr(module, n).down for n in group])
+        for i, n in enumerate(group):
+            setattr(module, n, SharedInputLowRankLinear(getattr(module, n), module.shared_down, i))
+        changed.append(name)
+    return changed
 
 
 def dumps_ranks(ranks: Dict[str, int]) -> str:

@@ -4,6 +4,7 @@ Everything runs through the real fairseq CLIs on tiny sizes so the whole suite s
 """
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -44,49 +45,64 @@ def makd_init(*args, check=True):
     return run(sys.executable, "-m", "makd_fairseq.student_init", *args, check=check)
 
 
+def shared(tmp_path_factory, name, build):
+    """A directory ``build(dir)`` fills once per test run, shared by every pytest-xdist worker (the first to take
+    the lock builds it; the others wait and reuse it), so each fixture teacher is trained once per run."""
+    from filelock import FileLock
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # this run's directory, above the workers' own
+    path = base / "shared" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock"):
+        if not (path / ".built").exists():
+            shutil.rmtree(path, ignore_errors=True)
+            path.mkdir()
+            build(path)
+            (path / ".built").touch()
+    return path
+
+
 @pytest.fixture(scope="session")
 def mt_data(tmp_path_factory):
     """English->German Debian descriptions, binarized by fairseq-preprocess (joined dictionary)."""
-    dest = tmp_path_factory.mktemp("mt") / "bin"
     src = FIXTURES / "translation"
-    run("fairseq-preprocess", "--source-lang", "en", "--target-lang", "de",
+    return shared(tmp_path_factory, "mt", lambda d: run(
+        "fairseq-preprocess", "--source-lang", "en", "--target-lang", "de",
         "--trainpref", src / "train", "--validpref", src / "valid", "--testpref", src / "test",
-        "--destdir", dest, "--joined-dictionary", "--nwordssrc", "1000", "--workers", "1")
-    return dest
+        "--destdir", d / "bin", "--joined-dictionary", "--nwordssrc", "1000", "--workers", "1")) / "bin"
 
 
 @pytest.fixture(scope="session")
 def other_vocab_data(tmp_path_factory):
     """The summarization fixture: another vocabulary than the teacher's."""
-    src, dest = FIXTURES / "summarization", tmp_path_factory.mktemp("sum") / "bin"
-    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
-        "--validpref", src / "valid", "--destdir", dest, "--joined-dictionary", "--nwordssrc", "1000",
-        "--workers", "1")
-    return dest
+    src = FIXTURES / "summarization"
+    return shared(tmp_path_factory, "sum", lambda d: run(
+        "fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
+        "--validpref", src / "valid", "--destdir", d / "bin", "--joined-dictionary", "--nwordssrc", "1000",
+        "--workers", "1")) / "bin"
 
 
 @pytest.fixture(scope="session")
 def teacher(mt_data, tmp_path_factory):
-    """A small Transformer teacher trained by fairseq-train; returns its checkpoint path."""
-    save = tmp_path_factory.mktemp("teacher")
-    run("fairseq-train", mt_data, "--arch", "transformer", *TINY_ARCH, *TRAIN_COMMON,
+    """A small Transformer teacher trained by fairseq-train (once per test run); returns its checkpoint path."""
+    return shared(tmp_path_factory, "teacher", lambda d: run(
+        "fairseq-train", mt_data, "--arch", "transformer", *TINY_ARCH, *TRAIN_COMMON,
         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
-        "--max-update", "60", "--save-dir", save)
-    return save / "checkpoint_last.pt"
+        "--max-update", "60", "--save-dir", d)) / "checkpoint_last.pt"
 
 
 @pytest.fixture(scope="session")
 def full_rank_student(teacher, tmp_path_factory):
-    out = tmp_path_factory.mktemp("student_full") / "student.pt"
-    makd_init("--teacher", teacher, "--rank-ratio", "1.0", "--out", out)
-    return out
+    return shared(tmp_path_factory, "student_full", lambda d: makd_init(
+        "--teacher", teacher, "--rank-ratio", "1.0", "--out", d / "student.pt")) / "student.pt"
 
 
 @pytest.fixture(scope="session")
 def half_student(teacher, tmp_path_factory):
-    out = tmp_path_factory.mktemp("student_half") / "student.pt"
-    makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", out)
-    return out
+    return shared(tmp_path_factory, "student_half", lambda d: makd_init(
+        "--teacher", teacher, "--param-budget", "0.5", "--out", d / "student.pt")) / "student.pt"
 
 
 def load(path, data):

@@ -7,7 +7,7 @@ import re
 import pytest
 import torch
 
-from conftest import FIXTURES, USER_DIR, batch_of, makd_init, per_token, run
+from conftest import FIXTURES, USER_DIR, batch_of, makd_init, per_token, run, shared
 from makd_fairseq.aspects import TERMS
 from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
 
@@ -25,27 +25,27 @@ TRAIN = ["--cpu", "--seed", "1", "--optimizer", "adam", "--max-tokens", "2048", 
 @pytest.fixture(scope="session")
 def lm_data(tmp_path_factory):
     """English Debian long descriptions as a monolingual corpus (the summarization fixtures' sources)."""
-    dest = tmp_path_factory.mktemp("lm") / "bin"
     src = FIXTURES / "summarization"
-    run("fairseq-preprocess", "--only-source", "--trainpref", src / "train.src", "--validpref", src / "valid.src",
-        "--testpref", src / "test.src", "--destdir", dest, "--nwordssrc", "1000", "--workers", "1")
-    return dest
+    return shared(tmp_path_factory, "lm", lambda d: run(
+        "fairseq-preprocess", "--only-source", "--trainpref", src / "train.src", "--validpref", src / "valid.src",
+        "--testpref", src / "test.src", "--destdir", d / "bin", "--nwordssrc", "1000", "--workers", "1")) / "bin"
 
 
 @pytest.fixture(scope="session")
 def lm_teacher(lm_data, tmp_path_factory):
-    save = tmp_path_factory.mktemp("lm_teacher")
-    run("fairseq-train", lm_data, "--task", "language_modeling", "--arch", "transformer_lm", *LM_ARCH, *LM_DATA,
-        *TRAIN, "--lr", "0.005", "--max-update", "40", "--save-dir", save)
-    return save / "checkpoint_last.pt"
+    return shared(tmp_path_factory, "lm_teacher", lambda d: run(
+        "fairseq-train", lm_data, "--task", "language_modeling", "--arch", "transformer_lm", *LM_ARCH, *LM_DATA,
+        *TRAIN, "--lr", "0.005", "--max-update", "40", "--save-dir", d)) / "checkpoint_last.pt"
 
 
 @pytest.fixture(scope="session")
 def lm_students(lm_teacher, tmp_path_factory):
-    d = tmp_path_factory.mktemp("lm_students")
-    makd_init("--teacher", lm_teacher, "--rank-ratio", "1.0", "--out", d / "full.pt")
-    proc = makd_init("--teacher", lm_teacher, "--param-budget", "0.6", "--out", d / "small.pt")
-    assert "--task makd_language_modeling" in proc.stdout and "--arch lowrank_transformer_lm" in proc.stdout
+    def build(d):
+        makd_init("--teacher", lm_teacher, "--rank-ratio", "1.0", "--out", d / "full.pt")
+        proc = makd_init("--teacher", lm_teacher, "--param-budget", "0.6", "--out", d / "small.pt")
+        assert "--task makd_language_modeling" in proc.stdout and "--arch lowrank_transformer_lm" in proc.stdout
+
+    d = shared(tmp_path_factory, "lm_students", build)
     return {"full": d / "full.pt", "small": d / "small.pt"}
 
 

@@ -111,7 +111,40 @@ def test_inference_merges_factors_past_break_even(teacher, full_rank_student, ha
     half, _ = load(half_student, mt_data)  # uniform 50%: every rank is below break-even, nothing merges
     ranks = {n: m.rank for n, m in half.named_modules() if isinstance(m, LowRankLinear)}
     half.prepare_for_inference_(cfg)
-    assert {n: m.rank for n, m in half.named_modules() if isinstance(m, LowRankLinear)} == ranks
+    assert {n: m.rank for n, m in half.named_modules() if hasattr(m, "rank")} == ranks
+
+
+def test_inference_shares_one_down_projection_per_input_and_changes_no_output(half_student, mt_data, monkeypatch):
+    """q, k, v of self-attention (and k, v of cross-attention) read one input: at inference their down-projections
+    are one product. Logits and beam search are those of the separate factors; the products saved are exact."""
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
+    from fairseq.options import get_generation_parser, parse_args_and_arch
+
+    from makd_fairseq.lowrank import SharedInputLowRankLinear
+
+    cfg = convert_namespace_to_omegaconf(parse_args_and_arch(get_generation_parser(), [str(mt_data)]))
+    separate, task = load(half_student, mt_data)
+    shared, _ = load(half_student, mt_data)
+    shared.prepare_for_inference_(cfg)
+    kinds = {n: type(m).__name__ for n, m in shared.named_modules() if n.endswith(("q_proj", "k_proj", "v_proj"))}
+    assert kinds == {n: "LowRankLinear" if n.endswith("encoder_attn.q_proj") else "SharedInputLowRankLinear"
+                     for n in kinds} and len(kinds) == 18  # 2 encoder + 2 decoder layers
+    sample = valid_batch(task)
+    products = []
+    linear = F.linear
+    monkeypatch.setattr(F, "linear", lambda *a, **k: products.append(1) or linear(*a, **k))
+    expected = _logits(separate, sample)
+    n_separate, products[:] = len(products), []
+    assert torch.allclose(_logits(shared, sample), expected, atol=1e-5)
+    assert n_separate - len(products) == 2 * 2 + 2 * (2 + 1)  # self-attention: 3 -> 1; cross-attention k, v: 2 -> 1
+    monkeypatch.undo()
+    generator = task.build_generator([separate], cfg.generation)
+    with torch.no_grad():
+        a = task.inference_step(generator, [separate], sample)
+        b = task.inference_step(task.build_generator([shared], cfg.generation), [shared], sample)
+    assert [h[0]["tokens"].tolist() for h in a] == [h[0]["tokens"].tolist() for h in b]
+    assert torch.allclose(torch.stack([h[0]["score"] for h in a]), torch.stack([h[0]["score"] for h in b]), atol=1e-5)
+    assert sum(isinstance(m, SharedInputLowRankLinear) for m in shared.modules()) == 16
 
 
 def test_makd_init_reports_parameters_at_inference(teacher, tmp_path):

@@ -32,6 +32,7 @@ from ..lowrank import (
     factorize_,
     find_targets,
     merge_past_break_even_,
+    share_inputs_,
     svd_matrices,
 )
 
@@ -109,6 +110,10 @@ class LowRankMixin:
             if merged:
                 logger.info(f"inference: {len(merged)} factorized matrices at or past break-even merged back "
                             f"to dense ({', '.join(merged[:4])}{', ...' if len(merged) > 4 else ''})")
+            shared = share_inputs_(self)
+            if shared:
+                logger.info(f"inference: one down-projection product for the projections sharing an input in "
+                            f"{len(shared)} attention modules")
         super().make_generation_fast_(**kwargs)
 
 
