@@ -21,6 +21,12 @@
    ``prepare_for_inference_`` (factors past break-even merged); the teacher/student ratio is the speed-up a
    student could reach if time followed FLOPs.
 
+5. ``--shapes iwslt wmt``: the same generation at fairseq's ``transformer_iwslt_de_en`` and ``transformer_wmt_en_de``
+   presets with a joined vocabulary of 10k and 32k (the data's dictionary padded with unused symbols), teachers with
+   random weights (hypotheses are forced to one length, so the work does not depend on them): throughput at
+   ``--batch-size`` and latency at batch 1, each ``--shape-threads``, interleaved rounds with the per-round speed-up's
+   range; JSON ``shapes: {iwslt|wmt: {gen_speedup_50, flops_ratio_50, latency_speedup_50, ...}}``.
+
 Writes ``--out`` (JSON, every ratio from this run) and the same path with ``.md`` (a table).
 """
 import argparse
@@ -146,6 +152,57 @@ def flops_worker(path, data, gen_args, batch_size):
             "hypothesis_lengths": sorted(lengths), "params": sum(p.numel() for p in model.parameters())}
 
 
+# ---------------------------------------------------------------- shapes where users are (random-weight teachers)
+
+# fairseq's own presets; a joined vocabulary of this size (the data's dictionary padded with unused symbols)
+SHAPES = {
+    "iwslt": {"arch": "transformer_iwslt_de_en", "vocab": 10000},  # 6+6 layers, d 512, FFN 1024, 4 heads
+    "wmt": {"arch": "transformer_wmt_en_de", "vocab": 32000},  # 6+6 layers, d 512, FFN 2048, 8 heads
+}
+
+
+def shape_data(data, out, vocab, throughput_sentences=256, latency_sentences=32):
+    """A copy of ``data`` for timing at a realistic vocabulary: its joined dictionary padded with unused symbols to
+    ``vocab`` entries (existing ids unchanged), ``test`` = the first ``throughput_sentences`` test pairs, ``valid`` =
+    the first ``latency_sentences`` (batch-1 latency)."""
+    from fairseq.data import Dictionary, data_utils, indexed_dataset
+
+    if os.path.isfile(os.path.join(out, "done")):
+        return out
+    os.makedirs(out, exist_ok=True)
+    pair = next(f.split(".")[1] for f in sorted(os.listdir(data)) if f.startswith("test.") and f.endswith(".bin"))
+    langs = pair.split("-")
+    dicts = [f"dict.{lang}.txt" for lang in langs]
+    d = Dictionary.load(os.path.join(data, dicts[0]))
+    extra = vocab - len(d)
+    for name in dicts:
+        with open(os.path.join(data, name)) as f:
+            text = f.read()
+        with open(os.path.join(out, name), "w") as f:
+            f.write(text + "".join(f"madeupword{i:05d} 0\n" for i in range(max(0, extra))))
+    for split, n in (("test", throughput_sentences), ("valid", latency_sentences)):
+        for lang in langs:
+            ds = data_utils.load_indexed_dataset(os.path.join(data, f"test.{pair}.{lang}"), d)
+            prefix = os.path.join(out, f"{split}.{pair}.{lang}")
+            builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=vocab)
+            for i in range(min(n, len(ds))):
+                builder.add_item(ds[i])
+            builder.finalize(prefix + ".idx")
+    open(os.path.join(out, "done"), "w").close()
+    return out
+
+
+def random_teacher(data, arch, save_dir):
+    """A teacher of fairseq's ``arch`` with random weights: one fairseq-train update at a vanishing learning rate
+    (a real fairseq checkpoint; its speed does not depend on its weights when lengths are forced)."""
+    path = os.path.join(save_dir, "checkpoint_last.pt")
+    if not os.path.isfile(path):
+        checked(["fairseq-train", data, "--arch", arch, "--share-all-embeddings", "--train-subset", "test",
+                 "--disable-validation", "--max-update", "1", "--optimizer", "adam", "--lr", "1e-9", "--max-tokens",
+                 "2048", "--cpu", "--no-epoch-checkpoints", "--save-dir", save_dir, "--num-workers", "0"])
+    return path
+
+
 # ---------------------------------------------------------------- driver
 
 # CPU memory runs: glibc serves every block >= 64 KiB by mmap and unmaps it on free, so the resident size follows
@@ -184,9 +241,9 @@ def make_students(teacher, work, budgets):
     return paths
 
 
-def generate(path, args, env):
-    proc = checked(["fairseq-generate", args.data, "--user-dir", USER_DIR, "--path", path, *gen_flags(args),
-                    "--quiet"], env=env)
+def generate(path, args, env, data=None, subset="test", batch_size=None):
+    proc = checked(["fairseq-generate", data or args.data, "--user-dir", USER_DIR, "--path", path,
+                    *gen_flags(args, subset, batch_size), "--quiet"], env=env)
     m = re.search(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s",
                   proc.stdout + proc.stderr)
     if not m:
@@ -195,9 +252,11 @@ def generate(path, args, env):
             "seconds": float(m.group(3)), "sentences_per_s": float(m.group(4))}
 
 
-def gen_flags(args):
+def gen_flags(args, subset="test", batch_size=None):
     device = ["--fp16"] if args.fp16 else ["--cpu"]
-    return ["--gen-subset", "test", "--beam", str(args.beam), "--batch-size", str(args.batch_size),
+    # fairseq batches in multiples of 8 by default and drops what is left at batch size 1: every sentence counts here
+    return ["--gen-subset", subset, "--beam", str(args.beam), "--batch-size", str(batch_size or args.batch_size),
+            "--required-batch-size-multiple", "1",
             "--min-len", str(args.gen_len), "--max-len-a", "0", "--max-len-b", str(args.gen_len),
             "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test",
             "--num-workers", "0", *device]
@@ -213,8 +272,77 @@ def train_argv(args, student, method, save_dir):
         "--no-save", *device, *METHODS[method]])[1:]
 
 
+def measure_shape(shape, args):
+    """Generation of a random-weight teacher of a fairseq preset and its students: throughput (``--batch-size``) and
+    batch-1 latency, at each ``--shape-threads``, ``--repeats`` interleaved rounds; ratios per round, median and
+    range. FLOPs at the throughput setting."""
+    spec, work = SHAPES[shape], os.path.join(args.work, shape)
+    data = shape_data(args.data, os.path.join(work, "data"), spec["vocab"], args.shape_sentences,
+                      max(1, args.shape_sentences // 8))
+    teacher = random_teacher(data, spec["arch"], os.path.join(work, "teacher"))
+    students = make_students(teacher, work, args.budgets)
+    paths = {"teacher": teacher, **{f"student{k}": p for k, p in students.items()}}
+    settings = {"throughput": ("test", args.batch_size), "latency": ("valid", 1)}
+    out = {"arch": spec["arch"], "vocab": spec["vocab"], "weights": "random: every hypothesis is forced to "
+           f"{args.gen_len} tokens, so speed does not depend on them", "threads": {}}
+    for name, path in paths.items():  # untimed: the first reader of data and models pays the cache
+        generate(path, args, measured_env(1), data, "valid", 1)
+    for threads in args.shape_threads:
+        env = measured_env(threads)
+        runs = {(kind, name): [] for kind in settings for name in paths}
+        for r in range(args.repeats):
+            for kind, (subset, batch) in settings.items():
+                for name, path in paths.items():
+                    runs[(kind, name)].append(generate(path, args, env, data, subset, batch)["sentences_per_s"])
+            print(f"{shape} {threads} thread(s) round {r + 1}/{args.repeats}: " + ", ".join(
+                f"{kind} {name} {runs[(kind, name)][-1]:.2f}/s" for kind in settings for name in paths), flush=True)
+        entry = {"sentences_per_s": {kind: {name: statistics.median(runs[(kind, name)]) for name in paths}
+                                     for kind in settings}, "rounds": {f"{k}/{n}": v for (k, n), v in runs.items()}}
+        for key in students:
+            for kind, prefix in (("throughput", "gen_speedup"), ("latency", "latency_speedup")):
+                per_round = [a / b for a, b in zip(runs[(kind, f"student{key}")], runs[(kind, "teacher")])]
+                entry[f"{prefix}_{key}"] = round(statistics.median(per_round), 4)
+                entry[f"{prefix}_{key}_range"] = [round(min(per_round), 4), round(max(per_round), 4)]
+        out["threads"][str(threads)] = entry
+    flops = {name: run_worker("flops", {"path": path, "data": data, "gen_args": gen_flags(args),
+                                        "batch_size": args.batch_size}, 1) for name, path in paths.items()}
+    out["flops_per_sentence"] = {name: f["flops_per_sentence"] for name, f in flops.items()}
+    out["params"] = {name: f["params"] for name, f in flops.items()}
+    headline = out["threads"][str(max(args.shape_threads))]
+    for key in students:
+        out[f"flops_ratio_{key}"] = round(flops["teacher"]["flops_per_sentence"] / flops[f"student{key}"][
+            "flops_per_sentence"], 4)
+        for prefix in ("gen_speedup", "latency_speedup"):
+            out[f"{prefix}_{key}"] = headline[f"{prefix}_{key}"]
+        out[f"gen_speedup_over_flops_ratio_{key}"] = round(out[f"gen_speedup_{key}"] / out[f"flops_ratio_{key}"], 4)
+    out["headline_threads"] = max(args.shape_threads)
+    return out
+
+
+def shapes_table(result):
+    lines = ["| shape | threads | model | params | FLOPs ratio | throughput sentences/s (batch " + str(
+        result["config"]["batch_size"]) + ") | speed-up [range] | latency sentences/s (batch 1) | speed-up [range] |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for shape, r in result.get("shapes", {}).items():
+        for threads, t in r["threads"].items():
+            for name in r["params"]:
+                key = name[len("student"):]
+                ratio = 1.0 if name == "teacher" else r[f"flops_ratio_{key}"]
+                cells = []
+                for kind, prefix in (("throughput", "gen_speedup"), ("latency", "latency_speedup")):
+                    speed = t["sentences_per_s"][kind][name]
+                    up = "1.00" if name == "teacher" else (f"{t[f'{prefix}_{key}']:.2f} [{t[f'{prefix}_{key}_range'][0]:.2f}"
+                                                           f", {t[f'{prefix}_{key}_range'][1]:.2f}]")
+                    cells += [f"{speed:.2f}", up]
+                lines.append(f"| {shape} ({r['arch']}, {r['vocab']:,} vocab) | {threads} | {name} | {r['params'][name]:,} "
+                             f"| {ratio:.2f} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def table(result):
     lines = []
+    if result.get("shapes"):
+        lines += shapes_table(result)
     if result["train"]:
         lines += train_table(result)
     if result["generate"]:
@@ -262,8 +390,15 @@ def main(argv=None):
     parser.add_argument("--gen-len", type=int, default=24, help="every hypothesis is this long")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads of every measured process")
     parser.add_argument("--fp16", action="store_true", help="GPU: train and generate in half precision")
-    parser.add_argument("--parts", nargs="+", choices=("train", "generate"), default=["train", "generate"],
+    parser.add_argument("--parts", nargs="*", choices=("train", "generate"), default=["train", "generate"],
                         help="what to measure (both by default)")
+    parser.add_argument("--shapes", nargs="*", choices=sorted(SHAPES), default=[],
+                        help="also time generation at these fairseq presets (random-weight teachers, the data's "
+                             "dictionary padded to their vocabulary)")
+    parser.add_argument("--shape-threads", type=int, nargs="+", default=[1, 2],
+                        help="thread counts of the --shapes measurements (the largest is the headline)")
+    parser.add_argument("--shape-sentences", type=int, default=256,
+                        help="test sentences timed per --shapes throughput run (an eighth of them at batch 1)")
     parser.add_argument("--profile", choices=list(METHODS), metavar="METHOD",
                         help="instead of the benchmark: profile --steps updates of METHOD with torch.profiler")
     args = parser.parse_args(argv)
@@ -294,6 +429,7 @@ def main(argv=None):
         return
     env = measured_env(args.threads)
 
+    shapes = {shape: measure_shape(shape, args) for shape in args.shapes}
     parts = set(args.parts)
     paths = {"teacher": args.teacher, **{f"student{k}": students[k] for k in keys}}
     runs = {m: [] for m in METHODS} if "train" in parts else {}
@@ -345,6 +481,8 @@ def main(argv=None):
         ratios[f"gen_speedup_{key}"] = s["sentences_per_s"] / ge["teacher"]["sentences_per_s"]
         ratios[f"flops_ratio_{key}"] = ge["teacher"]["flops_per_sentence"] / s["flops_per_sentence"]
         ratios[f"gen_speedup_over_flops_ratio_{key}"] = ratios[f"gen_speedup_{key}"] / ratios[f"flops_ratio_{key}"]
+    if shapes:
+        result["shapes"] = shapes
     result = {**{k: round(v, 4) for k, v in ratios.items()}, **result, "config": {
         k: v for k, v in vars(args).items() if k != "worker"},
         "command": command(__file__, argv), "git_commit": git_commit(),

@@ -197,3 +197,20 @@ def test_quality_benchmark_smoke_language_modeling(tmp_path):
                            "lm_smoke", "--methods", "makd_seq_kd", "--work", tmp_path / "w"], capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "encoder-decoder models only" in proc.stderr
+
+
+def test_speed_shape_data_pads_the_dictionary_and_keeps_every_id(mt_data, tmp_path):
+    """The --shapes data: the same sentences (same ids) under a dictionary padded to the preset's vocabulary."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from fairseq.data import Dictionary, data_utils
+    from speed import shape_data
+
+    out = shape_data(str(mt_data), str(tmp_path / "shape"), 10000, throughput_sentences=16, latency_sentences=3)
+    old, new = Dictionary.load(str(mt_data / "dict.en.txt")), Dictionary.load(str(tmp_path / "shape" / "dict.en.txt"))
+    assert len(new) == 10000 and new.symbols[:len(old)] == old.symbols
+    assert (tmp_path / "shape" / "dict.de.txt").read_text() == (tmp_path / "shape" / "dict.en.txt").read_text()
+    for lang in ("en", "de"):
+        test = data_utils.load_indexed_dataset(str(mt_data / f"test.en-de.{lang}"), old)
+        for split, n in (("test", 16), ("valid", 3)):
+            part = data_utils.load_indexed_dataset(f"{out}/{split}.en-de.{lang}", new)
+            assert len(part) == n and all(part[i].tolist() == test[i].tolist() for i in range(n))
