@@ -126,8 +126,9 @@ def train_worker(argv, steps, warmup, profile=0):
     return {"step_s": step_s, "teacher_s": teacher_s, "step_peak_bytes": step_peak}
 
 
-def flops_worker(path, data, gen_args, batch_size):
-    """FLOPs per sentence of one generation batch (after fairseq's inference preparation)."""
+def flops_worker(path, data, gen_args, batch_size, profile=0):
+    """FLOPs per sentence of one generation batch (after fairseq's inference preparation); with ``profile``, also
+    where the time of a second, timed pass over the same batch goes (torch.profiler, top ``profile`` operators)."""
     import torch
     from fairseq import checkpoint_utils, options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
@@ -148,8 +149,17 @@ def flops_worker(path, data, gen_args, batch_size):
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
         hypos = task.inference_step(generator, [model], sample)
     lengths = {len(h[0]["tokens"]) for h in hypos}
-    return {"flops_per_sentence": counter.get_total_flops() / len(hypos), "sentences": len(hypos),
-            "hypothesis_lengths": sorted(lengths), "params": sum(p.numel() for p in model.parameters())}
+    out = {"flops_per_sentence": counter.get_total_flops() / len(hypos), "sentences": len(hypos),
+           "hypothesis_lengths": sorted(lengths), "params": sum(p.numel() for p in model.parameters())}
+    if profile:
+        with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            task.inference_step(generator, [model], sample)
+        events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+        total = sum(e.self_cpu_time_total for e in events)
+        out["profile"] = {"total_ms": round(total / 1e3, 1), "top": [
+            {"op": e.key, "calls": e.count, "self_ms": round(e.self_cpu_time_total / 1e3, 1),
+             "share": round(e.self_cpu_time_total / total, 3)} for e in events[:profile]]}
+    return out
 
 
 # ---------------------------------------------------------------- shapes where users are (random-weight teachers)
@@ -305,7 +315,9 @@ def measure_shape(shape, args):
                 entry[f"{prefix}_{key}_range"] = [round(min(per_round), 4), round(max(per_round), 4)]
         out["threads"][str(threads)] = entry
     flops = {name: run_worker("flops", {"path": path, "data": data, "gen_args": gen_flags(args),
-                                        "batch_size": args.batch_size}, 1) for name, path in paths.items()}
+                                        "batch_size": args.batch_size, "profile": 12},
+                              max(args.shape_threads)) for name, path in paths.items()}
+    out["profile"] = {name: f["profile"] for name, f in flops.items()}  # one generation batch, headline threads
     out["flops_per_sentence"] = {name: f["flops_per_sentence"] for name, f in flops.items()}
     out["params"] = {name: f["params"] for name, f in flops.items()}
     headline = out["threads"][str(max(args.shape_threads))]
