@@ -41,8 +41,26 @@ def run(*args, check=True, **kwargs):
     return proc
 
 
-def makd_init(*args, check=True):
-    return run(sys.executable, "-m", "makd_fairseq.student_init", *args, check=check)
+def makd_init(*args, check=True, process=False):
+    """makd-init with these arguments: in this process (its ``main``; what a test checks is the command, not the
+    process start), or with ``process=True`` as a real ``python -m makd_fairseq.student_init`` subprocess."""
+    if process:
+        return run(sys.executable, "-m", "makd_fairseq.student_init", *args, check=check)
+    import contextlib
+    import io
+
+    from makd_fairseq.student_init import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:  # argparse's errors
+            code = e.code if isinstance(e.code, int) else 2
+    proc = subprocess.CompletedProcess(["makd-init", *map(str, args)], code or 0, out.getvalue(), err.getvalue())
+    if check and proc.returncode != 0:
+        raise AssertionError(f"makd-init exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return proc
 
 
 def shared(tmp_path_factory, name, build):

@@ -16,7 +16,8 @@ def makd_run(mt_data, teacher, tmp_path_factory):
     """Runs the very command makd-init prints: no shape flag, the student brings its shape."""
     save = tmp_path_factory.mktemp("makd")
     student = save / "student.pt"
-    printed = makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", student).stdout
+    # the one real makd-init process of the suite (the others call its main in-process)
+    printed = makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", student, process=True).stdout
     command = shlex.split(printed.split("distill it with:")[1])
     command = [str(mt_data) if a == "DATA" else USER_DIR if a == "makd_fairseq" else a for a in command]
     proc = run(*command, *TRAIN_COMMON, "--max-update", "6", "--save-dir", save)
