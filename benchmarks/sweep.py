@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import re
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor

@@ -1,0 +1,113 @@
+"""The quality benchmark runs end to end on the committed fixtures (smoke sizes): every method, resuming, bad input, decoder-only."""
+
+import json
+import lzma
+import subprocess
+import sys
+
+from conftest import ROOT, run
+from makd_fairseq.score import read_generation as read
+
+
+def read_generation(path):
+    with open(path, encoding="utf-8") as f:
+        return read(f, str(path))
+
+
+QUALITY = ROOT / "benchmarks" / "quality.py"
+
+
+def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
+    """Every method at one budget (two budgets only multiply the trainings), sequence-level KD included."""
+    out, work = tmp_path / "translation.json", tmp_path / "work"
+    args = [sys.executable, QUALITY, "--task", "translation", "--data", mt_data, "--size", "smoke", "--work", work,
+            "--budgets", "0.5", "--seeds", "1", "--jobs", "2", "--remove-bpe", "none", "--out", out]
+    run(*args)
+    result = json.loads(out.read_text())
+    methods = [(m["method"], m["budget"]) for m in result["methods"]]
+    assert methods == [("teacher", None)] + [(m, 0.5) for m in (
+        "svd_only", "svd_ce", "svd_word_kd", "svd_layer_kd", "makd", "dense_sft_kd", "svd_seq_kd", "makd_seq_kd")]
+    teacher = result["methods"][0]["params"]
+    for m in result["methods"][1:]:
+        assert 0.9 * m["budget"] * teacher < m["params"] <= m["budget"] * teacher, m
+        assert set(m["metrics"]) == {"bleu", "chrf"} and all(0 <= v <= 100 for v in m["metrics"].values())
+    assert result["scoring"]["bleu"].startswith("nrefs:1|case:mixed")
+    for key in ("command", "scored_at", "hardware", "wall_s", "stage_seconds"):
+        assert result[key], key
+    # each trained model records the commit it trained at; every scored model's hypotheses are kept, compressed
+    for m in result["methods"][2:]:
+        assert [r["seed"] for r in m["seeds"]] == [1] and m["sd"] is None
+        assert len(m["seeds"][0]["trained_at"][0]["commit"]) == 40 and m["seeds"][0]["trained_at"][0]["dirty"] in (
+            True, False)
+    kept = tmp_path / "hypotheses" / "translation"
+    assert len(list(kept.glob("*.txt.xz"))) == 1 + 9  # references, the teacher and 8 students
+    hyps, refs = read_generation(work / "generate" / "teacher.txt")
+    assert lzma.decompress((kept / "teacher.txt.xz").read_bytes()).decode().splitlines() == hyps
+    assert lzma.decompress((kept / "references.txt.xz").read_bytes()).decode().splitlines() == refs
+    # every trained method ran under the stopping rule (cap 4, validation every 2) and logged validation
+    assert result["stopping"] == {"max_update": 4, "patience": 2, "validate_interval_updates": 2}
+    assert "--patience 2" in result["student_training"]
+    for log in work.glob("b*/*/seed1/train.log"):
+        assert "done training in" in log.read_text() and '"valid"' in log.read_text(), log
+    assert len(list(work.glob("b*/*/seed1/train.log"))) == 7
+    updates = {m["method"]: m["updates"] for m in result["methods"]}
+    assert updates.pop("teacher") == 20 and updates.pop("svd_only") is None
+    assert set(updates.values()) == {4}, updates  # the cap: two validations cannot exhaust a patience of 2
+    assert all(m["valid_nll"] > 0 for m in result["methods"] if m["method"] != "svd_only")
+    # the seq-KD methods train on the teacher's beam outputs (the benchmark's beam), validate on the same valid split
+    assert result["seq_kd_data"]["beam"] == 4 and result["seq_kd_data"]["sentences"] == 400
+    for method in ("svd_seq_kd", "makd_seq_kd"):
+        log = (work / "b50" / method / "seed1" / "train.log").read_text()
+        assert str(work / "seq_kd_data" / "train.en-de.de") in log and str(mt_data / "valid") not in log
+    assert str(work / "seq_kd_data") not in (work / "b50" / "makd" / "seed1" / "train.log").read_text()
+    table = (tmp_path / "translation.md").read_text()
+    assert table.startswith("| method | budget | seeds | params | bleu | chrf |") and "| makd | 50% | 1 |" in table
+    assert "| best valid nll (bits) | updates |" in table and "| makd_seq_kd | 50% |" in table
+    assert (tmp_path / "translation.png").read_bytes()[:4] == b"\x89PNG"
+    # a second run reuses every finished step: nothing is trained or generated again, same scores
+    stages = (work / "stages.json").read_text()
+    again = run(*args)
+    assert "fairseq-train" not in again.stdout and "fairseq-generate" not in again.stdout
+    assert "makd-teacher-data" not in again.stdout
+    assert (work / "stages.json").read_text() == stages
+    assert json.loads(out.read_text())["methods"] == result["methods"]
+
+
+def test_quality_benchmark_rejects_bad_input(tmp_path, mt_data):
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "translation", "--data", tmp_path / "nope",
+                           "--work", tmp_path / "w"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--data" in proc.stderr and "prepare.py" in proc.stderr
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "translation", "--data", mt_data,
+                           "--work", tmp_path / "w", "--budgets", "0.5", "1.5"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "--budgets" in proc.stderr
+    assert not (tmp_path / "w").exists()
+
+
+def test_quality_benchmark_smoke_language_modeling(tmp_path):
+    """Decoder-only: perplexity from fairseq-eval-lm and ROUGE-L of greedy continuations of test descriptions."""
+    root = tmp_path / "lm"
+    src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
+    run("fairseq-preprocess", "--only-source", "--trainpref", src / "train.src", "--validpref", src / "valid.src",
+        "--testpref", src / "test.src", "--destdir", root / "bin", "--nwordssrc", "1000", "--workers", "1")
+    (root / "test.txt").write_text((src / "test.src").read_text())
+    out = tmp_path / "language_modeling.json"
+    run(sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size", "lm_smoke",
+        "--work", tmp_path / "work", "--budgets", "0.7", "--methods", "svd_only", "makd", "--remove-bpe", "none",
+        "--continue-docs", "20", "--out", out)
+    result = json.loads(out.read_text())
+    assert [m["method"] for m in result["methods"]] == ["teacher", "svd_only", "makd"]
+    for m in result["methods"]:
+        assert set(m["metrics"]) == {"ppl", "rougeL"} and m["metrics"]["ppl"] > 1 and 0 <= m["metrics"]["rougeL"] <= 100
+    # the factorization error shows in perplexity: the untrained SVD student is worse than its teacher
+    assert result["methods"][1]["metrics"]["ppl"] > result["methods"][0]["metrics"]["ppl"]
+    lines = (tmp_path / "work" / "generate" / "teacher.continuations.tsv").read_text().splitlines()
+    assert len(lines) == 20 and all(len(line.split("\t")) == 2 for line in lines)
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
+                           "cpu", "--work", tmp_path / "w"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "lm_" in proc.stderr
+    proc = subprocess.run([sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
+                           "lm_smoke", "--methods", "makd_seq_kd", "--work", tmp_path / "w"], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "encoder-decoder models only" in proc.stderr
+
+

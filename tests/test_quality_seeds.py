@@ -1,0 +1,69 @@
+"""The quality benchmark on the summarization fixture: seeds, paired intervals against makd, timing, --partial."""
+
+import json
+import lzma
+import sys
+
+import pytest
+
+from conftest import ROOT, run
+from makd_fairseq.score import paired_bootstrap
+
+QUALITY = ROOT / "benchmarks" / "quality.py"
+
+
+def test_quality_benchmark_smoke_summarization(tmp_path):
+    data = tmp_path / "bin"
+    src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
+        "--validpref", src / "valid", "--testpref", src / "test", "--destdir", data, "--joined-dictionary",
+        "--nwordssrc", "1000", "--workers", "1")
+    out, work = tmp_path / "summarization.json", tmp_path / "work"
+    run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work", work,
+        "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
+        "--seeded-budgets", "0.5", "--time-generation", "--remove-bpe", "none", "--out", out)
+    result = json.loads(out.read_text())
+    assert [(m["method"], m["budget"]) for m in result["methods"]] == [("teacher", None)] + [
+        (m, b) for b in (0.6, 0.5) for m in ("svd_only", "svd_word_kd", "makd")]  # every budget
+    assert result["methods"][3]["params"] > result["methods"][6]["params"]
+    for m in result["methods"]:
+        assert set(m["metrics"]) == {"rouge1", "rouge2", "rougeL"}
+        assert 0 <= m["metrics"]["rouge2"] <= m["metrics"]["rouge1"] <= 100
+    assert result["methods"][0]["metrics"]["rouge1"] > 0  # the teacher writes words of the synopses
+    # seeds 1 and 2 at 50%, seed 1 at 60%; the reported metric is the mean over seeds, sd beside it
+    assert result["seeds"] == {"0.6": [1], "0.5": [1, 2]}
+    by = {(m["method"], m["budget"]): m for m in result["methods"]}
+    for method in ("svd_word_kd", "makd"):
+        assert [r["seed"] for r in by[(method, 0.6)]["seeds"]] == [1] and by[(method, 0.6)]["sd"] is None
+        runs = by[(method, 0.5)]["seeds"]
+        assert [r["seed"] for r in runs] == [1, 2]
+        assert by[(method, 0.5)]["metrics"]["rougeL"] == pytest.approx(
+            (runs[0]["metrics"]["rougeL"] + runs[1]["metrics"]["rougeL"]) / 2, abs=0.006)
+        assert by[(method, 0.5)]["sd"]["rougeL"] >= 0
+    assert (work / "b50" / "makd" / "seed2" / "train.log").is_file()
+    # vs makd: recomputed from the kept hypotheses, the seeds of each side averaged
+    kept = tmp_path / "hypotheses" / "summarization"
+    text = lambda name: lzma.decompress((kept / f"{name}.txt.xz").read_bytes()).decode().splitlines()  # noqa: E731
+    refs = text("references")
+    for budget, key, seeds in ((0.6, "b60", [1]), (0.5, "b50", [1, 2])):
+        expected = paired_bootstrap("rougeL", [text(f"{key}_svd_word_kd_seed{s}") for s in seeds],
+                                    [text(f"{key}_makd_seed{s}") for s in seeds], refs)
+        assert by[("svd_word_kd", budget)]["vs_makd"] == {"rougeL": expected}
+        assert "vs_makd" not in by[("makd", budget)]
+    # generation timed one model at a time: fairseq-generate's own numbers, first seed only
+    assert all(m["speed"]["sentences"] == len(refs) and m["speed"]["sentences_per_s"] > 0 for m in result["methods"])
+    assert len(list((work / "timing").glob("*.txt"))) == 7
+    table = (tmp_path / "summarization.md").read_text()
+    assert "| makd | 50% | 2 |" in table and " ± " in table and "| rougeL vs makd (95% CI) |" in table
+    # --partial reports what has finished while a run goes on elsewhere, and trains nothing
+    log = work / "b50" / "makd" / "seed2" / "train.log"
+    log.rename(log.with_suffix(".moved"))
+    partial = run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work",
+                  work, "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
+                  "--seeded-budgets", "0.5", "--remove-bpe", "none", "--partial", "--out", tmp_path / "partial.json")
+    assert "fairseq-train" not in partial.stdout and not log.exists()
+    result = json.loads((tmp_path / "partial.json").read_text())
+    assert result["pending"] == ["b50/makd/seed2"]
+    assert [r["seed"] for m in result["methods"] if (m["method"], m["budget"]) == ("makd", 0.5) for r in m["seeds"]] \
+        == [1]
+    assert "Partial: 1 trainings not finished yet (b50/makd/seed2)." in (tmp_path / "partial.md").read_text()
