@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One prepared check for a lent GPU machine (under 8 minutes): the speed benchmark in fp16 and a short fp16
 # MaKD training that must stay finite and lower its loss. Results land in $OUT (default ./gpu_out):
-#   speed_gpu.json / speed_gpu.md, fp16_train.log, gpu_check.json (pass/fail of each check).
+#   speed_gpu.json / speed_gpu.md, speed_shapes_gpu.json / .md (iwslt and wmt shapes), fp16_train.log, gpu_check.json
+#   (pass/fail of each check).
 # Needs torch with CUDA and fairseq-fixed already installed (the device has no network): scripts/setup.sh with
 # MAKD_KEEP_TORCH=1 beforehand. Data: a Debian prepare.py output in $DATA if given (e.g. .../summarization/bin),
 # else the committed fixtures, binarized here. MAKD_GPU_CHECK_CPU=1 runs the same steps on CPU (a dry run).
@@ -32,6 +33,11 @@ teacher=$work/teacher/checkpoint_last.pt
 timeout 420 python3 benchmarks/speed.py --data "$data" --teacher "$teacher" --work "$work/speed" \
   --out "$OUT/speed_gpu.json" --threads "$OMP_NUM_THREADS" --steps 10 --repeats 2 "${bench[@]}" \
   --budgets 0.5 0.25 | tail -n 30 || echo "speed benchmark: exit status $?" | tee "$OUT/speed_gpu.failed"
+
+# 1b. generation at the iwslt and wmt shapes (random-weight teachers, forced lengths), fp16 on the GPU
+timeout 240 python3 benchmarks/speed.py --data "$data" --teacher "$teacher" --work "$work/speed" --parts \
+  --shapes iwslt wmt --shape-threads "$OMP_NUM_THREADS" --repeats 2 "${bench[@]}" --budgets 0.5 0.25 \
+  --out "$OUT/speed_shapes_gpu.json" | tail -n 12 || echo "shapes: exit status $?" | tee "$OUT/speed_shapes_gpu.failed"
 
 # 2. fp16 MaKD training: 200 updates, every logged value finite, loss falls
 DEVICE="${device[*]}" bash examples/debian_descriptions/distill.sh "$data" "$teacher" "$work/distill" 0.5 200 \
