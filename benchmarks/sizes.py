@@ -34,9 +34,20 @@ OPTIMIZATION = [
 TRAIN_COMMON = OPTIMIZATION + [
     "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test"]
 
+def until_converged(cap, every, patience):
+    """The stopping rule of teachers and students: validate every ``every`` updates (and only then, so ``--patience``
+    counts equal intervals), stop after ``patience`` validations without a lower validation loss (students: nll,
+    ``--best-checkpoint-metric nll_loss``), at most ``cap`` updates."""
+    return ["--max-update", str(cap), "--validate-interval-updates", str(every), "--save-interval-updates", str(every),
+            "--validate-interval", "1000000", "--patience", str(patience)]
+
+
 TEACHER_TRAIN = {
     "smoke": ["--lr", "0.005", "--max-tokens", "2048", "--max-update", "20", "--cpu"],
-    "cpu": ["--lr", "0.002", "--max-tokens", "6000", "--max-update", "2500", "--cpu"],
+    # trained to convergence: a teacher stopped at 2,500 updates was still falling fast (summarization valid nll 5.30
+    # at 1,380, 4.70 at 2,500) and a 50% student trained 3,000 updates more passed it (ROUGE-L 20.3 vs 17.9)
+    "cpu": ["--lr", "0.002", "--max-tokens", "6000", *until_converged(15000, 250, 4), "--keep-interval-updates", "1",
+            "--cpu"],
     "speed": ["--lr", "0.002", "--max-tokens", "4096", "--max-update", "600", "--cpu"],
     "gpu": ["--lr", "0.0007", "--max-tokens", "8192", "--max-update", "30000", "--fp16",
             "--warmup-updates", "4000"],
@@ -49,14 +60,6 @@ METHODS = {
     **DISTILL_METHODS,  # ce, word_kd (its swept settings), makd (the criterion's defaults): what makd-compress offers
     "layer_kd": ["--criterion", "makd", "--matrix-weight", "0", "--layer-layers", "all"],
 }
-
-
-def until_converged(cap, every, patience):
-    """The students' stopping rule: validate every ``every`` updates (and only then, so ``--patience`` counts equal
-    intervals), stop after ``patience`` validations without a lower nll (``--best-checkpoint-metric nll_loss``), at
-    most ``cap`` updates."""
-    return ["--max-update", str(cap), "--validate-interval-updates", str(every), "--save-interval-updates", str(every),
-            "--validate-interval", "1000000", "--patience", str(patience)]
 
 
 # quality benchmark: every student method trains with the same flags, stopping rule and seed on top of TRAIN_COMMON
