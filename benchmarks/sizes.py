@@ -90,7 +90,8 @@ LM_COMMON = OPTIMIZATION + [
 TEACHER_ARCH.update(LM_ARCH)
 TEACHER_TRAIN.update({
     "lm_smoke": ["--lr", "0.005", "--max-tokens", "2048", "--max-update", "20", "--cpu"],
-    "lm_cpu": ["--lr", "0.002", "--max-tokens", "6000", "--max-update", "2000", "--cpu"],
+    "lm_cpu": ["--lr", "0.002", "--max-tokens", "6000", *until_converged(15000, 250, 4), "--keep-interval-updates",
+               "1", "--cpu"],
 })
 STUDENT_TRAIN.update({
     "lm_smoke": STUDENT_TRAIN["smoke"],
