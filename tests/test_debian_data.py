@@ -117,8 +117,11 @@ def test_planted_near_duplicates_never_cross_splits(tmp_path):
     where = split_of_sources(tmp_path / "off")
     assert any(where[a] != where[b] for a, b in pairs)
     assert manifest(tmp_path / "off")["near_duplicate_leakage"] == {}
-    assert prepare.leakage({s: [(line, "", []) for line in read_lines(tmp_path / "off" / "summarization" / f"{s}.src")]
-                            for s in SPLITS}, 0.5)["test"]["leaking"] > 0
+    off = prepare.leakage({s: [(line, "", []) for line in read_lines(tmp_path / "off" / "summarization" / f"{s}.src")]
+                           for s in SPLITS}, 0.5)
+    assert off["test"]["leaking"] > 0
+    crossing = sum(1 for a, b in pairs if "train" in (where[a], where[b]) and where[a] != where[b])
+    assert crossing and off["valid"]["source_10gram_containment"] + off["test"]["source_10gram_containment"] >= crossing
 
 
 def test_near_dup_flag_checked(tmp_path):
@@ -172,4 +175,4 @@ def test_spm_and_fairseq_preprocess(tmp_path):
         assert read_lines(d / "bin" / f"dict.{src}.txt") == read_lines(d / "bin" / f"dict.{tgt}.txt")
         # the manifest's hash covers the sentencepiece model and the binaries, not only the split text
         files = manifest(tmp_path)["files"]
-        assert f"{task}/spm.model" in files and f"{task}/bin/test.{src}-{tgt}.{tgt}.bin" in files
+        assert f"{task}/spm.vocab" in files and f"{task}/bin/test.{src}-{tgt}.{tgt}.bin" in files

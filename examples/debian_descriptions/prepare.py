@@ -14,8 +14,9 @@ family, or whose sources or targets have word 5-gram Jaccard similarity >= --nea
 (MinHash LSH candidates, confirmed by exact Jaccard), are grouped (union-find) and whole
 groups go to one split. The manifest records, per task and held-out split, the share of
 items whose nearest training item reaches that similarity (found with an independent
-MinHash: other seed, more permutations), and one hash over the split text, the
-sentencepiece models and the binarized files.
+MinHash: other seed, more permutations) and the sources holding half their word 10-grams
+in one training source, and one hash over the split text, the sentencepiece vocabularies
+and the binarized files (the same lists give the same hash wherever --out is).
 """
 import argparse
 import glob
@@ -249,9 +250,32 @@ def group_ids(items, near_dup=0.5):
     return [find(k) for k in keys]
 
 
+def contained(queries, train, n=10, share=0.5):
+    """How many ``queries`` (texts) share at least ``share`` of their word ``n``-grams with one ``train`` text
+    (exact, through an inverted index): containment, which a Jaccard threshold misses when a short text is half of a
+    longer one."""
+    def grams(text):
+        words = norm(text).split()
+        return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
+    index = {}
+    for i, text in enumerate(train):
+        for g in grams(text):
+            index.setdefault(g, []).append(i)
+    hits = 0
+    for text in queries:
+        g = grams(text)
+        counts = {}
+        for x in g:
+            for j in index.get(x, ()):
+                counts[j] = counts.get(j, 0) + 1
+        hits += bool(counts) and max(counts.values()) >= share * len(g)
+    return hits
+
+
 def leakage(splits, threshold):
     """{split: items} -> {valid|test: share of items whose nearest train item (source or target word 5-gram
-    Jaccard, LSH candidates with a MinHash independent of the grouping's) reaches the threshold}, with an example."""
+    Jaccard, LSH candidates with a MinHash independent of the grouping's) reaches the threshold, and how many sources
+    hold half their word 10-grams in one training source}."""
     out = {}
     index = [NearDuplicates([it[side] for it in splits["train"]], threshold, num_perm=256, seed=2) for side in (0, 1)]
     for split in ("valid", "test"):
@@ -259,7 +283,11 @@ def leakage(splits, threshold):
         near = [index[side].nearest([shingles(it[side]) for it in items]) for side in (0, 1)]
         hits = [i for i in range(len(items)) if max(near[0][i][0], near[1][i][0]) >= threshold]
         out[split] = {"share": len(hits) / max(1, len(items)), "items": len(items), "leaking": len(hits),
-                      "max_jaccard": max([max(a[0], b[0]) for a, b in zip(*near)], default=0.0)}
+                      "max_jaccard": max([max(a[0], b[0]) for a, b in zip(*near)], default=0.0),
+                      # a stricter, grouping-independent view: sources holding half their word 10-grams in one
+                      # training source (what the Jaccard grouping leaves: siblings sharing a long first paragraph)
+                      "source_10gram_containment": contained([it[0] for it in items],
+                                                             [it[0] for it in splits["train"]])}
     return out
 
 
@@ -428,7 +456,8 @@ def main(argv=None):
         for task, exts in TASKS.items():
             spm_and_binarize(os.path.join(args.out, task), exts, args.spm_vocab, args.workers)
             written += [os.path.relpath(p, args.out) for p in
-                        sorted(glob.glob(os.path.join(args.out, task, "spm.model")) +
+                        # spm.vocab (pieces and scores), not spm.model: the model also stores its training paths
+                        sorted(glob.glob(os.path.join(args.out, task, "spm.vocab")) +
                                glob.glob(os.path.join(args.out, task, "bin", "*.bin")) +
                                glob.glob(os.path.join(args.out, task, "bin", "*.idx")) +
                                glob.glob(os.path.join(args.out, task, "bin", "dict.*.txt")))]
