@@ -320,11 +320,11 @@ def early_stopped(train_log):
     return os.path.isfile(train_log) and "early stop since valid performance hasn't improved" in open(train_log).read()
 
 
-def read_lm_scores(eval_log, continuations):
+def read_lm_scores(eval_log, hyps, refs):
+    """(scores, signatures) of a language model: fairseq-eval-lm's perplexity, ROUGE-L of its continuations."""
     m = re.search(r"Perplexity: ([\d.]+)", open(eval_log).read())
     if not m:
         raise SystemExit(f"quality.py: no perplexity in {eval_log}")
-    hyps, refs = read_continuations(continuations)
     rouge, _ = score("summarization", hyps, refs)
     return {"rougeL": rouge["rougeL"], "ppl": round(float(m.group(1)), 2)}, {
         "ppl": "fairseq-eval-lm on test", "rougeL": f"rouge-score F1 (use_stemmer=True) of greedy continuations "
@@ -584,8 +584,8 @@ def main(argv=None):
     scored, signatures, references = {}, {}, None
     for (method, budget, seed, checkpoint), files in zip(models, outputs):
         if lm:
-            metrics, signatures = read_lm_scores(*files)
             hyps, refs = read_continuations(files[1])
+            metrics, signatures = read_lm_scores(files[0], hyps, refs)
         else:
             hyps, refs = read_generation(*files)
             metrics, signatures = score(args.task, hyps, refs)

@@ -131,14 +131,13 @@ def eval_lm_command(data, checkpoint, flags, device=("--cpu",)):
 
 def generation_speed(text, log="the log"):
     """fairseq-generate's own timing line -> sentences, tokens, seconds, sentences/s and tokens/s."""
-    speed = re.findall(r"Translated [\d,]+ sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
+    speed = re.findall(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
                        r"([\d.]+) tokens/s", text)
-    sentences = re.findall(r"Translated ([\d,]+) sentences", text)
     if not speed:
         raise SystemExit(f"no 'Translated N sentences' line in {log}: did fairseq-generate finish?")
-    tokens, seconds, sentences_per_s, tokens_per_s = speed[-1]
+    sentences, tokens, seconds, sentences_per_s, tokens_per_s = speed[-1]
     # outputs of different lengths make sentences/s alone unfair: tokens/s is reported next to it
-    return {"sentences": int(sentences[-1].replace(",", "")), "tokens": int(tokens.replace(",", "")),
+    return {"sentences": int(sentences.replace(",", "")), "tokens": int(tokens.replace(",", "")),
             "seconds": float(seconds), "sentences_per_s": float(sentences_per_s), "tokens_per_s": float(tokens_per_s)}
 
 
