@@ -5,7 +5,9 @@
 Every target Linear sees its inputs through a forward pre-hook while the model runs in eval mode without
 gradients; attention modules take the module path (``taps.module_path``) so that q/k/v/out are called at all.
 Only non-padding positions count: encoder inputs (and the decoder's cross-attention keys/values, which are
-encoder outputs) are masked by the source, every other decoder input by the decoder's own input tokens.
+encoder outputs) are masked by the source, every other decoder input by the decoder's own input tokens. Layers
+read T x B x C; the output projection, after the decoder's last transpose, B x T x C. A token embedding has no
+input vector and no Gram matrix: its factors are those of the output projection it is tied to, or a plain SVD.
 """
 
 import logging
@@ -75,6 +77,8 @@ def input_grams(model: nn.Module, samples: Iterable[dict], names: List[str], pad
         def record(module, args):
             x = args[0]
             mask = masks[positions(name)]  # T x B, the layout fairseq's layers use
+            if name.endswith("output_projection"):
+                mask = mask.t()
             if x.shape[:2] != mask.shape:
                 raise RuntimeError(f"calibration: {name} got input {tuple(x.shape)}, expected {tuple(mask.shape)} x C")
             key = (id(x), positions(name))  # the cache holds x, so its id is not reused within the batch

@@ -93,6 +93,14 @@ def model_args(state: dict) -> argparse.Namespace:
     return args
 
 
+def vocabulary_size(model_state: dict, stack: str):
+    """Rows of ``stack``'s token embedding (dense, or factorized: ``embed_tokens.up``); None without one."""
+    for key in (f"{stack}.embed_tokens.weight", f"{stack}.embed_tokens.up.weight"):
+        if key in model_state:
+            return model_state[key].size(0)
+    return None
+
+
 class _ShapeTask:
     """The two dictionaries a fairseq model is built from, sized as the checkpoint's embeddings."""
 
@@ -105,8 +113,8 @@ class _ShapeTask:
                 d.add_symbol(f"madeupword{len(d):06d}")
             return d
 
-        tgt = model_state["decoder.embed_tokens.weight"].size(0)
-        src = model_state.get("encoder.embed_tokens.weight", model_state["decoder.embed_tokens.weight"]).size(0)
+        tgt = vocabulary_size(model_state, "decoder")
+        src = vocabulary_size(model_state, "encoder") or tgt
         self.source_dictionary = sized(src)
         self.target_dictionary = self.source_dictionary if src == tgt else sized(tgt)
 
@@ -126,10 +134,9 @@ def build_model_from_state(state: dict, task=None):
     model_cls = ARCH_MODEL_REGISTRY.get(arch)
     if model_cls is None or not issubclass(model_cls, (TransformerModel, TransformerLanguageModel)):
         raise CheckpointError(f"arch {arch!r} is not a fairseq Transformer (encoder-decoder, BART or transformer_lm)")
-    embedding = "decoder.embed_tokens.weight" if issubclass(model_cls, TransformerLanguageModel) \
-        else "encoder.embed_tokens.weight"
-    if embedding not in model_state:
-        raise CheckpointError(f"arch {arch!r}: the checkpoint has no {embedding}")
+    stack = "decoder" if issubclass(model_cls, TransformerLanguageModel) else "encoder"
+    if vocabulary_size(model_state, stack) is None:
+        raise CheckpointError(f"arch {arch!r}: the checkpoint has no {stack}.embed_tokens.weight")
     args = copy.deepcopy(args)
     ARCH_CONFIG_REGISTRY[arch](args)
     model = model_cls.build_model(args, task or _ShapeTask(model_state))

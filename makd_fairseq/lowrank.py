@@ -4,6 +4,11 @@ A target ``nn.Linear`` with weight ``W`` (d_out x d_in) becomes ``up(down(x))`` 
 ``up.weight = U_r Σ_r^½`` (d_out x r, keeps the bias) and ``down.weight = Σ_r^½ V_rᵀ`` (r x d_in),
 the truncated SVD of ``W``. Modules are swapped by name, fairseq's model code is not edited.
 
+The vocabulary matrix ``E`` (V x d) is a target too (``embed_tokens``, ``output_projection``): the output projection
+becomes a ``LowRankLinear`` (d -> r -> V) and each token embedding a ``LowRankEmbedding`` reading row i of
+``up·down`` from the same two factors. Uses that share one weight (fairseq's ``--share-all-embeddings``,
+``--share-decoder-input-output-embed``) stay shared: they are one target, named by the output projection.
+
 Data-aware (whitened) factors, as SVD-LLM (arXiv 2403.07378): with the Gram matrix ``G = Σ x xᵀ`` of the
 layer's inputs and its Cholesky factor ``G = S Sᵀ``, the SVD ``W S = U Σ Vᵀ`` gives ``up = U_r Σ_r^½`` and
 ``down = Σ_r^½ V_rᵀ S⁻¹``; for rank r they minimise ``‖(W − up·down) X‖_F`` on those inputs, and the error
@@ -24,6 +29,7 @@ from torch import Tensor, nn
 logger = logging.getLogger(__name__)
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+VOCABULARY_TARGETS = ("embed_tokens", "output_projection")  # opt-in: --targets ...,embed_tokens,output_projection
 ALLOCATIONS = ("uniform", "spectrum")
 
 
@@ -48,16 +54,18 @@ class LowRankLinear(nn.Module):
         return self.up(self.down(x))
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, rank: int, fact: Optional["Factorization"] = None) -> "LowRankLinear":
-        """Rank-``rank`` factors of ``linear`` from ``fact`` (default: the truncated SVD of its weight)."""
+    def from_linear(cls, linear: nn.Module, rank: int, fact: Optional["Factorization"] = None) -> "LowRankLinear":
+        """Rank-``rank`` factors of ``linear`` (an ``nn.Linear``, or an ``nn.Embedding`` read as the Linear d -> V) from
+        ``fact`` (default: the truncated SVD of its weight)."""
         w = linear.weight.detach()
-        layer = cls(linear.in_features, linear.out_features, rank, bias=linear.bias is not None)
+        bias = getattr(linear, "bias", None)
+        layer = cls(w.size(1), w.size(0), rank, bias=bias is not None)
         up, down = (fact or Factorization(w)).factors(rank)
         with torch.no_grad():
             layer.up.weight.copy_(up.to(w))
             layer.down.weight.copy_(down.to(w))
-            if linear.bias is not None:
-                layer.up.bias.copy_(linear.bias.detach())
+            if bias is not None:
+                layer.up.bias.copy_(bias.detach())
         return layer.to(device=w.device, dtype=w.dtype)
 
     def merged_weight(self) -> Tensor:
@@ -68,17 +76,33 @@ class LowRankLinear(nn.Module):
         """True when the two factors cost at least the dense matrix: r ≥ d_in·d_out / (d_in + d_out)."""
         return past_break_even(self.rank, self.out_features, self.in_features)
 
-    def to_linear(self) -> nn.Linear:
-        """The dense ``nn.Linear`` computing the same map (weight ``up·down``, the bias of ``up``)."""
-        linear = nn.Linear(self.in_features, self.out_features, bias=self.up.bias is not None)
-        with torch.no_grad():
-            linear.weight.copy_(self.merged_weight())
-            if self.up.bias is not None:
-                linear.bias.copy_(self.up.bias)
-        return linear.to(device=self.up.weight.device, dtype=self.up.weight.dtype)
-
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+class LowRankEmbedding(nn.Module):
+    """``nn.Embedding`` contract (tokens B x T -> B x T x d): row ``i`` of ``up·down`` (V x d), i.e. ``up.weight[i] @
+    down.weight``. ``up`` and ``down`` are the modules of a ``LowRankLinear`` over the vocabulary: a tied output
+    projection and this embedding train one pair of factors."""
+
+    def __init__(self, factors: LowRankLinear, padding_idx: Optional[int] = None):
+        super().__init__()
+        self.up, self.down, self.rank = factors.up, factors.down, factors.rank
+        self.num_embeddings, self.embedding_dim = factors.out_features, factors.in_features
+        self.padding_idx = padding_idx
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return F.embedding(tokens, self.up.weight, self.padding_idx) @ self.down.weight
+
+    def merged_weight(self) -> Tensor:
+        return self.up.weight @ self.down.weight
+
+    @property
+    def past_break_even(self) -> bool:
+        return past_break_even(self.rank, self.num_embeddings, self.embedding_dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}, rank={self.rank}, padding_idx={self.padding_idx}"
 
 
 def past_break_even(rank: int, d_out: int, d_in: int) -> bool:
@@ -176,18 +200,37 @@ class Matrix:
         return math.sqrt(energy[rank:].sum().item() / max(energy.sum().item(), 1e-300))
 
 
-def find_targets(model: nn.Module, targets: Iterable[str] = DEFAULT_TARGETS) -> Dict[str, nn.Linear]:
-    """Linear modules of the encoder/decoder matched by ``targets``.
+def shared_uses(model: nn.Module, name: str) -> List[str]:
+    """The other paths that use the weight of the matrix ``name`` (tied embeddings / output projection)."""
+    uses = _weighted(model)
+    return [n for n, m in uses.items() if m.weight is uses[name].weight and n != name]
+
+
+def _weighted(model: nn.Module) -> Dict[str, nn.Module]:
+    """Every use (path) of a target-able module: Linear layers of the encoder/decoder, and token embeddings."""
+    return {name: m for name, m in model.named_modules(remove_duplicate=False)
+            if name.startswith(("encoder.", "decoder."))
+            and (isinstance(m, nn.Linear) or (isinstance(m, nn.Embedding) and name.endswith(".embed_tokens")))}
+
+
+def find_targets(model: nn.Module, targets: Iterable[str] = DEFAULT_TARGETS) -> Dict[str, nn.Module]:
+    """Matrices of the encoder/decoder matched by ``targets``: Linear layers, and token embeddings (``embed_tokens``).
 
     A pattern without a dot names the module's own attribute (``fc1``); a pattern with dots is
-    an fnmatch over the full name (``decoder.layers.*.fc1``).
+    an fnmatch over the full name (``decoder.layers.*.fc1``). Uses of one shared weight (tied embeddings and output
+    projection) are one target, named by its first Linear use (``decoder.output_projection``), matched by any use.
     """
+    uses: Dict[int, List[Tuple[str, nn.Module]]] = {}
+    for name, module in _weighted(model).items():
+        uses.setdefault(id(module.weight), []).append((name, module))
     found = {}
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear) or not name.startswith(("encoder.", "decoder.")):
-            continue
-        leaf = name.rsplit(".", 1)[-1]
-        if any(fnmatch.fnmatchcase(name if "." in p else leaf, p) for p in targets):
+    for group in uses.values():
+        def matched(name):
+            leaf = name.rsplit(".", 1)[-1]
+            return any(fnmatch.fnmatchcase(name if "." in p else leaf, p) for p in targets)
+
+        if any(matched(name) for name, _ in group):
+            name, module = next(((n, m) for n, m in group if isinstance(m, nn.Linear)), group[0])
             found[name] = module
     return found
 
@@ -296,26 +339,29 @@ def svd_matrices(targets: Dict[str, nn.Linear], with_spectrum: bool,
         if with_spectrum:
             facts[name] = Factorization(lin.weight, (grams or {}).get(name))
             spectrum = facts[name].s
-        matrices.append(Matrix(name, lin.out_features, lin.in_features, spectrum))
+        matrices.append(Matrix(name, *lin.weight.shape, spectrum))
     return matrices, facts
 
 
 def factorize_(model: nn.Module, ranks: Dict[str, int], facts: Optional[Dict[str, Factorization]] = None) -> nn.Module:
-    """Replace each Linear named in ``ranks`` by its ``LowRankLinear`` (``facts[name]``, default the truncated SVD),
-    in place."""
+    """Replace each matrix named in ``ranks`` by its factors (``facts[name]``, default the truncated SVD), in place:
+    a Linear by a ``LowRankLinear``, a token embedding by a ``LowRankEmbedding``; every use of a shared weight by
+    views of the same two factors."""
     from fairseq.modules import MultiheadAttention
 
-    modules = dict(model.named_modules())
+    modules, uses = dict(model.named_modules()), _weighted(model)
     for name, rank in ranks.items():
-        linear = modules.get(name)
-        if not isinstance(linear, nn.Linear):
-            raise RankError(f"{name} is not a Linear layer of this model")
-        if rank > linear.weight.size(0) or rank > linear.weight.size(1):
-            raise RankError(
-                f"rank {rank} for {name} exceeds min(d_out, d_in)={min(linear.weight.shape)}"
-            )
-        parent_name, _, attr = name.rpartition(".")
-        setattr(modules[parent_name], attr, LowRankLinear.from_linear(linear, rank, (facts or {}).get(name)))
+        target = modules.get(name)
+        if not isinstance(target, (nn.Linear, nn.Embedding)) or name not in uses:
+            raise RankError(f"{name} is not a Linear layer or token embedding of this model")
+        if rank > min(target.weight.shape):
+            raise RankError(f"rank {rank} for {name} exceeds min(d_out, d_in)={min(target.weight.shape)}")
+        layer = LowRankLinear.from_linear(target, rank, (facts or {}).get(name))
+        new: Dict[int, nn.Module] = {}  # a module used at two paths (shared embeddings) stays one module
+        for path, module in uses.items():
+            if module.weight is target.weight:
+                _replace(model, path, new.setdefault(id(module), layer if isinstance(module, nn.Linear) else
+                                                     LowRankEmbedding(layer, module.padding_idx)))
     for module in model.modules():
         if isinstance(module, MultiheadAttention) and any(
             isinstance(c, LowRankLinear) for c in module.children()
@@ -325,25 +371,44 @@ def factorize_(model: nn.Module, ranks: Dict[str, int], facts: Optional[Dict[str
     return model
 
 
+def _replace(model: nn.Module, path: str, module: nn.Module) -> None:
+    parent, _, attr = path.rpartition(".")
+    setattr(model.get_submodule(parent), attr, module)
+
+
 def merge_past_break_even_(model: nn.Module) -> List[str]:
-    """Inference: replace each ``LowRankLinear`` past break-even by the dense Linear of its product, in place.
+    """Inference: replace each ``LowRankLinear`` (and ``LowRankEmbedding``) past break-even by the dense layer of its
+    product, in place; uses that shared factors share the dense weight.
 
     Such factors are no cheaper than the dense matrix, so the dense one is at least as fast. An attention
-    module left with no factorized projection goes back to fairseq's fused path. Returns the merged names.
+    module left with no factorized projection goes back to fairseq's fused path. Returns the merged paths.
     """
     from fairseq.modules import MultiheadAttention
 
-    modules = dict(model.named_modules())
-    merged = [n for n, m in modules.items() if isinstance(m, LowRankLinear) and m.past_break_even]
-    for name in merged:
-        parent_name, _, attr = name.rpartition(".")
-        setattr(modules[parent_name], attr, modules[name].to_linear())
-    for parent in {modules[n.rpartition(".")[0]] for n in merged}:
+    factored = [(n, m) for n, m in model.named_modules(remove_duplicate=False)
+                if isinstance(m, (LowRankLinear, LowRankEmbedding)) and m.past_break_even]
+    dense: Dict[int, nn.Parameter] = {}  # id(up) -> the merged weight
+    done: Dict[int, nn.Module] = {}  # a module used at two paths gets one replacement
+    for name, m in factored:
+        if id(m) in done:
+            _replace(model, name, done[id(m)])
+            continue
+        weight = dense.setdefault(id(m.up), nn.Parameter((m.up.weight @ m.down.weight).detach()))
+        if isinstance(m, LowRankLinear):
+            new = nn.Linear(m.in_features, m.out_features, bias=m.up.bias is not None)
+            new.weight = weight
+            if m.up.bias is not None:
+                new.bias = m.up.bias
+        else:
+            new = nn.Embedding(m.num_embeddings, m.embedding_dim, m.padding_idx)
+            new.weight = weight
+        _replace(model, name, done.setdefault(id(m), new.to(device=weight.device, dtype=weight.dtype)))
+    for parent in {model.get_submodule(n.rpartition(".")[0]) for n, _ in factored}:
         if isinstance(parent, MultiheadAttention) and not any(
             isinstance(c, LowRankLinear) for c in parent.children()
         ):
             parent.skip_embed_dim_check = False  # undo factorize_'s switch: all dense again
-    return merged
+    return [n for n, _ in factored]
 
 
 class SharedDown(nn.Module):

@@ -13,6 +13,7 @@ import os
 import sys
 
 from tabulate import tabulate
+from torch import nn
 
 from .calibration import calibrate, distillation_task
 from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args, save_atomic
@@ -24,6 +25,7 @@ from .lowrank import (
     factorize_,
     find_targets,
     relative_error,
+    shared_uses,
     svd_matrices,
 )
 from .models.lowrank_transformer import add_rank_args
@@ -54,7 +56,7 @@ def make_student(state: dict, args: argparse.Namespace):
         raise RankError(
             f"arch {margs.arch!r} has no Linear layer matching --targets {args.lowrank_targets}"
         )
-    names = list(targets)
+    names = [name for name, module in targets.items() if isinstance(module, nn.Linear)]  # embeddings: no inputs
     grams, valid_grams, calibration_tokens = None, None, 0
     if args.init == "whiten":
         grams, calibration_tokens = calibrate(model, task, "train", args.calibration_tokens, names)
@@ -67,14 +69,15 @@ def make_student(state: dict, args: argparse.Namespace):
         param_budget=args.param_budget, allocation=args.allocation,
     )
     weights = {name: lin.weight.detach().clone() for name, lin in targets.items()}
+    tied = {name: shared_uses(model, name) for name in targets}
     factorize_(model, ranks, facts)
     modules = dict(model.named_modules())
     rows = []
     for m in matrices:
         approx = modules[m.name].merged_weight()
-        rows.append([m.name, f"{m.d_out}x{m.d_in}", ranks[m.name], m.dense_params, m.params(ranks[m.name]),
+        rows.append([m.name + "".join(f" = {n}" for n in tied[m.name]), f"{m.d_out}x{m.d_in}", ranks[m.name], m.dense_params, m.params(ranks[m.name]),
                      f"{relative_error(weights[m.name], approx):.4f}",
-                     "–" if valid_grams is None else f"{relative_error(weights[m.name], approx, valid_grams[m.name]):.4f}",
+                     "–" if m.name not in (valid_grams or {}) else f"{relative_error(weights[m.name], approx, valid_grams[m.name]):.4f}",
                      "dense (merged)" if m.past_break_even(ranks[m.name]) else "factored"])
     student_params = count_params(model)
     inference_params = student_params + sum(m.inference_params(ranks[m.name]) - m.params(ranks[m.name])

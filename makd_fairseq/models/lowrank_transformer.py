@@ -51,8 +51,9 @@ def add_rank_args(parser):
                              "or spectrum (by singular-value energy, needs trained weights)")
     parser.add_argument("--targets", "--lowrank-targets", dest="lowrank_targets",
                         default=",".join(DEFAULT_TARGETS), metavar="PATTERNS",
-                        help="comma-separated Linear names to factorize: a leaf name (fc1) or an "
-                             "fnmatch pattern over the full name (decoder.layers.*.fc1)")
+                        help="comma-separated matrices to factorize: a leaf name (fc1) or an fnmatch pattern over "
+                             "the full name (decoder.layers.*.fc1); the vocabulary matrix too with embed_tokens "
+                             "and/or output_projection (tied ones are one matrix: naming either factorizes both)")
 
 
 def read_ranks(spec: str) -> dict:
