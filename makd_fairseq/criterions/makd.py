@@ -124,13 +124,20 @@ class MakdCriterion(FairseqCriterion):
         loss = self.cfg.ce_weight * values["loss_ce"] + self.cfg.model_weight * values["loss_model"]
 
         weights = position_weights(sample, pad)
-        for row in self.rows:
-            s = s_taps.values[row.student]
+        # each feature is let go once its last row is formed: a row's loss keeps only what its backward needs (s − t,
+        # or the two attention maps), so the features and the losses' tensors are never all alive together
+        last = {f: i for i, row in enumerate(self.rows) for f in (("s", row.student), ("t", row.teacher))}
+        for i, row in enumerate(self.rows):
+            s, t = s_taps.values[row.student], t_taps.values[row.teacher]
+            for side, taps, f in (("s", s_taps, row.student), ("t", t_taps, row.teacher)):
+                if last[(side, f)] == i:
+                    del taps.values[f]
             if row.term == "loss_hidn" and row.student.stack in self.projections:
                 s = self.projections[row.student.stack](s)
             heads = num_heads(teacher, row.teacher) if row.loss == "kl" else None
-            value = row_loss(row, s, t_taps.values[row.teacher], weights, heads,
+            value = row_loss(row, s, t, weights, heads,
                              (s_taps.scales[row.student], t_taps.scales[row.teacher]), self.relative)
+            del s, t
             value = value * self.share[row.term]
             values[row.term] = values[row.term] + value
             loss = loss + row.weight * value
