@@ -171,10 +171,11 @@ SHAPES = {
 }
 
 
-def shape_data(data, out, vocab, throughput_sentences=256, latency_sentences=32):
+def shape_data(data, out, vocab, throughput_sentences=256, latency_sentences=32, train_sentences=2000):
     """A copy of ``data`` for timing at a realistic vocabulary: its joined dictionary padded with unused symbols to
     ``vocab`` entries (existing ids unchanged), ``test`` = the first ``throughput_sentences`` test pairs, ``valid`` =
-    the first ``latency_sentences`` (batch-1 latency)."""
+    the first ``latency_sentences`` (batch-1 latency), ``train`` = the first ``train_sentences`` train pairs (the
+    memory of an update)."""
     from fairseq.data import Dictionary, data_utils, indexed_dataset
 
     if os.path.isfile(os.path.join(out, "done")):
@@ -190,9 +191,10 @@ def shape_data(data, out, vocab, throughput_sentences=256, latency_sentences=32)
             text = f.read()
         with open(os.path.join(out, name), "w") as f:
             f.write(text + "".join(f"madeupword{i:05d} 0\n" for i in range(max(0, extra))))
-    for split, n in (("test", throughput_sentences), ("valid", latency_sentences)):
+    for split, source, n in (("test", "test", throughput_sentences), ("valid", "test", latency_sentences),
+                             ("train", "train", train_sentences)):
         for lang in langs:
-            ds = data_utils.load_indexed_dataset(os.path.join(data, f"test.{pair}.{lang}"), d)
+            ds = data_utils.load_indexed_dataset(os.path.join(data, f"{source}.{pair}.{lang}"), d)
             prefix = os.path.join(out, f"{split}.{pair}.{lang}")
             builder = indexed_dataset.make_builder(prefix + ".bin", impl="mmap", vocab_size=vocab)
             for i in range(min(n, len(ds))):
@@ -214,6 +216,8 @@ def random_teacher(data, arch, save_dir):
 
 
 # ---------------------------------------------------------------- driver
+
+MEMORY_METHODS = ("word_kd", "makd")  # what the --shapes memory runs compare
 
 # CPU memory runs: glibc serves every block >= 64 KiB by mmap and unmaps it on free, so the resident size follows
 # the live tensors (with its default caching, freed blocks stay resident and peaks depend on history)
@@ -241,14 +245,30 @@ def checked(cmd, env=None):
     return proc
 
 
-def make_students(teacher, work, budgets):
-    paths = {}
-    for budget in budgets:
-        key = f"{round(budget * 100)}"
-        paths[key] = os.path.join(work, f"student{key}.pt")
-        if not os.path.exists(paths[key]):
-            checked(["makd-init", "--teacher", teacher, "--param-budget", str(budget), "--out", paths[key]])
-    return paths
+def student_specs(args):
+    """(key, budget, targets) of every student: each budget with the default targets ("50"), and with
+    ``--vocabulary`` also with the vocabulary matrix factorized ("50_vocab")."""
+    from makd_fairseq.lowrank import DEFAULT_TARGETS, VOCABULARY_TARGETS
+
+    variants = {"": DEFAULT_TARGETS, **({"_vocab": DEFAULT_TARGETS + VOCABULARY_TARGETS} if args.vocabulary else {})}
+    return [(f"{round(b * 100)}{suffix}", b, ",".join(targets)) for suffix, targets in variants.items()
+            for b in args.budgets]
+
+
+def make_students(teacher, work, args):
+    """key -> student checkpoint; a budget the unfactorized parameters exceed goes to ``unmet`` (key -> reason)."""
+    paths, unmet = {}, {}
+    for key, budget, targets in student_specs(args):
+        path = os.path.join(work, f"student{key}.pt")
+        proc = None if os.path.exists(path) else subprocess.run(
+            ["makd-init", "--teacher", teacher, "--param-budget", str(budget), "--targets", targets, "--out", path],
+            capture_output=True, text=True)
+        if proc is not None and proc.returncode != 0:
+            unmet[key] = (proc.stderr.strip().splitlines() or ["makd-init failed"])[-1]
+            print(f"student {key}: {unmet[key]}", flush=True)
+        else:
+            paths[key] = path
+    return paths, unmet
 
 
 def generate(path, args, env, data=None, subset="test", batch_size=None):
@@ -272,12 +292,12 @@ def gen_flags(args, subset="test", batch_size=None):
             "--num-workers", "0", *device]
 
 
-def train_argv(args, student, method, save_dir):
+def train_argv(args, student, method, save_dir, data=None, teacher=None):
     """fairseq-train's arguments (without the program name: the worker runs it in-process)."""
     from makd_fairseq.student import distill_command
 
     device = ["--fp16"] if args.fp16 else ["--cpu"]
-    return distill_command(args.data, args.teacher, student, [
+    return distill_command(data or args.data, teacher or args.teacher, student, [
         *TRAIN_COMMON, "--lr", "0.0005", "--max-tokens", str(args.max_tokens), "--save-dir", save_dir,
         "--no-save", *device, *METHODS[method]])[1:]
 
@@ -287,23 +307,24 @@ def measure_shape(shape, args):
     batch-1 latency, at each ``--shape-threads``, ``--repeats`` interleaved rounds; ratios per round, median and
     range. FLOPs at the throughput setting."""
     spec, work = SHAPES[shape], os.path.join(args.work, shape)
-    data = shape_data(args.data, os.path.join(work, "data"), spec["vocab"], args.shape_sentences,
+    data = shape_data(args.shape_data or args.data, os.path.join(work, "data"), spec["vocab"], args.shape_sentences,
                       max(1, args.shape_sentences // 8))
     teacher = random_teacher(data, spec["arch"], os.path.join(work, "teacher"))
-    students, unmet = {}, {}
-    for budget in args.budgets:  # a budget the unfactorized parameters (embeddings) exceed is reported, not fatal
-        key, path = f"{round(budget * 100)}", os.path.join(work, f"student{round(budget * 100)}.pt")
-        proc = subprocess.run(["makd-init", "--teacher", teacher, "--param-budget", str(budget), "--out", path],
-                              capture_output=True, text=True) if not os.path.exists(path) else None
-        if proc is not None and proc.returncode != 0:
-            unmet[key] = proc.stderr.strip().splitlines()[-1]
-            print(f"{shape}: {unmet[key]}", flush=True)
-        else:
-            students[key] = path
+    students, unmet = make_students(teacher, work, args)  # an unmet budget is reported, not fatal
     paths = {"teacher": teacher, **{f"student{k}": p for k, p in students.items()}}
     settings = {"throughput": ("test", args.batch_size), "latency": ("valid", 1)}
     out = {"arch": spec["arch"], "vocab": spec["vocab"], "weights": "random: every hypothesis is forced to "
            f"{args.gen_len} tokens, so speed does not depend on them", "unmet_budgets": unmet, "threads": {}}
+    first = student_specs(args)[0][0]
+    if "train" in args.parts and first in students:  # peak memory of an update (CPU), as for the data's teacher
+        peaks = {m: max(run_worker("train", {"argv": train_argv(args, students[first], m, os.path.join(work, "save"),
+                                                                data, teacher),
+                                             "steps": args.steps, "warmup": args.warmup}, 1,
+                                   EXACT_MALLOC)["step_peak_bytes"]) for m in MEMORY_METHODS}
+        out["train_peak_mem_bytes"] = peaks
+        out["makd_over_wordkd_peak_mem"] = round(peaks["makd"] / peaks["word_kd"], 4)
+        print(f"{shape}: peak memory of an update " + ", ".join(f"{m} {p / 2**20:.0f} MiB" for m, p in peaks.items()),
+              flush=True)
     for name, path in paths.items():  # untimed: the first reader of data and models pays the cache
         generate(path, args, measured_env(1), data, "valid", 1)
     for threads in args.shape_threads:
@@ -359,7 +380,11 @@ def shapes_table(result):
                              f"| {ratio:.2f} | " + " | ".join(cells) + " |")
     notes = [f"{shape}, {key}%: {why}" for shape, r in result.get("shapes", {}).items()
              for key, why in r.get("unmet_budgets", {}).items()]
-    return lines + [""] + ([f"Not measured: {'; '.join(notes)}", ""] if notes else [])
+    memory = [f"{shape}: word_kd {r['train_peak_mem_bytes']['word_kd'] / 2**20:.0f} MiB, makd "
+              f"{r['train_peak_mem_bytes']['makd'] / 2**20:.0f} MiB (× {r['makd_over_wordkd_peak_mem']:.2f})"
+              for shape, r in result.get("shapes", {}).items() if "train_peak_mem_bytes" in r]
+    return lines + [""] + ([f"Not measured: {'; '.join(notes)}", ""] if notes else []) + (
+        [f"Peak memory of an update (50% student): {'; '.join(memory)}", ""] if memory else [])
 
 
 def table(result):
@@ -418,10 +443,14 @@ def main(argv=None):
     parser.add_argument("--shapes", nargs="*", choices=sorted(SHAPES), default=[],
                         help="also time generation at these fairseq presets (random-weight teachers, the data's "
                              "dictionary padded to their vocabulary)")
+    parser.add_argument("--shape-data", help="binarized data whose sentences the --shapes runs use (default: --data)")
     parser.add_argument("--shape-threads", type=int, nargs="+", default=[1, 2],
                         help="thread counts of the --shapes measurements (the largest is the headline)")
     parser.add_argument("--shape-sentences", type=int, default=256,
                         help="test sentences timed per --shapes throughput run (an eighth of them at batch 1)")
+    parser.add_argument("--vocabulary", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time students whose vocabulary matrix (embeddings and output projection) is "
+                             "factorized and counted in the budget (keys 50_vocab, 25_vocab)")
     parser.add_argument("--profile", choices=list(METHODS), metavar="METHOD",
                         help="instead of the benchmark: profile --steps updates of METHOD with torch.profiler")
     args = parser.parse_args(argv)
@@ -433,14 +462,19 @@ def main(argv=None):
         out = train_worker(**payload) if kind == "train" else flops_worker(**payload)
         print(json.dumps(out))
         return
-    for flag, path, is_dir in (("--data", args.data, True), ("--teacher", args.teacher, False)):
+    for flag, path, is_dir in (("--data", args.data, True), ("--teacher", args.teacher, False),
+                               ("--shape-data", args.shape_data, True)):
+        if flag == "--shape-data" and path is None:
+            continue
         if not path or not (os.path.isdir(path) if is_dir else os.path.isfile(path)):
             parser.error(f"{flag} {path}: no such {'directory' if is_dir else 'file'}")
     if os.path.abspath(args.out) in (os.path.abspath(args.teacher), os.path.abspath(args.data)):
         parser.error("--out would overwrite an input")
     os.makedirs(args.work, exist_ok=True)
     started = time.time()
-    students = make_students(args.teacher, args.work, args.budgets)
+    students, unmet = make_students(args.teacher, args.work, args)
+    if unmet:
+        sys.exit(f"speed.py: students of --teacher could not be made: {unmet}")
     keys = list(students)
     if args.profile:
         argv_p = train_argv(args, students[keys[0]], args.profile, os.path.join(args.work, "save"))

@@ -16,7 +16,7 @@ def test_speed_benchmark_smoke(teacher, mt_data, tmp_path):
         "--batch-size", "8", "--gen-len", "5")
     result = json.loads(out.read_text())
     for key in ("makd_over_wordkd_step", "makd_over_wordkd_peak_mem", "gen_speedup_60", "gen_speedup_40",
-                "flops_ratio_60", "flops_ratio_40"):
+                "flops_ratio_60", "flops_ratio_40", "gen_speedup_60_vocab", "flops_ratio_40_vocab"):
         assert result[key] > 0, key
     assert set(result["train"]) == {"ce", "word_kd", "layer_kd", "makd"}
     assert all(r["updates"] == 2 for r in result["train"].values())
@@ -27,6 +27,8 @@ def test_speed_benchmark_smoke(teacher, mt_data, tmp_path):
     assert gen["teacher"]["flops_per_sentence"] > gen["student60"]["flops_per_sentence"] \
         > gen["student40"]["flops_per_sentence"]
     assert result["flops_ratio_40"] > result["flops_ratio_60"] > 1
+    # the same budget spent with the vocabulary matrix factorized too: another model, other FLOPs
+    assert gen["student60_vocab"]["flops_per_sentence"] != gen["student60"]["flops_per_sentence"]
     assert (tmp_path / "speed.md").read_text().startswith("| training method (60% student)")
 
 
