@@ -42,7 +42,7 @@ ROOT = os.path.dirname(HERE)
 USER_DIR = os.path.join(ROOT, "makd_fairseq")
 sys.path.insert(0, HERE)
 from sizes import (  # noqa: E402
-    GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
+    GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_KINDS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size,
 )
 from provenance import command, git_state, hardware, write_atomic  # noqa: E402
 from train_teacher import teacher_command  # noqa: E402
@@ -97,7 +97,7 @@ def finished(train_log):
 
 def student_paths(run, budget):
     key = f"b{round(budget * 100)}"
-    return {"svd": run.path(key, "svd.pt"), "dense": run.path(key, "dense.pt")}, key
+    return {kind: run.path(key, f"{kind}.pt") for kind in STUDENT_KINDS}, key
 
 
 def train_command(run, teacher, init, method_flags, save_dir, data=None):
@@ -523,11 +523,11 @@ def main(argv=None):
     jobs = []  # (name, command, log, done, needs the seq-KD data)
     for budget in args.budgets:  # in the order given: the first budget's every seed trains before the next budget
         inits, key = student_paths(run, budget)
-        for kind, tool in (("svd", "makd-init"), ("dense", "makd-shrink")):
+        for kind, (tool, kind_flags) in STUDENT_KINDS.items():
             if any(QUALITY_METHODS[m] and QUALITY_METHODS[m][0] == kind for m in args.methods):
-                init_flags = ["--init", args.init, "--data", args.data] if kind == "svd" else []
+                init_flags = ["--init", args.init, "--data", args.data] if tool == "makd-init" else []
                 run.stage(f"{key}/{kind}", [tool, "--teacher", teacher, "--param-budget", str(budget), *init_flags,
-                                            "--out", inits[kind]], run.path(key, f"{kind}.log"),
+                                            *kind_flags, "--out", inits[kind]], run.path(key, f"{kind}.log"),
                           lambda p=inits[kind]: os.path.isfile(p))
         models += [(m, budget, None, inits[QUALITY_METHODS[m][0]]) for m in args.methods[1:]
                    if QUALITY_METHODS[m][1] is None]

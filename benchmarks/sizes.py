@@ -6,6 +6,7 @@ Transformer-base teacher.
 """
 
 from makd_fairseq.compress import METHODS as DISTILL_METHODS
+from makd_fairseq.lowrank import DEFAULT_TARGETS, VOCABULARY_TARGETS
 
 TEACHER_ARCH = {
     "smoke": ["--arch", "transformer", "--encoder-layers", "2", "--decoder-layers", "2",
@@ -125,6 +126,13 @@ QUALITY_METHODS = {
     "dense_sft_kd": ("dense", METHODS["word_kd"]),
     "svd_seq_kd": ("svd", METHODS["ce"]),
     "makd_seq_kd": ("svd", METHODS["makd"]),
+    "makd_vocab": ("vocab", METHODS["makd"]),  # the vocabulary matrix factorized too (issue 15), same budget
+}
+# how each kind of initial student is made: (tool, flags); "svd" and "vocab" also take quality.py's --init
+STUDENT_KINDS = {
+    "svd": ("makd-init", []),
+    "vocab": ("makd-init", ["--targets", ",".join(DEFAULT_TARGETS + VOCABULARY_TARGETS)]),
+    "dense": ("makd-shrink", []),
 }
 # sequence-level KD (Kim & Rush 2016): these train on the teacher's beam outputs (makd-teacher-data), not the
 # references; validation stays on the original valid split. Encoder-decoder teachers only.

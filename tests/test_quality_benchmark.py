@@ -26,7 +26,8 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     result = json.loads(out.read_text())
     methods = [(m["method"], m["budget"]) for m in result["methods"]]
     assert methods == [("teacher", None)] + [(m, 0.5) for m in (
-        "svd_only", "svd_ce", "svd_word_kd", "svd_layer_kd", "makd", "dense_sft_kd", "svd_seq_kd", "makd_seq_kd")]
+        "svd_only", "svd_ce", "svd_word_kd", "svd_layer_kd", "makd", "dense_sft_kd", "svd_seq_kd", "makd_seq_kd",
+        "makd_vocab")]
     teacher = result["methods"][0]["params"]
     for m in result["methods"][1:]:
         assert 0.9 * m["budget"] * teacher < m["params"] <= m["budget"] * teacher, m
@@ -40,7 +41,7 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
         assert len(m["seeds"][0]["trained_at"][0]["commit"]) == 40 and m["seeds"][0]["trained_at"][0]["dirty"] in (
             True, False)
     kept = tmp_path / "hypotheses" / "translation"
-    assert len(list(kept.glob("*.txt.xz"))) == 1 + 9  # references, the teacher and 8 students
+    assert len(list(kept.glob("*.txt.xz"))) == 1 + 10  # references, the teacher and 9 students
     hyps, refs = read_generation(work / "generate" / "teacher.txt")
     assert lzma.decompress((kept / "teacher.txt.xz").read_bytes()).decode().splitlines() == hyps
     assert lzma.decompress((kept / "references.txt.xz").read_bytes()).decode().splitlines() == refs
@@ -49,7 +50,7 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     assert "--patience 2" in result["student_training"]
     for log in work.glob("b*/*/seed1/train.log"):
         assert "done training in" in log.read_text() and '"valid"' in log.read_text(), log
-    assert len(list(work.glob("b*/*/seed1/train.log"))) == 7
+    assert len(list(work.glob("b*/*/seed1/train.log"))) == 8
     updates = {m["method"]: m["updates"] for m in result["methods"]}
     assert updates.pop("teacher") == 20 and updates.pop("svd_only") is None
     assert set(updates.values()) == {4}, updates  # the cap: two validations cannot exhaust a patience of 2
@@ -60,6 +61,9 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
         log = (work / "b50" / method / "seed1" / "train.log").read_text()
         assert str(work / "seq_kd_data" / "train.en-de.de") in log and str(mt_data / "valid") not in log
     assert str(work / "seq_kd_data") not in (work / "b50" / "makd" / "seed1" / "train.log").read_text()
+    # makd_vocab starts from a student whose vocabulary matrix is factorized too (one tied row in makd-init's table)
+    assert "decoder.output_projection = encoder.embed_tokens" in (work / "b50" / "vocab.log").read_text()
+    assert "decoder.output_projection" not in (work / "b50" / "svd.log").read_text()
     table = (tmp_path / "translation.md").read_text()
     assert table.startswith("| method | budget | seeds | params | bleu | chrf |") and "| makd | 50% | 1 |" in table
     assert "| best valid nll (bits) | updates |" in table and "| makd_seq_kd | 50% |" in table
