@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .taps import ATTENTIONS, PROJECTIONS, Feature
+from .taps import ATTENTIONS, PROJECTIONS, Feature, Recomputable
 
 TERMS = ("loss_mha", "loss_ffn", "loss_attn", "loss_hidn")
 STACKS = ("encoder", "decoder")
@@ -154,6 +154,39 @@ def mse(student: Tensor, teacher: Tensor, weight: Tensor, relative: bool = False
     return (per_position.t() * weight).sum()
 
 
+class _RecomputedMSE(torch.autograd.Function):
+    """``mse`` against a teacher feature given as ``Recomputable`` (its module's input x and the module).
+
+    Saves the student feature s (which the student's own backward keeps anyway: q, k, v for its attention products,
+    the fc1 activation for fc2) and x (a quarter of an FFN feature, or one tensor for q, k and v together), not
+    s − t; the backward recomputes t = fn(x). Value and gradient are ``mse``'s: d/ds = 2 w (s − t) / (C · e)."""
+
+    @staticmethod
+    def forward(ctx, student: Tensor, x: Tensor, weight: Tensor, fn, relative: bool) -> Tensor:
+        with torch.no_grad():
+            t = fn(x).float()
+        coef = weight.t() / t.size(-1)  # L x B
+        if relative:
+            coef = coef / (torch.linalg.vecdot(t, t) / t.size(-1)).clamp_min(1e-8)
+        ctx.save_for_backward(student, x, coef)
+        ctx.fn = fn
+        d = t.sub_(student.float())  # t − s, in t's memory: one feature-sized buffer at a time
+        return (torch.linalg.vecdot(d, d) * coef).sum()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        student, x, coef = ctx.saved_tensors
+        with torch.no_grad():
+            g = ctx.fn(x).float().sub_(student.float())  # t − s; the backward runs before the student's, at the peak
+        return g.mul_((-2 * grad) * coef.unsqueeze(-1)).to(student.dtype), None, None, None, None
+
+
+def recomputed_mse(student: Tensor, teacher: Recomputable, weight: Tensor, relative: bool = False) -> Tensor:
+    """``mse(student, teacher(), weight, relative)`` keeping only the student feature and the teacher's input for the
+    backward (see ``_RecomputedMSE``)."""
+    return _RecomputedMSE.apply(student, teacher.input.detach(), weight, teacher.fn, relative)
+
+
 class _AttentionKL(torch.autograd.Function):
     """Row-wise KL(p_t ‖ p_s) = Σ p_t log p_t − Σ p_t log p_s over the last dim, without autograd's copies.
 
@@ -202,9 +235,13 @@ def row_loss(row: Row, student: Tensor, teacher: Tensor, weights: Dict[str, Tens
     """The row's loss; ``scales`` (student, teacher) turn recorded values into features (see ``Taps.scales``);
     ``relative``: MSE rows divided by the teacher's energy (see ``mse``)."""
     weight = weights[positions_of(row.student)]
+    s_scale, t_scale = scales
+    if isinstance(teacher, Recomputable):
+        if row.loss == "mse" and s_scale == t_scale:
+            return recomputed_mse(student, teacher, weight if relative else weight * s_scale ** 2, relative)
+        teacher = teacher()
     if row.loss == "kl":
         return attention_kl(student, teacher, weight, heads)
-    s_scale, t_scale = scales
     if s_scale != t_scale:  # different head widths: unscale each side
         student, teacher, s_scale = student * s_scale, teacher * t_scale, 1.0
     if relative:  # a common scale cancels out of the ratio

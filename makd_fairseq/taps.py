@@ -10,12 +10,15 @@ tensor the attention output is computed from, no second attention computation.
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 from torch import Tensor, nn
 
 ATTENTIONS = ("self_attn", "encoder_attn")  # encoder_attn is the decoder's cross-attention
 PROJECTIONS = ("q", "k", "v", "out")
+# features a frozen model can recompute from a smaller input: q, k and v from the attention's input (one tensor for
+# the three of self-attention, the encoder output for cross-attention k and v), fc1's activation from fc1's input
+RECOMPUTABLE = ("q", "k", "v", "fc1")
 
 
 @contextmanager
@@ -48,6 +51,17 @@ class Feature:
     attention: Optional[str] = None  # for attn and q/k/v/out: "self_attn" | "encoder_attn"
 
 
+@dataclass
+class Recomputable:
+    """A feature held as its module's input: ``fn(input)`` is the feature (T x B x C or S x B x C)."""
+
+    input: Tensor
+    fn: Callable[[Tensor], Tensor]
+
+    def __call__(self) -> Tensor:
+        return self.fn(self.input)
+
+
 def _output(store, key):
     def hook(module, args, output):
         store[key] = output[0] if isinstance(output, tuple) else output
@@ -63,16 +77,20 @@ def _input(store, key):
 
 
 class Taps:
-    """Context manager: while open, ``values[feature]`` holds each requested feature of the last forward.
+    """Context manager: while open, ``values[feature]`` holds each requested feature of the last forward (with
+    ``recompute``, features in RECOMPUTABLE as a ``Recomputable``: call it for the feature).
 
         with Taps(model, features) as taps:
             model(**net_input)
         taps.values[Feature("encoder", 0, "hidden")]
     """
 
-    def __init__(self, model: nn.Module, features: Iterable[Feature]):
+    def __init__(self, model: nn.Module, features: Iterable[Feature], recompute: bool = False):
         self.model = model
         self.features = set(features)
+        # recompute: features in RECOMPUTABLE are held as a ``Recomputable`` (their module's input and the module),
+        # for a frozen model whose features are needed again only in the backward
+        self.recompute = recompute
         self.values: Dict[Feature, Tensor] = {}
         # value × scales[f] is the feature: fairseq multiplies q_proj's output *in place* by head_dim**-0.5
         # right after the projection, so a recorded q holds the scaled query (1.0 for every other feature)
@@ -90,6 +108,17 @@ class Taps:
             return mha.dropout_module if f.name == "attn" else getattr(mha, f.name + "_proj")
         return {"hidden": layer, "fc1": layer.activation_dropout_module, "fc2": layer.fc2}[f.name]
 
+    def recomputable(self, f: Feature):
+        """(the module whose input is held, the function of that input giving the feature) for f in RECOMPUTABLE."""
+        layer = getattr(self.model, f.stack).layers[f.layer]
+        if f.name == "fc1":
+            return layer.fc1, lambda x: layer.activation_fn(layer.fc1(x))
+        mha = getattr(layer, f.attention)
+        proj = getattr(mha, f.name + "_proj")
+        if f.name == "q":  # as recorded: fairseq scales the query right after the projection
+            return proj, lambda x: proj(x) * mha.scaling
+        return proj, proj
+
     def attention_of(self, f: Feature) -> Optional[nn.Module]:
         if f.name not in ("attn", *PROJECTIONS):
             return None
@@ -104,7 +133,11 @@ class Taps:
             if f.name == "q":
                 layer = getattr(self.model, f.stack).layers[f.layer]
                 self.scales[f] = 1.0 / getattr(layer, f.attention).scaling
-            if f.name == "hidden" and f.layer == -1:
+            if self.recompute and f.name in RECOMPUTABLE:
+                module, fn = self.recomputable(f)
+                handle = module.register_forward_pre_hook(
+                    lambda m, args, f=f, fn=fn: self.values.__setitem__(f, Recomputable(args[0], fn)))
+            elif f.name == "hidden" and f.layer == -1:
                 handle = module.register_forward_pre_hook(_input(self.values, f))
             elif f.name in ("attn", "fc1"):  # the input of the dropout: probabilities / activation
                 handle = module.register_forward_pre_hook(_input(self.values, f))

@@ -8,9 +8,11 @@ import torch
 import torch.nn.functional as F
 
 from conftest import batch_of, per_token
-from makd_fairseq.aspects import TERMS, attention_kl, build_table, map_layers, mse, output_kl, select_layers
+from makd_fairseq.aspects import (
+    TERMS, attention_kl, build_table, map_layers, mse, output_kl, recomputed_mse, select_layers,
+)
 from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
-from makd_fairseq.taps import Feature, Taps
+from makd_fairseq.taps import RECOMPUTABLE, Feature, Recomputable, Taps
 
 DISTILL = ("loss_model", *TERMS)
 
@@ -177,6 +179,55 @@ def test_query_tap_is_the_projection_output_although_fairseq_scales_it_in_place(
     assert torch.allclose(taps.values[f] * taps.scales[f], copies[0], atol=1e-6)
 
 
+def test_recomputable_taps_give_the_recorded_features(teacher, mt_data):
+    """q, k, v (self- and cross-attention) and fc1 held as their module's input: recomputing gives exactly what the
+    plain tap records (the scaled query, the activation)."""
+    from conftest import load, valid_batch
+
+    model, task = load(teacher, mt_data)
+    sample = valid_batch(task, max_sentences=6)
+    features = [Feature(stack, 1, name, attention) for stack, attentions in (
+        ("encoder", ("self_attn",)), ("decoder", ("self_attn", "encoder_attn")))
+        for attention in attentions for name in ("q", "k", "v")]
+    features += [Feature("encoder", 0, "fc1"), Feature("decoder", 1, "fc1")]
+    with torch.no_grad(), Taps(model, features) as plain:
+        model(**sample["net_input"])
+    with torch.no_grad(), Taps(model, features, recompute=True) as held:
+        model(**sample["net_input"])
+    assert {f.name for f in features} == set(RECOMPUTABLE)
+    for f in features:
+        assert isinstance(held.values[f], Recomputable) and held.scales[f] == plain.scales[f]
+        assert held.values[f].input.size(-1) == 64  # the layer's width, not the FFN's
+        with torch.no_grad():
+            assert torch.allclose(held.values[f](), plain.values[f], atol=1e-6), f
+    inputs = {id(held.values[Feature("decoder", 1, n, "self_attn")].input) for n in ("q", "k", "v")}
+    assert len(inputs) == 1  # q, k and v of a self-attention hold one tensor
+
+
+def test_recomputed_teacher_features_change_no_loss_and_no_gradient(teacher, half_student, mt_data, monkeypatch):
+    """The criterion holds teacher q/k/v/fc1 as inputs and recomputes them in the backward: the same loss, components
+    and gradients as with the features themselves."""
+    import makd_fairseq.criterions.makd as makd
+
+    task, model, criterion = _setup(teacher, half_student, mt_data)
+    sample = batch_of(task, range(12))
+    results = []
+    for recompute in (True, False):
+        monkeypatch.setattr(makd, "Taps", lambda m, f, recompute_=recompute, **kw: Taps(m, f, recompute=(
+            recompute_ and kw.get("recompute", False))))
+        model.zero_grad()
+        loss, _, log = criterion(model, sample)
+        loss.backward()
+        results.append((loss.item(), {k: log[k].item() for k in COMPONENTS},
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (a_loss, a_log, a_grads), (b_loss, b_log, b_grads) = results
+    assert a_loss == pytest.approx(b_loss, rel=1e-6) and a_log == pytest.approx(b_log, rel=1e-5, abs=1e-7)
+    assert a_log["loss_mha"] > 0 and a_log["loss_ffn"] > 0
+    assert len(a_grads) == len(b_grads)
+    for a, b in zip(a_grads, b_grads):  # float rounding: the order of the sums differs
+        assert (a - b).abs().max() <= 1e-5 * b.abs().max()
+
+
 def test_layer_selection_and_mapping():
     assert select_layers("shallow", 6, "encoder") == [0, 1, 2]
     assert select_layers("deep", 6, "encoder") == [3, 4, 5]
@@ -244,6 +295,15 @@ def test_losses_equal_their_textbook_definitions():
     x, y = torch.randn(4, b, 8, requires_grad=True), torch.randn(4, b, 8)
     w = torch.rand(b, 4)
     assert torch.allclose(mse(x, y, w), (((x - y) ** 2).mean(-1) * w.t()).sum(), rtol=1e-6)
+    # against a teacher feature recomputed from its module's input: mse's value and gradient, plain and relative
+    lin, inputs = torch.nn.Linear(6, 8), torch.randn(4, b, 6)
+    with torch.no_grad():
+        y = lin(inputs).relu()
+    for relative in (False, True):
+        (g,) = torch.autograd.grad(mse(x, y, w, relative), x)
+        value = recomputed_mse(x, Recomputable(inputs, lambda z: lin(z).relu()), w, relative)
+        assert torch.allclose(value, mse(x, y, w, relative), rtol=1e-6)
+        assert torch.allclose(torch.autograd.grad(value, x)[0], g, rtol=1e-5, atol=1e-7)
 
 
 def test_relative_mse_is_scale_free_and_exactly_one_for_a_silent_student():

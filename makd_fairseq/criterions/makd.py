@@ -105,7 +105,8 @@ class MakdCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         teacher = self.task.teacher_for(model)
         # teacher first: its transient activations peak before the student's are allocated
-        with torch.no_grad(), Taps(teacher, self.teacher_features) as t_taps:
+        # q, k, v and fc1 of the teacher are held as their (smaller) inputs and recomputed in the backward
+        with torch.no_grad(), Taps(teacher, self.teacher_features, recompute=True) as t_taps:
             t_logits = teacher(**sample["net_input"])[0]
         with Taps(model, self.student_features) as s_taps:
             net_output = model(**sample["net_input"])
