@@ -99,6 +99,8 @@ class MakdCriterion(FairseqCriterion):
         if self.relative:
             for term in TERMS:
                 self.share[term] = 1.0 / max(1, sum(row.term == term for row in self.rows))
+        # the row after which each feature is let go (its last use): a row's loss keeps only what its backward needs
+        self.last_use = {f: i for i, row in enumerate(self.rows) for f in (("s", row.student), ("t", row.teacher))}
         self.student_features = {row.student for row in self.rows}
         self.teacher_features = {row.teacher for row in self.rows}
 
@@ -125,13 +127,12 @@ class MakdCriterion(FairseqCriterion):
         loss = self.cfg.ce_weight * values["loss_ce"] + self.cfg.model_weight * values["loss_model"]
 
         weights = position_weights(sample, pad)
-        # each feature is let go once its last row is formed: a row's loss keeps only what its backward needs (s − t,
-        # or the two attention maps), so the features and the losses' tensors are never all alive together
-        last = {f: i for i, row in enumerate(self.rows) for f in (("s", row.student), ("t", row.teacher))}
+        # each feature is let go once its last row is formed (s − t or the two attention maps are what stays), so the
+        # features and the losses' tensors are never all alive together
         for i, row in enumerate(self.rows):
             s, t = s_taps.values[row.student], t_taps.values[row.teacher]
             for side, taps, f in (("s", s_taps, row.student), ("t", t_taps, row.teacher)):
-                if last[(side, f)] == i:
+                if self.last_use[(side, f)] == i:
                     del taps.values[f]
             if row.term == "loss_hidn" and row.student.stack in self.projections:
                 s = self.projections[row.student.stack](s)
