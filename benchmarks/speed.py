@@ -6,7 +6,8 @@
 1. ``makd-init`` writes the 50% and 25% students of ``--teacher`` (uniform allocation).
 2. Training, on the 50% student, same data and batch stream (same seed) for every method of
    ``sizes.METHODS``: ``ce`` (label-smoothed cross-entropy), ``word_kd`` (+ output KL), ``layer_kd`` (+ attention
-   KL and hidden MSE on all layers), ``makd`` (defaults). Each run is fairseq's own ``Trainer.train_step`` in a
+   KL and hidden MSE on all layers), ``makd`` (defaults), and ``makd_recompute`` (``--recompute-teacher``: less
+   memory, more time). Each run is fairseq's own ``Trainer.train_step`` in a
    fresh process (built exactly as ``fairseq-train`` builds it); per update we time the step, the teacher's
    forward inside it (hooks on the teacher), and the peak memory of an update above what persists between
    updates (CPU: the kernel's VmHWM, reset before each step, in separate untimed runs where glibc unmaps freed
@@ -44,6 +45,9 @@ USER_DIR = os.path.join(ROOT, "makd_fairseq")
 sys.path.insert(0, HERE)
 from provenance import command, git_commit, hardware, write_atomic  # noqa: E402
 from sizes import METHODS, TRAIN_COMMON  # noqa: E402
+
+# the training methods timed: the benchmark's methods and makd trading time for memory (--recompute-teacher)
+TRAIN_METHODS = {**METHODS, "makd_recompute": [*METHODS["makd"], "--recompute-teacher"]}
 
 
 
@@ -217,7 +221,7 @@ def random_teacher(data, arch, save_dir):
 
 # ---------------------------------------------------------------- driver
 
-MEMORY_METHODS = ("word_kd", "makd")  # what the --shapes memory runs compare
+MEMORY_METHODS = ("word_kd", "makd", "makd_recompute")  # what the --shapes memory runs compare
 
 # CPU memory runs: glibc serves every block >= 64 KiB by mmap and unmaps it on free, so the resident size follows
 # the live tensors (with its default caching, freed blocks stay resident and peaks depend on history)
@@ -299,7 +303,7 @@ def train_argv(args, student, method, save_dir, data=None, teacher=None):
     device = ["--fp16"] if args.fp16 else ["--cpu"]
     return distill_command(data or args.data, teacher or args.teacher, student, [
         *TRAIN_COMMON, "--lr", "0.0005", "--max-tokens", str(args.max_tokens), "--save-dir", save_dir,
-        "--no-save", *device, *METHODS[method]])[1:]
+        "--no-save", *device, *TRAIN_METHODS[method]])[1:]
 
 
 def measure_shape(shape, args):
@@ -322,7 +326,8 @@ def measure_shape(shape, args):
                                              "steps": args.steps, "warmup": args.warmup}, 1,
                                    EXACT_MALLOC)["step_peak_bytes"]) for m in MEMORY_METHODS}
         out["train_peak_mem_bytes"] = peaks
-        out["makd_over_wordkd_peak_mem"] = round(peaks["makd"] / peaks["word_kd"], 4)
+        for m in ("makd", "makd_recompute"):
+            out[f"{m}_over_wordkd_peak_mem"] = round(peaks[m] / peaks["word_kd"], 4)
         print(f"{shape}: peak memory of an update " + ", ".join(f"{m} {p / 2**20:.0f} MiB" for m, p in peaks.items()),
               flush=True)
     for name, path in paths.items():  # untimed: the first reader of data and models pays the cache
@@ -380,9 +385,10 @@ def shapes_table(result):
                              f"| {ratio:.2f} | " + " | ".join(cells) + " |")
     notes = [f"{shape}, {key}%: {why}" for shape, r in result.get("shapes", {}).items()
              for key, why in r.get("unmet_budgets", {}).items()]
-    memory = [f"{shape}: word_kd {r['train_peak_mem_bytes']['word_kd'] / 2**20:.0f} MiB, makd "
-              f"{r['train_peak_mem_bytes']['makd'] / 2**20:.0f} MiB (× {r['makd_over_wordkd_peak_mem']:.2f})"
-              for shape, r in result.get("shapes", {}).items() if "train_peak_mem_bytes" in r]
+    memory = [f"{shape}: " + ", ".join(
+        f"{m} {p / 2**20:.0f} MiB" + (f" (× {p / r['train_peak_mem_bytes']['word_kd']:.2f})" if m != "word_kd" else "")
+        for m, p in r["train_peak_mem_bytes"].items())
+        for shape, r in result.get("shapes", {}).items() if "train_peak_mem_bytes" in r]
     return lines + [""] + ([f"Not measured: {'; '.join(notes)}", ""] if notes else []) + (
         [f"Peak memory of an update (50% student): {'; '.join(memory)}", ""] if memory else [])
 
@@ -451,7 +457,7 @@ def main(argv=None):
     parser.add_argument("--vocabulary", action=argparse.BooleanOptionalAction, default=True,
                         help="also time students whose vocabulary matrix (embeddings and output projection) is "
                              "factorized and counted in the budget (keys 50_vocab, 25_vocab)")
-    parser.add_argument("--profile", choices=list(METHODS), metavar="METHOD",
+    parser.add_argument("--profile", choices=list(TRAIN_METHODS), metavar="METHOD",
                         help="instead of the benchmark: profile --steps updates of METHOD with torch.profiler")
     args = parser.parse_args(argv)
 
@@ -489,7 +495,7 @@ def main(argv=None):
     shapes = {shape: measure_shape(shape, args) for shape in args.shapes}
     parts = set(args.parts)
     paths = {"teacher": args.teacher, **{f"student{k}": students[k] for k in keys}}
-    runs = {m: [] for m in METHODS} if "train" in parts else {}
+    runs = {m: [] for m in TRAIN_METHODS} if "train" in parts else {}
     memory = {}  # method -> per-update peaks (CPU); on GPU the timed runs' allocator statistics
     gens = {name: [] for name in paths} if "generate" in parts else {}
     for path in paths.values() if gens else ():  # untimed: the first reader of data and models pays the cache
@@ -525,6 +531,9 @@ def main(argv=None):
         ratios.update({
             "makd_over_wordkd_step": tr["makd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
             "makd_over_wordkd_peak_mem": tr["makd"]["peak_mem_bytes"] / max(tr["word_kd"]["peak_mem_bytes"], 1),
+            "makd_recompute_over_wordkd_step": tr["makd_recompute"]["step_s_median"] / tr["word_kd"]["step_s_median"],
+            "makd_recompute_over_wordkd_peak_mem":
+                tr["makd_recompute"]["peak_mem_bytes"] / max(tr["word_kd"]["peak_mem_bytes"], 1),
             "layerkd_over_wordkd_step": tr["layer_kd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
             "wordkd_over_ce_step": tr["word_kd"]["step_s_median"] / tr["ce"]["step_s_median"],
         })

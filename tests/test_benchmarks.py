@@ -15,10 +15,11 @@ def test_speed_benchmark_smoke(teacher, mt_data, tmp_path):
         "--out", out, "--budgets", "0.6", "0.4", "--steps", "2", "--warmup", "1", "--repeats", "1",
         "--batch-size", "8", "--gen-len", "5")
     result = json.loads(out.read_text())
-    for key in ("makd_over_wordkd_step", "makd_over_wordkd_peak_mem", "gen_speedup_60", "gen_speedup_40",
+    for key in ("makd_over_wordkd_step", "makd_over_wordkd_peak_mem", "makd_recompute_over_wordkd_step",
+                "makd_recompute_over_wordkd_peak_mem", "gen_speedup_60", "gen_speedup_40",
                 "flops_ratio_60", "flops_ratio_40", "gen_speedup_60_vocab", "flops_ratio_40_vocab"):
         assert result[key] > 0, key
-    assert set(result["train"]) == {"ce", "word_kd", "layer_kd", "makd"}
+    assert set(result["train"]) == {"ce", "word_kd", "layer_kd", "makd", "makd_recompute"}
     assert all(r["updates"] == 2 for r in result["train"].values())
     assert result["train"]["ce"]["teacher_share"] == 0 < result["train"]["makd"]["teacher_share"] < 1
     gen = result["generate"]

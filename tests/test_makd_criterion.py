@@ -204,19 +204,27 @@ def test_recomputable_taps_give_the_recorded_features(teacher, mt_data):
     assert len(inputs) == 1  # q, k and v of a self-attention hold one tensor
 
 
-def test_recomputed_teacher_features_change_no_loss_and_no_gradient(teacher, half_student, mt_data, monkeypatch):
-    """The criterion holds teacher q/k/v/fc1 as inputs and recomputes them in the backward: the same loss, components
-    and gradients as with the features themselves."""
-    import makd_fairseq.criterions.makd as makd
+def _graph_nodes(loss):
+    """Names of the autograd nodes behind ``loss``."""
+    seen, todo = set(), [loss.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [n for n, _ in node.next_functions]
+    return {type(n).__name__ for n in seen}
 
-    task, model, criterion = _setup(teacher, half_student, mt_data)
-    sample = batch_of(task, range(12))
+
+def test_recomputed_teacher_features_change_no_loss_and_no_gradient(teacher, half_student, mt_data):
+    """--recompute-teacher holds teacher q/k/v/fc1 as inputs and recomputes them: the same loss, components and
+    gradients as with the features themselves (the default)."""
     results = []
     for recompute in (True, False):
-        monkeypatch.setattr(makd, "Taps", lambda m, f, recompute_=recompute, **kw: Taps(m, f, recompute=(
-            recompute_ and kw.get("recompute", False))))
+        task, model, criterion = _setup(teacher, half_student, mt_data, recompute_teacher=recompute)
+        sample = batch_of(task, range(12))
         model.zero_grad()
         loss, _, log = criterion(model, sample)
+        assert ("_RecomputedMSEBackward" in _graph_nodes(loss)) == recompute
         loss.backward()
         results.append((loss.item(), {k: log[k].item() for k in COMPONENTS},
                         [p.grad.clone() for p in model.parameters() if p.grad is not None]))

@@ -58,6 +58,10 @@ class MakdConfig(FairseqDataclass):
                 "features of a term) or teacher (each position's squared error divided by the teacher feature's "
                 "mean square there, so an untrained student starts near 1 whatever the width or activation scale; "
                 "every intermediate term, loss_attn included, is then the mean over its features, not their sum)"})
+    recompute_teacher: bool = field(default=False, metadata={
+        "help": "hold the teacher's q, k, v and fc1 activation as their module's (smaller) input and recompute them when "
+                "their loss is formed and again in its backward: less memory per update for more time (same loss and "
+                "gradients), like --checkpoint-activations for the student"})
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
@@ -107,8 +111,8 @@ class MakdCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         teacher = self.task.teacher_for(model)
         # teacher first: its transient activations peak before the student's are allocated
-        # q, k, v and fc1 of the teacher are held as their (smaller) inputs and recomputed in the backward
-        with torch.no_grad(), Taps(teacher, self.teacher_features, recompute=True) as t_taps:
+        # --recompute-teacher: q, k, v and fc1 of the teacher are held as their (smaller) inputs and recomputed
+        with torch.no_grad(), Taps(teacher, self.teacher_features, recompute=self.cfg.recompute_teacher) as t_taps:
             t_logits = teacher(**sample["net_input"])[0]
         with Taps(model, self.student_features) as s_taps:
             net_output = model(**sample["net_input"])
