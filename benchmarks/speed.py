@@ -43,7 +43,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 USER_DIR = os.path.join(ROOT, "makd_fairseq")
 sys.path.insert(0, HERE)
-from provenance import command, git_commit, hardware, write_atomic  # noqa: E402
+from provenance import command, git_state, hardware, write_atomic  # noqa: E402
 from sizes import METHODS, TRAIN_COMMON  # noqa: E402
 
 # the training methods timed: the benchmark's methods and makd trading time for memory (--recompute-teacher)
@@ -477,7 +477,7 @@ def main(argv=None):
     if os.path.abspath(args.out) in (os.path.abspath(args.teacher), os.path.abspath(args.data)):
         parser.error("--out would overwrite an input")
     os.makedirs(args.work, exist_ok=True)
-    started = time.time()
+    started, state = time.time(), git_state()  # the code measured: the commit (and dirty flag) at the start
     students, unmet = make_students(args.teacher, args.work, args)
     if unmet:
         sys.exit(f"speed.py: students of --teacher could not be made: {unmet}")
@@ -551,7 +551,7 @@ def main(argv=None):
         result["shapes"] = shapes
     result = {**{k: round(v, 4) for k, v in ratios.items()}, **result, "config": {
         k: v for k, v in vars(args).items() if k != "worker"},
-        "command": command(__file__, argv), "git_commit": git_commit(),
+        "command": command(__file__, argv), "git_commit": state["commit"], "git_dirty": state["dirty"],
         "hardware": hardware(f"{args.threads} thread(s) per measured process"),
         "wall_s": round(time.time() - started, 1)}
     write_atomic(args.out, json.dumps(result, indent=1))
