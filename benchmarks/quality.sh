@@ -7,8 +7,9 @@
 #
 # Prepares WORK/data once (prepare.py; the same seed gives the same data hash), then runs benchmarks/quality.py per
 # task with every method at 50% (seeds 1, 2, 3) and 25% (seed 1): on cpu summarization and translation side by side
-# (one job each), then the language model (seed 1); on gpu one after the other. Then, with nothing else running,
-# each task once more with --time-generation: every model's generation is timed one at a time (the rest is reused).
+# (one job each), the language model (seed 1) on the core of whichever finishes first; on gpu one after the other.
+# Then, with nothing else running, each task once more with --time-generation: every model's generation is timed
+# one at a time (the rest is reused).
 # Results: benchmarks/results/<task>.{json,md,png} and hypotheses/<task>/ (OUT_DIR=... to write them elsewhere);
 # logs: WORK/<task>.log. Re-running resumes: finished steps are reused.
 set -euo pipefail
@@ -32,11 +33,13 @@ run_task() {  # TASK SIZE [quality.py flags]
   tail -n 30 "$work/$task.log" | grep '^|'
 }
 if [ "$size" = cpu ]; then
-  run_task summarization cpu & a=$!
-  run_task translation cpu & b=$!
+  # two jobs of one thread: the language model (one seed) takes the core of whichever task finishes first
+  run_task summarization cpu &
+  run_task translation cpu &
   status=0
-  for pid in $a $b; do wait "$pid" || status=1; done
-  run_task language_modeling lm_cpu --seeds 1 || status=1  # one seed for the language model
+  wait -n || status=1
+  run_task language_modeling lm_cpu --seeds 1 || status=1
+  wait -n || status=1
   [ $status = 0 ] || exit $status
   run_task summarization cpu --time-generation
   run_task translation cpu --time-generation
