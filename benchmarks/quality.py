@@ -8,13 +8,15 @@
 2. Students for each ``--budgets`` fraction of the teacher's parameters: ``makd-init`` (uniform ranks; ``--init
    whiten`` factors fitted to the teacher's inputs on train, or plain truncated SVD) and ``makd-shrink`` (dense,
    fewer copied layers, as in shrink-and-fine-tune).
-3. Sequence-level KD data, if a ``sizes.SEQ_KD_METHODS`` method runs: ``makd-teacher-data`` writes WORK/seq_kd_data,
-   the data with every train target replaced by the teacher's beam output (the generation flags of step 5).
+3. Sequence-level KD data, if a ``sizes.SEQ_KD_METHODS`` method runs: ``makd-teacher-data --splits train,valid``
+   writes WORK/seq_kd_data, the data with every train and valid target replaced by the teacher's beam output (the
+   generation flags of step 5).
 4. ``sizes.QUALITY_METHODS``: every trained method starts from its student and runs ``fairseq-train`` with the same
-   data (the teacher's outputs for the seq-KD methods; the same valid split for all), flags and seed until it
-   converges (``sizes.until_converged``: validation every N updates, ``--patience`` validations without a lower
-   ``nll_loss``, a cap on updates); ``--best-checkpoint-metric nll_loss`` (the one number every criterion logs alike)
-   picks the checkpoint. ``--jobs`` runs that many at once, one thread each.
+   flags and seed until it converges (``sizes.until_converged``: validation every N updates, ``--patience``
+   validations without a lower ``nll_loss``, a cap on updates); ``--best-checkpoint-metric nll_loss`` (the one number
+   every criterion logs alike) picks the checkpoint. Each method is validated on the targets it is trained on: the
+   references, or for the seq-KD methods the teacher's outputs for the valid sources (on the references their nll
+   rises while their own objective still falls, and the rule would stop them after a few hundred updates). ``--jobs`` runs that many at once, one thread each.
 5. ``fairseq-generate`` with beam search on the test set, sentencepiece removed; summarization is scored with
    ``rouge-score`` (ROUGE-1/2/L F1, Porter stemming), translation with sacreBLEU (BLEU and chrF, signatures kept).
    ``--task language_modeling`` (decoder-only, ``lm_*`` sizes): ``fairseq-eval-lm`` perplexity on test and ROUGE-L
@@ -114,9 +116,9 @@ def device_flags(run):
 
 
 def teacher_data_command(run, teacher):
-    """makd-teacher-data: the train split with the teacher's beam outputs as targets (sequence-level KD)."""
+    """makd-teacher-data: train and valid with the teacher's beam outputs as targets (sequence-level KD)."""
     return ["makd-teacher-data", "--teacher", teacher, "--data", run.args.data, "--out", run.path("seq_kd_data"),
-            *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
+            "--splits", "train,valid", *GENERATE[run.args.task], "--batch-size", str(run.args.batch_size),
             *(["--cpu"] if device_flags(run) == ["--cpu"] else [])]
 
 
@@ -390,6 +392,9 @@ def table(result):
         speed = "–" if not m.get("speed") else f"{m['speed']['sentences_per_s']:.2f}"
         lines.append(f"| {m['method']} | {budget} | {seeds} | {m['params']:,} | " + " | ".join(cells)
                      + f" | {share:.1f}% | {vs} | {nll} | {updates} | {speed} |")
+    if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]):
+        lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
+                      "sources (what they are trained on), not against the references as the other rows."]
     if result.get("pending"):
         lines += ["", f"Partial: {len(result['pending'])} trainings not finished yet ({', '.join(result['pending'])})."]
     return "\n".join(lines) + "\n"

@@ -118,8 +118,11 @@ def check_out_dir(args, manifest):
 def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",)):
     """fairseq-generate on the test split (``flags``: beam, batch, lengths, ...): the command makd-compress and the
     quality benchmark evaluate encoder-decoder models with."""
+    # --required-batch-size-multiple 1: fairseq main's default of 8 drops the last batch's remainder, i.e. up to 7
+    # test sentences (fairseq#5036)
     return ["fairseq-generate", data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test", *flags,
-            "--num-workers", "0", *(["--remove-bpe", remove_bpe] if remove_bpe != "none" else []),
+            "--required-batch-size-multiple", "1", "--num-workers", "0",
+            *(["--remove-bpe", remove_bpe] if remove_bpe != "none" else []),
             "--skip-invalid-size-inputs-valid-test", *device]
 
 

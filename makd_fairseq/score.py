@@ -5,15 +5,24 @@
     makd-score gen.out --metric bleu --json    # sacreBLEU with its signature
 
 Hypotheses are the detokenized ``D-`` lines, references the ``T-`` lines, both in sample order (fairseq prints
-them in the order batches finish). The benchmarks score with the same functions.
+them in the order batches finish). When the output holds fairseq's log too (``2>&1``), a sentence count below what
+the task loaded is an error: fairseq main drops the last batch's remainder unless ``--required-batch-size-multiple
+1`` (fairseq#5036), and ``--skip-invalid-size-inputs-valid-test`` drops too-long sources. The benchmarks score with
+the same functions.
 """
 
 import argparse
 import json
+import re
 import sys
 from typing import Dict, Iterable, List, Tuple
 
 METRICS = ("rouge", "bleu", "chrf")
+
+
+# fairseq's translation task on loading the split it generates from: "INFO:fairseq.tasks.translation:BIN test en-de
+# 500 examples" (the line a log of fairseq-generate's stderr holds)
+LOADED = re.compile(r"fairseq\.tasks\.\w+\s*[:|].* \S+-\S+ (\d+) examples\s*$")
 
 
 class ScoreError(ValueError):
@@ -22,8 +31,11 @@ class ScoreError(ValueError):
 
 def read_generation(lines: Iterable[str], name: str = "the input") -> Tuple[List[str], List[str]]:
     """(hypotheses, references) in sample order from fairseq-generate's ``D-`` and ``T-`` lines."""
-    hyps, refs = {}, {}
+    hyps, refs, loaded = {}, {}, None
     for line in lines:
+        m = LOADED.search(line)
+        if m:
+            loaded = int(m.group(1))
         if line.startswith(("D-", "T-")):
             head, _, rest = line.rstrip("\n").partition("\t")
             try:
@@ -38,6 +50,10 @@ def read_generation(lines: Iterable[str], name: str = "the input") -> Tuple[List
         raise ScoreError(f"{name} has no D- lines: is it fairseq-generate's output (stdout)?")
     if set(hyps) != set(refs):
         raise ScoreError(f"{name} holds {len(hyps)} hypotheses (D-) for {len(refs)} references (T-)")
+    if loaded is not None and len(hyps) != loaded:
+        raise ScoreError(f"{name} holds {len(hyps)} hypotheses for the {loaded} sentences fairseq loaded: fairseq "
+                         "drops the last batch's remainder unless --required-batch-size-multiple 1 (fairseq#5036), "
+                         "and --skip-invalid-size-inputs-valid-test drops sources longer than the model reads")
     ids = sorted(hyps)
     return [hyps[i] for i in ids], [refs[i] for i in ids]
 

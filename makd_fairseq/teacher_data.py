@@ -1,15 +1,18 @@
 """``makd-teacher-data``: sequence-level KD data (Kim & Rush, 2016): the train targets replaced by the teacher's beam.
 
-    makd-teacher-data --teacher T.pt --data BIN --out BIN_KD [--beam 4] [--batch-size 64] [--max-len-a A --max-len-b B]
+    makd-teacher-data --teacher T.pt --data BIN --out BIN_KD [--splits train[,valid]] [--beam 4] [--batch-size 64]
+        [--max-len-a A --max-len-b B]
 
-Decodes every train source of the binarized translation data BIN with fairseq's own sequence generator (the task's
-``build_generator``/``inference_step``, as fairseq-generate does) and writes BIN_KD, a data directory fairseq's
-translation task (and ``makd_translation``) loads: train example i has source i of BIN, unchanged, and the teacher's
-best hypothesis for it as its target, written as token ids by fairseq's indexed-dataset builder in BIN's dataset
-format; the dictionaries, valid and test are copied byte for byte, so a student trained on BIN_KD is validated on the
-original references. Decoding is saved every ``--shard-size`` sentences under BIN_KD/.partial, so an interrupted run
-resumes; BIN_KD/teacher_data.json is written last and a re-run with the same teacher, data and decoding flags
-reuses the finished directory.
+Decodes every source of the ``--splits`` of the binarized translation data BIN (default: train) with fairseq's own
+sequence generator (the task's ``build_generator``/``inference_step``, as fairseq-generate does) and writes BIN_KD, a
+data directory fairseq's translation task (and ``makd_translation``) loads: example i of a decoded split has source
+i of BIN, unchanged, and the teacher's best hypothesis for it as its target, written as token ids by fairseq's
+indexed-dataset builder in BIN's dataset format; the dictionaries and every other split are copied byte for byte.
+With the default a student trained on BIN_KD is validated on the original references; with ``--splits train,valid``
+on the teacher's outputs for the valid sources, i.e. on what it is trained to produce (so that early stopping and
+``--best-checkpoint-metric`` measure its own objective). Decoding is saved every ``--shard-size`` sentences under
+BIN_KD/.partial, so an interrupted run resumes; BIN_KD/teacher_data.json is written last and a re-run with the same
+teacher, data, splits and decoding flags reuses the finished directory.
 """
 
 import argparse
@@ -30,7 +33,8 @@ PARTIAL = ".partial"
 TASK_FIELDS = ("source_lang", "target_lang", "left_pad_source", "left_pad_target", "max_source_positions",
                "max_target_positions", "truncate_source")
 # what a finished or partial BIN_KD must have been made from to be reused or resumed
-KEY_FIELDS = ("teacher_sha256", "train_sha256", "source_lang", "target_lang", "beam", "max_len_a", "max_len_b")
+KEY_FIELDS = ("teacher_sha256", "sources_sha256", "splits", "source_lang", "target_lang", "beam", "max_len_a",
+              "max_len_b")
 
 
 class TeacherDataError(ValueError):
@@ -94,7 +98,7 @@ def build_task(args, state):
     saved = state["cfg"]["task"] if state.get("cfg") is not None else model_args(state)
     parser = options.get_generation_parser(default_task="makd_translation")
     flags = [args.data, "--task", "makd_translation", "--teacher-path", args.teacher, "--path", args.teacher,
-             "--gen-subset", "train", "--beam", str(args.beam), "--max-len-a", str(args.max_len_a),
+             "--beam", str(args.beam), "--max-len-a", str(args.max_len_a),
              "--max-len-b", str(args.max_len_b), "--batch-size", str(args.batch_size), "--nbest", "1"]
     with warnings.catch_warnings():  # hydra's deprecation notices inside fairseq: stderr keeps one error line
         warnings.simplefilter("ignore")
@@ -114,21 +118,26 @@ def run_key(args, state_path_sha, task) -> dict:
     from fairseq.data import indexed_dataset
 
     src, tgt = task.cfg.source_lang, task.cfg.target_lang
-    prefixes = split_prefixes(args.data, "train", src, tgt)
-    if not prefixes:
-        raise TeacherDataError(f"--data {args.data}: no train split for {src}-{tgt} (run fairseq-preprocess)")
-    impls = {indexed_dataset.infer_dataset_impl(p + lang) for p in prefixes for lang in (src, tgt)}
-    if not impls <= {"mmap", "lazy", "cached"}:
-        raise TeacherDataError(f"--data {args.data}: train files in dataset format {sorted(map(str, impls))}; "
-                               "makd-teacher-data writes binarized (mmap, lazy or cached) data only")
-    train_files = [p + src + ext for p in prefixes for ext in (".idx", ".bin")]
+    source_files = []
+    for split in args.splits:
+        prefixes = split_prefixes(args.data, split, src, tgt)
+        if not prefixes:
+            raise TeacherDataError(f"--data {args.data}: no {split} split for {src}-{tgt} (run fairseq-preprocess)")
+        impls = {indexed_dataset.infer_dataset_impl(p + lang) for p in prefixes for lang in (src, tgt)}
+        if not impls <= {"mmap", "lazy", "cached"}:
+            raise TeacherDataError(f"--data {args.data}: {split} files in dataset format {sorted(map(str, impls))}; "
+                                   "makd-teacher-data writes binarized (mmap, lazy or cached) data only")
+        source_files += [p + src + ext for p in prefixes for ext in (".idx", ".bin")]
     dicts = [os.path.join(args.data, f"dict.{lang}.txt") for lang in (src, tgt)]
-    return {"teacher_sha256": state_path_sha, "train_sha256": sha256_of(train_files + dicts),
-            "source_lang": src, "target_lang": tgt, "beam": args.beam, "max_len_a": args.max_len_a,
-            "max_len_b": args.max_len_b, "teacher": os.path.abspath(args.teacher), "data": os.path.abspath(args.data)}
+    return {"teacher_sha256": state_path_sha, "sources_sha256": sha256_of(source_files + dicts),
+            "splits": args.splits, "source_lang": src, "target_lang": tgt, "beam": args.beam,
+            "max_len_a": args.max_len_a, "max_len_b": args.max_len_b, "teacher": os.path.abspath(args.teacher),
+            "data": os.path.abspath(args.data)}
 
 
 def differences(old: dict, new: dict) -> str:
+    if "splits" not in old:  # written before --splits: the train split alone, hashed under another name
+        old = dict(old, splits=["train"], sources_sha256=old.get("train_sha256"))
     return ", ".join(f"{k} {old.get(k)!r} vs {new[k]!r}" for k in KEY_FIELDS if old.get(k) != new[k])
 
 
@@ -163,12 +172,12 @@ def load_teacher(cfg, task, state):
     return model
 
 
-def decode(cfg, task, model, ids, progress) -> dict:
-    """{sentence id: the teacher's best hypothesis as token ids, EOS included} for train sentences ``ids``."""
+def decode(cfg, task, model, split, ids, progress) -> dict:
+    """{sentence id: the teacher's best hypothesis as token ids, EOS included} for sentences ``ids`` of ``split``."""
     import torch
     from fairseq import utils
 
-    dataset = task.dataset("train")
+    dataset = task.dataset(split)
     generator = task.build_generator([model], cfg.generation)
     order = sorted(ids, key=lambda i: -int(dataset.src_sizes[i]))  # similar lengths per batch: little padding
     eos, out = task.target_dictionary.eos(), {}
@@ -185,24 +194,24 @@ def decode(cfg, task, model, ids, progress) -> dict:
     return out
 
 
-def decode_shards(args, cfg, task, model, partial: str) -> dict:
-    """All train hypotheses: those saved under ``partial`` by an earlier run, the rest decoded ``--shard-size``
-    sentences at a time, each shard saved as soon as it is done."""
+def decode_shards(args, cfg, task, model, partial: str, split: str) -> dict:
+    """All hypotheses for ``split``: those saved under ``partial`` by an earlier run, the rest decoded
+    ``--shard-size`` sentences at a time, each shard saved as soon as it is done."""
     import glob
 
     from fairseq import utils
     from tqdm import tqdm
 
-    dataset = task.dataset("train")
+    dataset = task.dataset(split)
     n = len(dataset)
     max_src = utils.resolve_max_positions(task.max_positions(), model.max_positions())[0]
     hyps, unread = {}, 0
-    for path in sorted(glob.glob(os.path.join(partial, "shard-*.json"))):  # whatever shard size wrote them
+    for path in sorted(glob.glob(os.path.join(partial, f"{split}-shard-*.json"))):  # whatever shard size wrote them
         with open(path) as f:
             hyps.update({int(k): v for k, v in json.load(f).items()})
     if hyps:
-        print(f"resuming: {len(hyps)} of {n} train sentences already decoded in {partial}", flush=True)
-    with tqdm(total=n, initial=len(hyps), unit="sent", desc="makd-teacher-data", file=sys.stderr,
+        print(f"resuming: {len(hyps)} of {n} {split} sentences already decoded in {partial}", flush=True)
+    with tqdm(total=n, initial=len(hyps), unit="sent", desc=f"makd-teacher-data {split}", file=sys.stderr,
               mininterval=1 if sys.stderr.isatty() else 30) as progress:
         for s in range(0, n, args.shard_size):
             e = min(s + args.shard_size, n)
@@ -211,44 +220,49 @@ def decode_shards(args, cfg, task, model, partial: str) -> dict:
                 continue
             # a source the teacher cannot read keeps its reference (fairseq-train skips such examples anyway)
             readable = [i for i in todo if dataset.src_sizes[i] <= max_src]
-            shard = decode(cfg, task, model, readable, progress)
+            shard = decode(cfg, task, model, split, readable, progress)
             shard.update({i: dataset.tgt[i].tolist() for i in todo if i not in shard})
             unread += len(todo) - len(readable)
             progress.update(len(todo) - len(readable))
-            write_json_atomic(os.path.join(partial, f"shard-{s:09d}-{e:09d}.json"), shard)
+            write_json_atomic(os.path.join(partial, f"{split}-shard-{s:09d}-{e:09d}.json"), shard)
             hyps.update(shard)
     if unread:
-        logging.getLogger(__name__).warning(f"{unread} train sources are longer than the teacher reads "
+        logging.getLogger(__name__).warning(f"{unread} {split} sources are longer than the teacher reads "
                                             f"({max_src} tokens): they keep their reference targets")
     return hyps
 
 
 def write_outputs(args, task, hyps: dict, key: dict, command: str, seconds: float) -> None:
-    """BIN_KD's files: train targets from ``hyps``, everything else copied; the manifest last (the 'done' mark)."""
+    """BIN_KD's files: the decoded splits' targets from ``hyps`` ({split: {id: tokens}}), everything else copied; the
+    manifest last (the 'done' mark)."""
     import torch
     from fairseq.data import indexed_dataset
 
     src, tgt = task.cfg.source_lang, task.cfg.target_lang
-    out, n = args.out, 0
-    for name in sorted(os.listdir(args.data)):  # dictionaries, valid and test as they are
-        if re.match(r"dict\..+\.txt$", name) or re.match(r"(valid|test)\d*\..+\.(bin|idx)$", name):
+    out = args.out
+    for name in sorted(os.listdir(args.data)):  # dictionaries and the other splits as they are
+        split = re.match(r"(train|valid|test)\d*\..+\.(bin|idx)$", name)
+        if re.match(r"dict\..+\.txt$", name) or (split and split.group(1) not in hyps):
             copy_atomic(os.path.join(args.data, name), os.path.join(out, name))
-    for prefix in split_prefixes(args.data, "train", src, tgt):  # train sources unchanged, teacher targets
-        base = os.path.basename(prefix)
-        for ext in (".bin", ".idx"):
-            copy_atomic(prefix + src + ext, os.path.join(out, base + src + ext))
-        impl = indexed_dataset.infer_dataset_impl(prefix + tgt) or indexed_dataset.infer_dataset_impl(prefix + src)
-        count = len(indexed_dataset.make_dataset(prefix + src, impl))
-        target = os.path.join(out, base + tgt)
-        builder = indexed_dataset.make_builder(target + ".bin.tmp", impl, vocab_size=len(task.target_dictionary))
-        for i in range(n, n + count):
-            builder.add_item(torch.IntTensor(hyps[i]))
-        builder.finalize(target + ".idx.tmp")
-        os.replace(target + ".bin.tmp", target + ".bin")
-        os.replace(target + ".idx.tmp", target + ".idx")
-        n += count
+    for split, split_hyps in hyps.items():
+        n = 0
+        for prefix in split_prefixes(args.data, split, src, tgt):  # sources unchanged, teacher targets
+            base = os.path.basename(prefix)
+            for ext in (".bin", ".idx"):
+                copy_atomic(prefix + src + ext, os.path.join(out, base + src + ext))
+            impl = indexed_dataset.infer_dataset_impl(prefix + tgt) or indexed_dataset.infer_dataset_impl(prefix + src)
+            count = len(indexed_dataset.make_dataset(prefix + src, impl))
+            target = os.path.join(out, base + tgt)
+            builder = indexed_dataset.make_builder(target + ".bin.tmp", impl, vocab_size=len(task.target_dictionary))
+            for i in range(n, n + count):
+                builder.add_item(torch.IntTensor(split_hyps[i]))
+            builder.finalize(target + ".idx.tmp")
+            os.replace(target + ".bin.tmp", target + ".bin")
+            os.replace(target + ".idx.tmp", target + ".idx")
+            n += count
     write_json_atomic(os.path.join(out, MANIFEST), dict(
-        key, sentences=n, hypothesis_tokens=sum(len(h) for h in hyps.values()), command=command,
+        key, sentences={split: len(h) for split, h in hyps.items()},
+        hypothesis_tokens={split: sum(len(t) for t in h.values()) for split, h in hyps.items()}, command=command,
         decode_seconds=round(seconds, 1)))
 
 
@@ -261,10 +275,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="makd-teacher-data",
         description="Sequence-level KD data: write a copy of a binarized translation data directory whose train "
-                    "targets are the teacher's beam-search outputs (sources, dictionaries, valid and test unchanged).")
+                    "targets (with --splits train,valid also the valid targets) are the teacher's beam-search "
+                    "outputs (sources, dictionaries and the other splits unchanged).")
     parser.add_argument("--teacher", required=True, metavar="T.pt", help="encoder-decoder teacher checkpoint")
     parser.add_argument("--data", required=True, metavar="BIN", help="fairseq-preprocess output (translation pair)")
     parser.add_argument("--out", required=True, metavar="BIN_KD", help="data directory to write")
+    parser.add_argument("--splits", default="train", choices=["train", "train,valid"],
+                        help="splits whose targets become the teacher's outputs: train (default) or train,valid "
+                             "(students are then validated on the teacher's outputs too); test keeps its references")
     parser.add_argument("--beam", type=int, default=4, help="beam size (default: 4)")
     parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch (default: 64)")
     parser.add_argument("--max-len-a", type=float, default=0.0, help="max length = a·source length + b (default: 0)")
@@ -275,6 +293,7 @@ def main(argv=None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="rebuild an --out that holds other files or teacher data made with other arguments")
     args = parser.parse_args(argv)
+    args.splits = args.splits.split(",")
     command = " ".join(["makd-teacher-data"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
     try:
         if args.beam < 1 or args.batch_size < 1 or args.shard_size < 1:
@@ -297,8 +316,8 @@ def main(argv=None) -> int:
         print(f"makd-teacher-data: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     if status == "finished" and not problem:
-        print(f"{args.out}: already holds this teacher's outputs (beam {args.beam}) for the train split of "
-              f"{args.data}: reused", flush=True)
+        print(f"{args.out}: already holds this teacher's outputs (beam {args.beam}) for the "
+              f"{' and '.join(args.splits)} split{'s' * (len(args.splits) > 1)} of {args.data}: reused", flush=True)
         return 0
     partial = os.path.join(args.out, PARTIAL)
     if problem:  # --force: our own state goes, files of the same names are overwritten, nothing else is touched
@@ -308,14 +327,18 @@ def main(argv=None) -> int:
     os.makedirs(partial, exist_ok=True)
     write_json_atomic(os.path.join(partial, "run.json"), key)
     started = time.time()
-    task.load_dataset("train")
-    model = load_teacher(cfg, task, state)
-    del state
-    hyps = decode_shards(args, cfg, task, model, partial)
+    model, hyps = None, {}
+    for split in args.splits:
+        task.load_dataset(split)
+        if model is None:
+            model = load_teacher(cfg, task, state)
+            del state
+        hyps[split] = decode_shards(args, cfg, task, model, partial, split)
     write_outputs(args, task, hyps, key, command, time.time() - started)
     shutil.rmtree(partial)
-    print(f"wrote {args.out}: {len(hyps)} train targets decoded by {args.teacher} (beam {args.beam}) "
-          f"in {time.time() - started:.0f} s; sources, dictionaries, valid and test copied from {args.data}",
+    counts = " and ".join(f"{len(h)} {split}" for split, h in hyps.items())
+    print(f"wrote {args.out}: {counts} targets decoded by {args.teacher} (beam {args.beam}) in "
+          f"{time.time() - started:.0f} s; sources, dictionaries and the other splits copied from {args.data}",
           flush=True)
     return 0
 

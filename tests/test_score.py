@@ -55,6 +55,25 @@ def test_the_console_command_scores_and_bad_input_is_one_line_exit_2(generation,
         read_generation(["D-0\t-0.1\ta", "D-1\t-0.2\tb", "T-0\tx"])
 
 
+def test_a_log_that_lost_sentences_is_an_error_and_the_fixed_batching_keeps_all(teacher, mt_data):
+    """fairseq main drops the last batch's remainder (default --required-batch-size-multiple 8, fairseq#5036): on
+    the 50 valid sentences, 48 come out; makd-score refuses such a log and makd-compress's command keeps all 50."""
+    from makd_fairseq.compress import generate_command
+
+    flags = [mt_data, "--user-dir", USER_DIR, "--path", teacher, "--beam", "2", "--cpu", "--batch-size", "64",
+             "--gen-subset", "valid"]
+    proc = run("fairseq-generate", *flags)
+    log = (proc.stderr + proc.stdout).splitlines()
+    assert sum(line.startswith("D-") for line in log) == 48
+    with pytest.raises(ScoreError, match=r"48 hypotheses for the 50 sentences .*fairseq#5036"):
+        read_generation(log, "gen.log")
+    command = generate_command(mt_data, teacher, ["--beam", "2", "--batch-size", "64"], remove_bpe="none")
+    at = command.index("--gen-subset") + 1
+    proc = run(*command[:at], "valid", *command[at + 1:])
+    hyps, refs = read_generation((proc.stderr + proc.stdout).splitlines(), "gen.log")
+    assert len(hyps) == len(refs) == 50
+
+
 @pytest.mark.parametrize("metric", ["rougeL", "bleu", "chrf"])
 def test_paired_bootstrap(generation, metric):
     """The difference is the seed-averaged score difference, its interval holds it, swapping sides negates it,

@@ -27,32 +27,38 @@ def files(path):
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(path.iterdir()) if p.is_file()}
 
 
-def targets(data):
+def targets(data, split="train"):
     from fairseq.data import indexed_dataset
 
-    return [t.tolist() for t in indexed_dataset.make_dataset(str(data / "train.en-de.de"), "mmap")]
+    return [t.tolist() for t in indexed_dataset.make_dataset(str(data / f"{split}.en-de.de"), "mmap")]
 
 
-def test_train_targets_are_what_fairseq_generate_writes_for_the_train_sources(kd_data, mt_data, teacher):
+def assert_teacher_outputs(kd_data, mt_data, teacher, split, n):
+    """Every target of ``split`` in kd_data is what fairseq-generate writes for that split's sources."""
     from fairseq.data import Dictionary
 
-    proc = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", teacher, "--gen-subset", "train",
-               *BEAM, "--batch-size", "32", "--cpu", "--num-workers", "0")
+    # --required-batch-size-multiple 1: fairseq's default of 8 drops the last batch's remainder (fairseq#5036)
+    proc = run("fairseq-generate", mt_data, "--user-dir", USER_DIR, "--path", teacher, "--gen-subset", split,
+               *BEAM, "--batch-size", "32", "--required-batch-size-multiple", "1", "--cpu", "--num-workers", "0")
     generated = {}
     for line in proc.stdout.splitlines():
         if line.startswith("H-"):
             i, _score, text = (line.split("\t") + [""])[:3]
             generated[int(i[2:])] = text
     dictionary = Dictionary.load(str(mt_data / "dict.de.txt"))
-    kd = targets(kd_data)
-    assert len(kd) == len(generated) == 400
+    kd = targets(kd_data, split)
+    assert len(kd) == len(generated) == n
     assert all(t[-1] == dictionary.eos() for t in kd)
     # example i keeps source i and holds the teacher's best hypothesis for it (other batches, same sentences)
-    assert [dictionary.string(torch.tensor(t[:-1])) for t in kd] == [generated[i] for i in range(400)]
-    assert kd != targets(mt_data)  # the references are gone
+    assert [dictionary.string(torch.tensor(t[:-1])) for t in kd] == [generated[i] for i in range(n)]
+    assert kd != targets(mt_data, split)  # the references are gone
+
+
+def test_train_targets_are_what_fairseq_generate_writes_for_the_train_sources(kd_data, mt_data, teacher):
+    assert_teacher_outputs(kd_data, mt_data, teacher, "train", 400)
     manifest = json.loads((kd_data / teacher_data.MANIFEST).read_text())
-    assert manifest["sentences"] == 400 and manifest["beam"] == 2 and manifest["command"].startswith(
-        "makd-teacher-data --teacher")
+    assert manifest["sentences"] == {"train": 400} and manifest["splits"] == ["train"] and manifest["beam"] == 2
+    assert manifest["command"].startswith("makd-teacher-data --teacher")
 
 
 def test_sources_dictionaries_valid_and_test_are_copied_byte_for_byte(kd_data, mt_data):
@@ -61,6 +67,19 @@ def test_sources_dictionaries_valid_and_test_are_copied_byte_for_byte(kd_data, m
     assert len(copied) == 12 and all(ours[n] == theirs[n] for n in copied)
     assert set(ours) == set(copied) | {"train.en-de.de.bin", "train.en-de.de.idx", teacher_data.MANIFEST}
     assert not (kd_data / teacher_data.PARTIAL).exists()
+
+
+def test_splits_train_valid_also_gives_valid_the_teacher_outputs_and_keeps_test(kd_data, mt_data, teacher, tmp_path):
+    out = tmp_path / "kd_valid"
+    proc = run("makd-teacher-data", "--teacher", teacher, "--data", mt_data, "--out", out, "--splits", "train,valid",
+               *BEAM)
+    assert "400 train and 50 valid targets" in proc.stdout, proc.stdout
+    assert_teacher_outputs(out, mt_data, teacher, "valid", 50)
+    assert targets(out) == targets(kd_data)  # train as without --splits
+    ours, theirs = files(out), files(mt_data)
+    assert all(ours[n] == theirs[n] for n in theirs if n.startswith(("dict.", "test.", "train.en-de.en.",
+                                                                       "valid.en-de.en.")))
+    assert json.loads((out / teacher_data.MANIFEST).read_text())["sentences"] == {"train": 400, "valid": 50}
 
 
 def test_a_student_distills_on_the_teacher_data_with_fairseq_train(kd_data, teacher, tmp_path):
@@ -100,7 +119,7 @@ def test_an_interrupted_run_resumes_where_it_stopped(kd_data, mt_data, teacher, 
     monkeypatch.setattr(teacher_data, "decode", interrupted)
     with pytest.raises(Interrupted):
         teacher_data.main(argv)
-    assert len(list((out / teacher_data.PARTIAL).glob("shard-*.json"))) == 2
+    assert len(list((out / teacher_data.PARTIAL).glob("train-shard-*.json"))) == 2
     assert not (out / teacher_data.MANIFEST).exists() and not (out / "train.en-de.de.bin").exists()
     calls.clear()
     monkeypatch.setattr(teacher_data, "decode", lambda *a, **k: calls.append(1) or decode(*a, **k))
@@ -148,12 +167,15 @@ def bad_inputs(tmp, mt_data, teacher, kd_data):
         "out is the data": (["--out", mt_data], "is the --data directory itself"),
         "out holds other files": (["--out", foreign], "is not a makd-teacher-data directory; pass --force"),
         "out made with another beam": (["--out", kd_data, "--beam", "3"], "other arguments (beam 2 vs 3)"),
+        "out made for other splits": (["--out", kd_data, "--splits", "train,valid"],
+                                      "splits ['train'] vs ['train', 'valid']"),
     }
 
 
 @pytest.mark.parametrize("case", ["teacher missing", "teacher not a checkpoint", "teacher unsafe",
                                   "decoder-only teacher", "data missing", "dictionary differs", "out is the data",
-                                  "out holds other files", "out made with another beam"])
+                                  "out holds other files", "out made with another beam",
+                                  "out made for other splits"])
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, mt_data, teacher, kd_data, tmp_path, capsys):
     overrides, message = bad_inputs(tmp_path, mt_data, teacher, kd_data)[case]
     flags = {"--teacher": teacher, "--data": mt_data, "--out": tmp_path / "out", "--beam": 2}
