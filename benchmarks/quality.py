@@ -16,7 +16,8 @@
    validations without a lower ``nll_loss``, a cap on updates); ``--best-checkpoint-metric nll_loss`` (the one number
    every criterion logs alike) picks the checkpoint. Each method is validated on the targets it is trained on: the
    references, or for the seq-KD methods the teacher's outputs for the valid sources (on the references their nll
-   rises while their own objective still falls, and the rule would stop them after a few hundred updates). ``--jobs`` runs that many at once, one thread each.
+   rises while their own objective still falls, and the rule would stop them after a few hundred updates).
+   ``--jobs`` runs that many at once, one thread each.
 5. ``fairseq-generate`` with beam search on the test set, sentencepiece removed; summarization is scored with
    ``rouge-score`` (ROUGE-1/2/L F1, Porter stemming), translation with sacreBLEU (BLEU and chrF, signatures kept).
    ``--task language_modeling`` (decoder-only, ``lm_*`` sizes): ``fairseq-eval-lm`` perplexity on test and ROUGE-L
