@@ -372,7 +372,8 @@ def params_of(checkpoint):
 
 def table(result):
     """Markdown: per method and budget, each metric's mean (± sd over seeds), the first metric's difference to
-    makd with its 95% interval, validation nll, updates and generation speed."""
+    makd with its 95% interval, validation nll, updates (mean over seeds; how many seeds stopped early) and generation
+    speed."""
     names = METRICS[result["task"]]
     first = names[0]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
@@ -386,9 +387,9 @@ def table(result):
         vs = (m.get("vs_makd") or {}).get(first)
         vs = "–" if vs is None else f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]"
         nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
-        early = [r.get("early_stopped") for r in m.get("seeds", [])]
+        early = [bool(r.get("early_stopped")) for r in m.get("seeds", [])]
         updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (
-            " (early stop)" if early and all(early) else "")
+            "" if not any(early) else " (early stop)" if all(early) else f" (early stop: {sum(early)} of {len(early)})")
         seeds = len(m["seeds"]) if m.get("seeds") and m["budget"] is not None else "–"
         speed = "–" if not m.get("speed") else f"{m['speed']['sentences_per_s']:.2f}"
         lines.append(f"| {m['method']} | {budget} | {seeds} | {m['params']:,} | " + " | ".join(cells)

@@ -67,3 +67,21 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
     assert [r["seed"] for m in result["methods"] if (m["method"], m["budget"]) == ("makd", 0.5) for r in m["seeds"]] \
         == [1]
     assert "Partial: 1 trainings not finished yet (b50/makd/seed2)." in (tmp_path / "partial.md").read_text()
+
+
+def test_table_says_how_many_seeds_stopped_early():
+    """The updates cell is the mean over seeds; it says when some, not all, seeds stopped early."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import table
+
+    def row(method, early):
+        seeds = [{"seed": i + 1, "early_stopped": e} for i, e in enumerate(early)]
+        return {"method": method, "budget": 0.5, "params": 10, "metrics": {"rougeL": 20.0, "rouge1": 22.0,
+                "rouge2": 8.0}, "seeds": seeds, "valid_nll": 4.0, "updates": 2700}
+
+    teacher = {"method": "teacher", "budget": None, "params": 20, "metrics": {"rougeL": 25.0, "rouge1": 27.0,
+               "rouge2": 10.0}, "valid_nll": 3.8, "updates": 15000}
+    rows = [row("svd_ce", [False, True]), row("svd_word_kd", [True, True]), row("makd", [False, False, False])]
+    lines = table({"task": "summarization", "methods": [teacher, *rows]}).splitlines()
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[-2] for line in lines[3:6]}
+    assert cells == {"svd_ce": "2,700 (early stop: 1 of 2)", "svd_word_kd": "2,700 (early stop)", "makd": "2,700"}
