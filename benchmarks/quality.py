@@ -24,7 +24,9 @@
    of greedy continuations (fairseq's generator) of held-out descriptions from their first sentence.
 
 Steps whose outputs exist in WORK are reused (so an interrupted run resumes); their recorded times are kept in
-WORK/stages.json. Writes ``--out`` (JSON: per method its scores, parameters, best validation nll and the updates it
+WORK/stages.json. ``--reuse RESULTS_JSON`` resumes on another machine: the seeds an earlier run finished are taken
+from its results file and kept hypotheses, not trained again, once this run's teacher has shown it is the same model
+(same data hash, the same test hypotheses byte for byte). Writes ``--out`` (JSON: per method its scores, parameters, best validation nll and the updates it
 trained for), the same path with ``.md`` (table) and ``.png`` (quality vs budget).
 """
 import argparse
@@ -180,16 +182,17 @@ def first_seed(args, models, method, budget):
 
 
 def time_generation(run, models):
-    """Each model's generation throughput, measured one model at a time (the first seed of a trained method):
-    fairseq-generate on the test set with the benchmark's beam, batch and threads; the 1-minute load average
-    before each measurement is kept, so a reader can tell a quiet machine from a busy one."""
+    """Each model's generation throughput, measured one model at a time (the first seed of a trained method whose
+    checkpoint is here; seeds taken over with ``--reuse`` have none): fairseq-generate on the test set with the
+    benchmark's beam, batch and threads; the 1-minute load average before each measurement is kept, so a reader can
+    tell a quiet machine from a busy one. Returns {(method, budget): speed, with the seed timed}."""
     from makd_fairseq.compress import generation_speed
 
     loads_path = run.path("timing", "load.json")
     loads = json.load(open(loads_path)) if os.path.isfile(loads_path) else {}
     speeds = {}
     for method, budget, seed, checkpoint in models:
-        if seed not in (None, first_seed(run.args, models, method, budget)):
+        if checkpoint is None or (method, budget) in speeds:
             continue
         name = model_name(method, budget, seed)
         log = run.path("timing", name.replace("/", "_") + ".txt")
@@ -198,7 +201,8 @@ def time_generation(run, models):
             loads[name] = round(os.getloadavg()[0], 2)
             write_atomic(loads_path, json.dumps(loads, indent=1))
         run.stage(f"time {name}", generate_command(run, checkpoint), log, done)
-        speeds[name] = {**generation_speed(open(log).read(), log), "load_before": loads.get(name)}
+        speeds[(method, budget)] = {**generation_speed(open(log).read(), log), "load_before": loads.get(name),
+                                    "seed": seed}
     return speeds
 
 
@@ -216,6 +220,48 @@ def keep_text(path, lines):
     with open(path + ".tmp", "wb") as f:
         f.write(data)
     os.replace(path + ".tmp", path)
+
+
+def read_kept(path):
+    """The lines ``keep_text`` wrote."""
+    return lzma.decompress(open(path, "rb").read()).decode("utf-8")[:-1].split("\n")
+
+
+def reusable_seeds(run, data_hash, teacher_log):
+    """{(method, budget, seed): (its seed record, its test hypotheses)} of the trained students of ``--reuse``'s
+    results file, e.g. of a run on a machine since lost. Only when they were distilled from this run's teacher on
+    this run's data: the same data hash, and this teacher's test hypotheses (and the references) byte for byte those
+    kept next to that file; otherwise one clear error."""
+    path = run.args.reuse
+    old = json.load(open(path))
+    kept = os.path.join(os.path.dirname(os.path.abspath(path)), "hypotheses", run.args.task)
+    if (old.get("task"), old.get("size")) != (run.args.task, run.args.size):
+        raise SystemExit(f"quality.py: --reuse {path} is a {old.get('task')} run of size {old.get('size')}, "
+                         f"not {run.args.task} of size {run.args.size}")
+    if data_hash is None or old.get("data_sha256") != data_hash:
+        raise SystemExit(f"quality.py: --reuse {path}: its data hash {old.get('data_sha256')} is not this data's "
+                         f"({data_hash}; prepare.py's manifest.json): its students saw other data")
+    missing = [f for f in ("teacher", "references") if not os.path.isfile(os.path.join(kept, f + ".txt.xz"))]
+    if missing:
+        raise SystemExit(f"quality.py: --reuse {path}: no {' or '.join(missing)} hypotheses in {kept}")
+    hyps, refs = read_generation(teacher_log)
+    old_hyps = read_kept(os.path.join(kept, "teacher.txt.xz"))
+    if refs != read_kept(os.path.join(kept, "references.txt.xz")) or hyps != old_hyps:
+        differ = sum(a != b for a, b in zip(hyps, old_hyps)) + abs(len(hyps) - len(old_hyps))
+        raise SystemExit(f"quality.py: --reuse {path}: this run's teacher does not reproduce that run's ({differ} of "
+                         f"{len(old_hyps)} test hypotheses differ, or other references): its students were distilled "
+                         "from another model; run without --reuse")
+    reused = {}
+    for entry in old["methods"]:
+        for record in entry.get("seeds") or []:
+            name = model_name(entry["method"], entry["budget"], record["seed"])
+            hyp_file = os.path.join(kept, name.replace("/", "_") + ".txt.xz")
+            if entry["budget"] is not None and record["seed"] is not None and os.path.isfile(hyp_file):
+                origin = {"results": os.path.abspath(path), "scored_at": old.get("scored_at"),
+                          "hardware": old.get("hardware"), "stage_seconds": old.get("stage_seconds", {}).get(name)}
+                reused[(entry["method"], entry["budget"], record["seed"])] = (  # taken over twice: the first origin
+                    {**record, "reused_from": record.get("reused_from") or origin}, read_kept(hyp_file))
+    return reused
 
 
 def seed_record(run, method, seed, checkpoint, metrics):
@@ -467,6 +513,11 @@ def main(argv=None):
     parser.add_argument("--partial", action="store_true",
                         help="score and report the students that have finished training; train nothing (a long run "
                              "goes on in another process; its results so far)")
+    parser.add_argument("--reuse", metavar="RESULTS_JSON",
+                        help="take over the trained seeds of an earlier run of this benchmark (e.g. on a machine "
+                             "since lost) instead of training them again: their records from RESULTS_JSON, their test "
+                             "hypotheses (hypotheses/<task>/ beside it) rescored here; only when that run had this "
+                             "data hash and this run's teacher writes its test hypotheses byte for byte")
     parser.add_argument("--hypotheses", help="where the xz-compressed hypotheses go (default: "
                                              "benchmarks/results/hypotheses/<task> next to --out)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
@@ -502,6 +553,8 @@ def main(argv=None):
         parser.error(f"--size {args.size} has no teacher recipe in benchmarks/sizes.py: give --teacher T.pt")
     if args.teacher and not os.path.isfile(args.teacher):
         parser.error(f"--teacher {args.teacher}: no such file")
+    if args.reuse and not os.path.isfile(args.reuse):
+        parser.error(f"--reuse {args.reuse}: no such file")
     if any(not 0 < b < 1 for b in args.budgets):
         parser.error(f"--budgets must be fractions in (0, 1), got {args.budgets}")
     if "teacher" not in args.methods:
@@ -519,6 +572,15 @@ def main(argv=None):
         m = re.search(r"done training in ([\d.]+) seconds", open(run.path("teacher.log")).read())
         run.stages["teacher"] = float(m.group(1)) if m else None
 
+    manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
+    data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
+    reused = {}
+    if args.reuse:  # the teacher's test generation first: it decides whether the earlier students fit this teacher
+        log = run.path("generate", "teacher.txt")
+        run.stage("generate teacher", generate_command(run, teacher), log,
+                  lambda: os.path.isfile(log) and "Generate test with beam" in open(log).read())
+        reused = reusable_seeds(run, data_hash, log)
+
     seq_kd_data, seq_kd_lock = run.path("seq_kd_data"), threading.Lock()
 
     def seq_kd_ready():  # built once, by the first sequence-level KD training that needs it
@@ -526,7 +588,9 @@ def main(argv=None):
             run.stage("seq_kd_data", teacher_data_command(run, teacher), run.path("seq_kd_data.log"),
                       lambda: os.path.isfile(os.path.join(seq_kd_data, "teacher_data.json")))
 
-    models = [("teacher", None, None, teacher)]  # (method, budget, seed or None if untrained, checkpoint)
+    # (method, budget, seed or None if untrained, checkpoint or None if taken over with --reuse)
+    models = [("teacher", None, None, teacher)]
+    inits_of = {}  # (method, budget) -> the student it starts from (its parameter count)
     jobs = []  # (name, command, log, done, needs the seq-KD data)
     for budget in args.budgets:  # in the order given: the first budget's every seed trains before the next budget
         inits, key = student_paths(run, budget)
@@ -545,6 +609,10 @@ def main(argv=None):
                     continue
                 save = run.path(key, method, f"seed{seed}")
                 log = os.path.join(save, "train.log")
+                inits_of[(method, budget)] = inits[init]
+                if (method, budget, seed) in reused and not finished(log):
+                    models.append((method, budget, seed, None))
+                    continue
                 data = seq_kd_data if method in SEQ_KD_METHODS else None
                 jobs.append((model_name(method, budget, seed), train_command(
                     run, teacher, inits[init], [*flags, "--seed", str(seed)], save, data=data), log,
@@ -573,7 +641,9 @@ def main(argv=None):
     for method, budget, seed, checkpoint in models:
         name = model_name(method, budget, seed).replace("/", "_")
         log = run.path("generate", name + ".txt")
-        if lm:
+        if checkpoint is None:
+            outputs.append(None)
+        elif lm:
             cont = run.path("generate", name + ".continuations.tsv")
             evals.append((f"eval-lm {name}", eval_lm_command(run, checkpoint), log,
                           lambda p=log: os.path.isfile(p) and "Perplexity:" in open(p).read()))
@@ -590,7 +660,14 @@ def main(argv=None):
     hyp_dir = args.hypotheses or os.path.join(os.path.dirname(os.path.abspath(args.out)), "hypotheses", args.task)
     scored, signatures, references = {}, {}, None
     for (method, budget, seed, checkpoint), files in zip(models, outputs):
-        if lm:
+        if files is None:
+            record, hyps = reused[(method, budget, seed)]
+            refs = references
+            metrics, signatures = score(args.task, hyps, refs)
+            if metrics != record["metrics"]:
+                raise SystemExit(f"quality.py: --reuse {args.reuse}: {model_name(method, budget, seed)} scores "
+                                 f"{metrics} here, {record['metrics']} there")
+        elif lm:
             hyps, refs = read_continuations(files[1])
             metrics, signatures = read_lm_scores(files[0], hyps, refs)
         else:
@@ -610,20 +687,20 @@ def main(argv=None):
             continue
         runs = [(s, c) for m, b, s, c in models if (m, b) == (method, budget)]
         per_seed = [scored[(method, budget, s)][0] for s, _ in runs]
-        entry = {"method": method, "budget": budget, "params": params_of(checkpoint),
+        here = [c for _, c in runs if c is not None]
+        entry = {"method": method, "budget": budget, "params": params_of(here[0] if here else inits_of[(method, budget)]),
                  "metrics": {k: round(statistics.mean(m[k] for m in per_seed), 2) for k in per_seed[0]},
                  "sd": {k: round(statistics.stdev(m[k] for m in per_seed), 2) for k in per_seed[0]}
                  if len(per_seed) > 1 else None, "valid_nll": None, "updates": None}
         if seed is not None or method == "teacher":
-            entry["seeds"] = [seed_record(run, method, s, c, scored[(method, budget, s)][0]) for s, c in runs]
+            entry["seeds"] = [seed_record(run, method, s, c, scored[(method, budget, s)][0]) if c is not None
+                              else reused[(method, budget, s)][0] for s, c in runs]
             trained = [r for r in entry["seeds"] if r.get("valid_nll") is not None]
             entry["valid_nll"] = round(statistics.mean(r["valid_nll"] for r in trained), 3) if trained else None
             entry["updates"] = round(statistics.mean(r["updates"] for r in trained)) if trained else None
-        entry["speed"] = speeds.get(model_name(method, budget, seed))
+        entry["speed"] = speeds.get((method, budget))
         methods.append(entry)
     compare_with_makd(args.task, methods, models, scored, references)
-    manifest = os.path.join(args.data, "..", "..", "manifest.json")  # prepare.py's hash of its outputs
-    data_hash = json.load(open(manifest)).get("sha256") if os.path.isfile(manifest) else None
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures, "pending": pending, "seeds": {f"{b:g}": seeds_of(args, b) for b in args.budgets},
@@ -637,7 +714,10 @@ def main(argv=None):
         "seq_kd_data": seq_kd_manifest(seq_kd_data),
         "generation": "greedy continuations, 40 new tokens" if lm else " ".join(GENERATE[args.task]),
         "speed": None if not speeds else "fairseq-generate's sentences/s on the test set, one model at a time, "
-                                         f"{args.threads} thread(s), batch {args.batch_size}, the first seed",
+                                         f"{args.threads} thread(s), batch {args.batch_size}, the first seed trained "
+                                         "in this run",
+        "reused": None if not reused else {
+            "results": os.path.abspath(args.reuse), "seeds": [model_name(*m[:3]) for m in models if m[3] is None]},
         "hypotheses": os.path.relpath(hyp_dir, ROOT),
         "command": command(__file__, argv), "scored_at": git_state(), "data_sha256": data_hash,
         "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),

@@ -11,7 +11,9 @@
 # Then, with nothing else running, each task once more with --time-generation: every model's generation is timed
 # one at a time (the rest is reused).
 # Results: benchmarks/results/<task>.{json,md,png} and hypotheses/<task>/ (OUT_DIR=... to write them elsewhere);
-# logs: WORK/<task>.log. Re-running resumes: finished steps are reused.
+# logs: WORK/<task>.log. Re-running resumes: finished steps are reused. On another machine (WORK lost), REUSE=DIR
+# takes over the trained seeds of DIR/<task>.json and DIR/hypotheses/<task>/ (quality.py --reuse) once each retrained
+# teacher writes that run's teacher hypotheses byte for byte; prepare the data from the same apt lists (--lists-dir).
 set -euo pipefail
 size=${1:?usage: quality.sh cpu|gpu WORK_DIR} work=${2:?usage: quality.sh cpu|gpu WORK_DIR}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,6 +29,7 @@ esac
 run_task() {  # TASK SIZE [quality.py flags]
   local task=$1 tsize=$2
   shift 2
+  [ -n "${REUSE:-}" ] && [ -f "$REUSE/$task.json" ] && set -- --reuse "$REUSE/$task.json" "$@"
   python3 "$root/benchmarks/quality.py" --task "$task" --data "$work/data/$task/bin" --size "$tsize" \
     --work "$work/$task" --out "$out/$task.json" "$@" >> "$work/$task.log" 2>&1 \
     || { echo "quality.sh: $task failed, see $work/$task.log" >&2; return 1; }

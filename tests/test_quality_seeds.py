@@ -1,7 +1,11 @@
-"""The quality benchmark on the summarization fixture: seeds, paired intervals against makd, timing, --partial."""
+"""The quality benchmark on the summarization fixture: seeds, paired intervals against makd, timing, --partial,
+--reuse."""
 
+import hashlib
 import json
 import lzma
+import re
+import shutil
 import sys
 
 import pytest
@@ -13,11 +17,13 @@ QUALITY = ROOT / "benchmarks" / "quality.py"
 
 
 def test_quality_benchmark_smoke_summarization(tmp_path):
-    data = tmp_path / "bin"
+    data = tmp_path / "prepared" / "summarization" / "bin"  # prepare.py's layout: its manifest two levels up
     src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
     run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
         "--validpref", src / "valid", "--testpref", src / "test", "--destdir", data, "--joined-dictionary",
         "--nwordssrc", "1000", "--workers", "1")
+    manifest = {"sha256": hashlib.sha256(b"".join(f.read_bytes() for f in sorted(data.iterdir()))).hexdigest()}
+    (tmp_path / "prepared" / "manifest.json").write_text(json.dumps(manifest))
     out, work = tmp_path / "summarization.json", tmp_path / "work"
     run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work", work,
         "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
@@ -85,3 +91,45 @@ def test_table_says_how_many_seeds_stopped_early():
     lines = table({"task": "summarization", "methods": [teacher, *rows]}).splitlines()
     cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[-2] for line in lines[3:6]}
     assert cells == {"svd_ce": "2,700 (early stop: 1 of 2)", "svd_word_kd": "2,700 (early stop)", "makd": "2,700"}
+
+
+def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
+    """--reuse (a run resumed on another machine): a fresh work directory retrains the teacher; once it writes the
+    earlier run's test hypotheses, the earlier seeds are taken over from the results file and rescored, nothing else
+    trains, and every number comes out as before. A teacher that writes other hypotheses is refused."""
+    data = tmp_path / "prepared" / "summarization" / "bin"
+    src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
+    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
+        "--validpref", src / "valid", "--testpref", src / "test", "--destdir", data, "--joined-dictionary",
+        "--nwordssrc", "1000", "--workers", "1")
+    manifest = {"sha256": hashlib.sha256(b"".join(f.read_bytes() for f in sorted(data.iterdir()))).hexdigest()}
+    (tmp_path / "prepared" / "manifest.json").write_text(json.dumps(manifest))
+    flags = ["--task", "summarization", "--data", data, "--size", "smoke", "--budgets", "0.5", "--methods",
+             "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2", "--remove-bpe", "none"]
+    first = tmp_path / "first" / "summarization.json"
+    run(sys.executable, QUALITY, *flags, "--work", tmp_path / "work", "--out", first)
+    again = tmp_path / "again" / "summarization.json"
+    proc = run(sys.executable, QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", first, "--out", again)
+    assert "] teacher: fairseq-train" in proc.stdout  # the teacher trains again, on this "machine"
+    assert not re.search(r"\] b50/\w+/seed\d: ", proc.stdout)  # the students do not
+    before, after = json.loads(first.read_text()), json.loads(again.read_text())
+    assert after["reused"]["seeds"] == [f"b50/{m}/seed{s}" for s in (1, 2) for m in ("svd_word_kd", "makd")]
+    for old, new in zip(before["methods"], after["methods"]):
+        assert (new["method"], new["params"], new["metrics"], new["sd"]) == (
+            old["method"], old["params"], old["metrics"], old["sd"])
+        assert new.get("vs_makd") == old.get("vs_makd") and new["valid_nll"] == old["valid_nll"]
+        for r_old, r_new in zip(old.get("seeds") or [], new.get("seeds") or []):
+            if old["method"] != "teacher":  # taken over: trained by the earlier run, at its commit
+                assert r_new["trained_at"] == r_old["trained_at"] and r_new["reused_from"]["results"] == str(first)
+    kept = lambda d: {f.name: lzma.decompress(f.read_bytes()) for f in (d / "hypotheses" / "summarization").iterdir()}  # noqa: E731
+    assert kept(again.parent) == kept(first.parent)  # every hypothesis is under the new results too
+    # a teacher that writes one other test hypothesis: its students are not taken over
+    other = tmp_path / "other"
+    shutil.copytree(first.parent, other)
+    teacher = other / "hypotheses" / "summarization" / "teacher.txt.xz"
+    lines = lzma.decompress(teacher.read_bytes()).decode().split("\n")
+    teacher.write_bytes(lzma.compress("\n".join(["an other summary"] + lines[1:]).encode()))
+    proc = run(sys.executable, QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", other / "summarization.json",
+               "--out", tmp_path / "refused.json", check=False)
+    assert proc.returncode != 0 and not (tmp_path / "refused.json").exists()
+    assert "this run's teacher does not reproduce that run's (1 of" in proc.stdout + proc.stderr
