@@ -26,8 +26,9 @@
 Steps whose outputs exist in WORK are reused (so an interrupted run resumes); their recorded times are kept in
 WORK/stages.json. ``--reuse RESULTS_JSON`` resumes on another machine: the seeds an earlier run finished are taken
 from its results file and kept hypotheses, not trained again, once this run's teacher has shown it is the same model
-(same data hash, the same test hypotheses byte for byte). Writes ``--out`` (JSON: per method its scores, parameters, best validation nll and the updates it
-trained for), the same path with ``.md`` (table) and ``.png`` (quality vs budget).
+(same data hash, the same test hypotheses byte for byte). Writes ``--out`` (JSON: per method its scores, parameters,
+best validation nll and the updates it trained for), the same path with ``.md`` (table) and ``.png`` (quality vs
+budget).
 """
 import argparse
 import json
