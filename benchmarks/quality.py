@@ -688,8 +688,9 @@ def main(argv=None):
             continue
         runs = [(s, c) for m, b, s, c in models if (m, b) == (method, budget)]
         per_seed = [scored[(method, budget, s)][0] for s, _ in runs]
-        here = [c for _, c in runs if c is not None]
-        entry = {"method": method, "budget": budget, "params": params_of(here[0] if here else inits_of[(method, budget)]),
+        here = [c for _, c in runs if c is not None]  # all seeds taken over: the student they started from
+        entry = {"method": method, "budget": budget,
+                 "params": params_of(here[0] if here else inits_of[(method, budget)]),
                  "metrics": {k: round(statistics.mean(m[k] for m in per_seed), 2) for k in per_seed[0]},
                  "sd": {k: round(statistics.stdev(m[k] for m in per_seed), 2) for k in per_seed[0]}
                  if len(per_seed) > 1 else None, "valid_nll": None, "updates": None}

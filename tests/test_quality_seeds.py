@@ -121,7 +121,8 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
         for r_old, r_new in zip(old.get("seeds") or [], new.get("seeds") or []):
             if old["method"] != "teacher":  # taken over: trained by the earlier run, at its commit
                 assert r_new["trained_at"] == r_old["trained_at"] and r_new["reused_from"]["results"] == str(first)
-    kept = lambda d: {f.name: lzma.decompress(f.read_bytes()) for f in (d / "hypotheses" / "summarization").iterdir()}  # noqa: E731
+    def kept(results):
+        return {f.name: lzma.decompress(f.read_bytes()) for f in (results / "hypotheses" / "summarization").iterdir()}
     assert kept(again.parent) == kept(first.parent)  # every hypothesis is under the new results too
     # a teacher that writes one other test hypothesis: its students are not taken over
     other = tmp_path / "other"
