@@ -16,14 +16,20 @@ from makd_fairseq.score import paired_bootstrap
 QUALITY = ROOT / "benchmarks" / "quality.py"
 
 
-def test_quality_benchmark_smoke_summarization(tmp_path):
-    data = tmp_path / "prepared" / "summarization" / "bin"  # prepare.py's layout: its manifest two levels up
+def binarized_fixture(tmp_path):
+    """The summarization fixture binarized in prepare.py's layout, with a manifest (its data hash) two levels up."""
+    data = tmp_path / "prepared" / "summarization" / "bin"
     src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
     run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
         "--validpref", src / "valid", "--testpref", src / "test", "--destdir", data, "--joined-dictionary",
         "--nwordssrc", "1000", "--workers", "1")
     manifest = {"sha256": hashlib.sha256(b"".join(f.read_bytes() for f in sorted(data.iterdir()))).hexdigest()}
     (tmp_path / "prepared" / "manifest.json").write_text(json.dumps(manifest))
+    return data
+
+
+def test_quality_benchmark_smoke_summarization(tmp_path):
+    data = binarized_fixture(tmp_path)
     out, work = tmp_path / "summarization.json", tmp_path / "work"
     run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work", work,
         "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
@@ -97,13 +103,7 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
     """--reuse (a run resumed on another machine): a fresh work directory retrains the teacher; once it writes the
     earlier run's test hypotheses, the earlier seeds are taken over from the results file and rescored, nothing else
     trains, and every number comes out as before. A teacher that writes other hypotheses is refused."""
-    data = tmp_path / "prepared" / "summarization" / "bin"
-    src = ROOT / "tests" / "fixtures" / "debian" / "summarization"
-    run("fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
-        "--validpref", src / "valid", "--testpref", src / "test", "--destdir", data, "--joined-dictionary",
-        "--nwordssrc", "1000", "--workers", "1")
-    manifest = {"sha256": hashlib.sha256(b"".join(f.read_bytes() for f in sorted(data.iterdir()))).hexdigest()}
-    (tmp_path / "prepared" / "manifest.json").write_text(json.dumps(manifest))
+    data = binarized_fixture(tmp_path)
     flags = ["--task", "summarization", "--data", data, "--size", "smoke", "--budgets", "0.5", "--methods",
              "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2", "--remove-bpe", "none"]
     first = tmp_path / "first" / "summarization.json"
