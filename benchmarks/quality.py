@@ -71,8 +71,10 @@ class Run:
     def path(self, *parts):
         return os.path.join(self.work, *parts)
 
-    def stage(self, name, cmd, log, done):
-        """Run ``cmd`` (output to ``log``) unless ``done()`` already holds; record its time."""
+    def stage(self, name, cmd, log, done, resumes=False):
+        """Run ``cmd`` (output to ``log``) unless ``done()`` already holds; record its time. A stage that ``resumes``
+        its own work (fairseq-train continues from its checkpoint_last.pt) adds to its log, so that the log keeps
+        every validation of every start; any other stage starts its log afresh."""
         if done():
             return
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
@@ -85,7 +87,7 @@ class Run:
         env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads), MKL_NUM_THREADS=str(self.args.threads),
                    PYTHONWARNINGS="ignore")
         start = time.time()
-        with open(log, "w") as f:
+        with open(log, "a" if resumes else "w") as f:
             rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
         if rc != 0 or not done():
             with open(log) as f:
@@ -568,7 +570,8 @@ def main(argv=None):
     teacher = args.teacher or run.path("teacher", "checkpoint_best.pt")
     if not args.teacher:
         run.stage("teacher", teacher_command(args.data, args.size, run.path("teacher"), ["--log-interval", "100"]),
-                  run.path("teacher.log"), lambda: os.path.isfile(teacher) and finished(run.path("teacher.log")))
+                  run.path("teacher.log"), lambda: os.path.isfile(teacher) and finished(run.path("teacher.log")),
+                  resumes=True)
     if "teacher" not in run.stages and os.path.isfile(run.path("teacher.log")):  # trained by an earlier command
         m = re.search(r"done training in ([\d.]+) seconds", open(run.path("teacher.log")).read())
         run.stages["teacher"] = float(m.group(1)) if m else None
@@ -623,7 +626,7 @@ def main(argv=None):
     def train(name, cmd, log, done, needs_seq_kd):
         if needs_seq_kd and not done():
             seq_kd_ready()
-        run.stage(name, cmd, log, done)
+        run.stage(name, cmd, log, done, resumes=True)
 
     def pool(fn, stages):
         with ThreadPoolExecutor(args.jobs) as ex:

@@ -1,10 +1,13 @@
 """Exact resume: N updates, stop, resume from checkpoint_last.pt for M more == an uninterrupted N+M run."""
 
+import argparse
 import re
+import sys
 
+import pytest
 import torch
 
-from conftest import TINY_ARCH, USER_DIR, makd_init, run
+from conftest import ROOT, TINY_ARCH, TRAIN_COMMON, USER_DIR, makd_init, run
 
 N, M = 3, 3
 
@@ -48,3 +51,36 @@ def test_resumed_run_equals_uninterrupted_run(mt_data, teacher, tmp_path):
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == N + M
     for key, value in a["model"].items():
         assert torch.allclose(value, b["model"][key], rtol=0, atol=1e-6), key
+
+
+def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path):
+    """quality.py's training stages resume from checkpoint_last.pt after an interruption (a session's end kills
+    them); their log then holds the validations of both starts, so the reported best validation nll is the best of
+    the whole training, not of its last start. A stage that does not resume starts its log afresh."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import Run, best_valid_nll, finished, last_updates
+
+    run_ = Run(argparse.Namespace(work=str(tmp_path), threads=1))
+    log = str(tmp_path / "teacher" / "train.log")
+
+    def cmd(max_update):
+        return ["fairseq-train", str(mt_data), "--user-dir", USER_DIR, "--arch", "transformer", *TINY_ARCH,
+                *TRAIN_COMMON, "--log-format", "json",
+                "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1",
+                "--validate-interval-updates", "2", "--max-update", str(max_update), "--save-dir",
+                str(tmp_path / "teacher")]
+
+    # the first start ends before the stage is done (as when a session's end stops it), the second resumes it
+    with pytest.raises(SystemExit, match="failed"):
+        run_.stage("teacher", cmd(4), log, lambda: finished(log) and last_updates(log) == 8, resumes=True)
+    first = [float(v) for v in re.findall(r'"valid_nll_loss": "([\d.]+)"', open(log).read())]
+    run_.stage("teacher", cmd(8), log, lambda: finished(log) and last_updates(log) == 8, resumes=True)
+    text = open(log).read()
+    assert text.count("done training in") == 2 and "Loaded checkpoint" in text
+    every = [float(v) for v in re.findall(r'"valid_nll_loss": "([\d.]+)"', text)]
+    assert len(first) >= 2 and every[:len(first)] == first and len(every) > len(first)
+    assert best_valid_nll(log) == min(every)
+
+    with pytest.raises(SystemExit, match="failed"):  # not resuming: the log holds the last start only
+        run_.stage("again", [sys.executable, "-c", "print('second')"], log, lambda: False)
+    assert open(log).read() == "second\n"
