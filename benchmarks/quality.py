@@ -723,7 +723,7 @@ def main(argv=None):
                                          "in this run",
         "reused": None if not reused else {
             "results": os.path.abspath(args.reuse), "seeds": [model_name(*m[:3]) for m in models if m[3] is None]},
-        "hypotheses": os.path.relpath(hyp_dir, ROOT),
+        "hypotheses": os.path.relpath(hyp_dir, os.path.dirname(os.path.abspath(args.out))),  # where this file is
         "command": command(__file__, argv), "scored_at": git_state(), "data_sha256": data_hash,
         "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),
         # this invocation's wall time; the steps it reused from WORK took stage_seconds (sum: compute time)

@@ -41,6 +41,7 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
         assert len(m["seeds"][0]["trained_at"][0]["commit"]) == 40 and m["seeds"][0]["trained_at"][0]["dirty"] in (
             True, False)
     kept = tmp_path / "hypotheses" / "translation"
+    assert result["hypotheses"] == "hypotheses/translation"  # relative to the results file, wherever it is kept
     assert len(list(kept.glob("*.txt.xz"))) == 1 + 10  # references, the teacher and 9 students
     hyps, refs = read_generation(work / "generate" / "teacher.txt")
     assert lzma.decompress((kept / "teacher.txt.xz").read_bytes()).decode().splitlines() == hyps
