@@ -1,4 +1,5 @@
-"""Exact resume: N updates, stop, resume from checkpoint_last.pt for M more == an uninterrupted N+M run."""
+"""Exact resume: N updates, stop, resume from checkpoint_last.pt for M more == an uninterrupted N+M run; the quality
+benchmark's log of a resumed training keeps every start."""
 
 import argparse
 import re
