@@ -71,14 +71,20 @@ def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path
                 "--validate-interval-updates", "2", "--max-update", str(max_update), "--save-dir",
                 str(tmp_path / "teacher")]
 
+    def done():
+        return finished(log) and last_updates(log) == 8
+
+    def valid_nlls():
+        return [float(v) for v in re.findall(r'"valid_nll_loss": "([\d.]+)"', open(log).read())]
+
     # the first start ends before the stage is done (as when a session's end stops it), the second resumes it
     with pytest.raises(SystemExit, match="failed"):
-        run_.stage("teacher", cmd(4), log, lambda: finished(log) and last_updates(log) == 8, resumes=True)
-    first = [float(v) for v in re.findall(r'"valid_nll_loss": "([\d.]+)"', open(log).read())]
-    run_.stage("teacher", cmd(8), log, lambda: finished(log) and last_updates(log) == 8, resumes=True)
+        run_.stage("teacher", cmd(4), log, done, resumes=True)
+    first = valid_nlls()
+    run_.stage("teacher", cmd(8), log, done, resumes=True)
     text = open(log).read()
     assert text.count("done training in") == 2 and "Loaded checkpoint" in text
-    every = [float(v) for v in re.findall(r'"valid_nll_loss": "([\d.]+)"', text)]
+    every = valid_nlls()
     assert len(first) >= 2 and every[:len(first)] == first and len(every) > len(first)
     assert best_valid_nll(log) == min(every)
 
