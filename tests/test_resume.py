@@ -13,13 +13,13 @@ from conftest import ROOT, TINY_ARCH, TRAIN_COMMON, USER_DIR, makd_init, run
 N, M = 3, 3
 
 
-def train(data, teacher, student, save_dir, max_update):
+def train(data, teacher, student, save_dir, max_update, *extra):
     return run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path",
                teacher, "--arch", "lowrank_transformer", "--finetune-from-model", student, *TINY_ARCH,
                "--criterion", "makd", "--cpu", "--seed", "1", "--optimizer", "adam", "--lr", "0.001",
                "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4", "--max-tokens", "512",
                "--max-update", str(max_update), "--log-format", "simple", "--log-interval", "1",
-               "--num-workers", "0", "--no-progress-bar", "--save-dir", save_dir, "--no-epoch-checkpoints")
+               "--num-workers", "0", "--no-progress-bar", "--save-dir", save_dir, "--no-epoch-checkpoints", *extra)
 
 
 def losses(log: str) -> dict:
@@ -52,6 +52,30 @@ def test_resumed_run_equals_uninterrupted_run(mt_data, teacher, tmp_path):
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == N + M
     for key, value in a["model"].items():
         assert torch.allclose(value, b["model"][key], rtol=0, atol=1e-6), key
+
+
+def test_resumed_run_stops_early_where_the_uninterrupted_run_stops(mt_data, teacher, tmp_path):
+    """--patience's state (best so far, validations since) is checkpointed by our task and restored on resume.
+    Maximizing the validation loss makes the first validation the best and every later one worse (training
+    lowers it), so patience 2 with validation every 2 updates stops at update 6. Interrupted at 4 (one validation
+    without improvement), the resumed run must stop at 6 too; fairseq alone would start counting afresh (the first
+    validation after the resume becoming the new best) and stop at 10."""
+    student = tmp_path / "s.pt"
+    makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", student)
+    patience = ["--patience", "2", "--validate-interval-updates", "2", "--validate-interval", "1000",
+                "--best-checkpoint-metric", "loss", "--maximize-best-checkpoint-metric"]
+
+    def stopped_at(save_dir):
+        return torch.load(save_dir / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"]
+
+    whole = train(mt_data, teacher, student, tmp_path / "whole", 100, *patience)
+    assert "early stop since valid performance hasn't improved for last 2 runs" in whole.stdout + whole.stderr
+    assert stopped_at(tmp_path / "whole") == 6
+    train(mt_data, teacher, student, tmp_path / "parts", 4, *patience)
+    assert stopped_at(tmp_path / "parts") == 4
+    resumed = train(mt_data, teacher, student, tmp_path / "parts", 100, *patience)
+    assert stopped_at(tmp_path / "parts") == 6
+    assert "1 validation(s) since without improvement" in resumed.stdout + resumed.stderr
 
 
 def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path):

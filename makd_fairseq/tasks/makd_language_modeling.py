@@ -1,6 +1,7 @@
 """``makd_language_modeling``: fairseq's language_modeling task plus a frozen teacher (see ``tasks/teacher.py``).
 
-The teacher must have been trained on the data's ``dict.txt``. Use ``--sample-break-mode complete`` (or
+The teacher must have been trained on the data's ``dict.txt``. A resume keeps ``--patience``'s state
+(``tasks/patience.py``). Use ``--sample-break-mode complete`` (or
 ``none``/``complete_doc``): fairseq's ``eos`` mode calls ``np.compat``, which numpy 2 removed.
 """
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from fairseq.tasks import register_task
 from fairseq.tasks.language_modeling import LanguageModelingConfig, LanguageModelingTask
 
+from .patience import PatienceStateMixin
 from .teacher import TeacherMixin, check_data_dirs, teacher_path_field
 
 
@@ -18,7 +20,7 @@ class MakdLanguageModelingConfig(LanguageModelingConfig):
 
 
 @register_task("makd_language_modeling", dataclass=MakdLanguageModelingConfig)
-class MakdLanguageModelingTask(TeacherMixin, LanguageModelingTask):
+class MakdLanguageModelingTask(PatienceStateMixin, TeacherMixin, LanguageModelingTask):
 
     @classmethod
     def setup_task(cls, args, **kwargs):

@@ -1,7 +1,8 @@
 """``makd_translation``: fairseq's translation task plus a frozen teacher (summarization is a language pair too).
 
 The teacher's life cycle is ``TeacherMixin``'s (see ``tasks/teacher.py``); this task adds the check that the
-teacher was trained on the data's source and target dictionaries.
+teacher was trained on the data's source and target dictionaries. A resume keeps ``--patience``'s state
+(``tasks/patience.py``).
 """
 
 import os
@@ -11,6 +12,7 @@ from fairseq.data import data_utils
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from .patience import PatienceStateMixin
 from .teacher import TeacherMixin, check_data_dirs, teacher_path_field
 
 
@@ -20,7 +22,7 @@ class MakdTranslationConfig(TranslationConfig):
 
 
 @register_task("makd_translation", dataclass=MakdTranslationConfig)
-class MakdTranslationTask(TeacherMixin, TranslationTask):
+class MakdTranslationTask(PatienceStateMixin, TeacherMixin, TranslationTask):
     cfg: MakdTranslationConfig
 
     @classmethod
