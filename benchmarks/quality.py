@@ -272,7 +272,7 @@ def seed_record(run, method, seed, checkpoint, metrics):
     log = run.path("teacher.log") if method == "teacher" else os.path.join(os.path.dirname(checkpoint), "train.log")
     prov = log + ".provenance.json"
     return {"seed": seed, "metrics": metrics, "valid_nll": best_valid_nll(log), "updates": last_updates(log),
-            "early_stopped": early_stopped(log), "checkpoint": os.path.relpath(checkpoint, run.work),
+            "early_stopped": early_stopped(log), "resumed_at": resumed_at(log), "checkpoint": os.path.relpath(checkpoint, run.work),
             "trained_at": [{k: r[k] for k in ("commit", "dirty", "started")} for r in json.load(open(prov))]
             if os.path.isfile(prov) else None}
 
@@ -365,6 +365,14 @@ def last_updates(train_log):
     found = [log[k] for line in open(train_log) if "num_updates" in line and "{" in line
              for log in [json.loads(line[line.index("{"):])] for k in log if k.endswith("num_updates")]
     return int(found[-1]) if found else None
+
+
+def resumed_at(train_log):
+    """The updates at which a training resumed from its ``checkpoint_last.pt`` ([] when it ran in one go)."""
+    if not os.path.isfile(train_log):
+        return None
+    return [int(n) for n in re.findall(r"Loaded checkpoint \S*checkpoint_last\S*\.pt \(epoch \d+ @ (\d+) updates\)",
+                                       open(train_log).read())]
 
 
 def early_stopped(train_log):

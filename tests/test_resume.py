@@ -83,7 +83,7 @@ def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path
     them); their log then holds the validations of both starts, so the reported best validation nll is the best of
     the whole training, not of its last start. A stage that does not resume starts its log afresh."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality import Run, best_valid_nll, finished, last_updates
+    from quality import Run, best_valid_nll, finished, last_updates, resumed_at
 
     run_ = Run(argparse.Namespace(work=str(tmp_path), threads=1))
     log = str(tmp_path / "teacher" / "train.log")
@@ -111,6 +111,7 @@ def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path
     every = valid_nlls()
     assert len(first) >= 2 and every[:len(first)] == first and len(every) > len(first)
     assert best_valid_nll(log) == min(every)
+    assert resumed_at(log) == [4]
 
     with pytest.raises(SystemExit, match="failed"):  # not resuming: the log holds the last start only
         run_.stage("again", [sys.executable, "-c", "print('second')"], log, lambda: False)
