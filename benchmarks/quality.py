@@ -272,7 +272,8 @@ def seed_record(run, method, seed, checkpoint, metrics):
     log = run.path("teacher.log") if method == "teacher" else os.path.join(os.path.dirname(checkpoint), "train.log")
     prov = log + ".provenance.json"
     return {"seed": seed, "metrics": metrics, "valid_nll": best_valid_nll(log), "updates": last_updates(log),
-            "early_stopped": early_stopped(log), "resumed_at": resumed_at(log), "checkpoint": os.path.relpath(checkpoint, run.work),
+            "early_stopped": early_stopped(log), "resumed_at": resumed_at(log),
+            "checkpoint": os.path.relpath(checkpoint, run.work),
             "trained_at": [{k: r[k] for k in ("commit", "dirty", "started")} for r in json.load(open(prov))]
             if os.path.isfile(prov) else None}
 
@@ -427,10 +428,16 @@ def params_of(checkpoint):
     return count_params(build_model_from_state(load_checkpoint(checkpoint)))
 
 
+def standing(vs):
+    """Where makd stands against a method, from the method's difference to makd and its 95% interval."""
+    low, high = vs["ci95"]
+    return "makd ahead" if high < 0 else "makd behind" if low > 0 else "level"
+
+
 def table(result):
     """Markdown: per method and budget, each metric's mean (± sd over seeds), the first metric's difference to
-    makd with its 95% interval, validation nll, updates (mean over seeds; how many seeds stopped early) and generation
-    speed."""
+    makd with its 95% interval (and makd's standing: ahead, level or behind), validation nll, updates (mean over
+    seeds; how many seeds stopped early) and generation speed."""
     names = METRICS[result["task"]]
     first = names[0]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
@@ -442,7 +449,7 @@ def table(result):
         cells = [f"{m['metrics'][n]:.2f}" + (f" ± {sd[n]:.2f}" if n in sd else "") for n in names]
         share = 100 * m["metrics"][first] / max(teacher["metrics"][first], 1e-9)
         vs = (m.get("vs_makd") or {}).get(first)
-        vs = "–" if vs is None else f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}]"
+        vs = "–" if vs is None else f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs)}"
         nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
         early = [bool(r.get("early_stopped")) for r in m.get("seeds", [])]
         updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (

@@ -99,6 +99,27 @@ def test_table_says_how_many_seeds_stopped_early():
     assert cells == {"svd_ce": "2,700 (early stop: 1 of 2)", "svd_word_kd": "2,700 (early stop)", "makd": "2,700"}
 
 
+def test_table_says_where_makd_stands_against_each_method():
+    """The vs-makd cell names makd's standing: ahead when the method's interval lies below 0, behind when above,
+    level when it contains 0."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from quality import table
+
+    def row(method, vs):
+        metrics = {"rougeL": 20.0, "rouge1": 22.0, "rouge2": 8.0}
+        return {"method": method, "budget": 0.5, "params": 10, "metrics": metrics, "seeds": [{"seed": 1}],
+                **({"vs_makd": {"rougeL": {"diff": vs[0], "ci95": vs[1:]}}} if vs else {})}
+
+    teacher = {"method": "teacher", "budget": None, "params": 20, "metrics": {"rougeL": 25.0, "rouge1": 27.0,
+               "rouge2": 10.0}}
+    rows = [row("svd_ce", (-0.44, -1.32, 0.43)), row("dense_sft_kd", (-2.87, -3.81, -1.99)),
+            row("svd_seq_kd", (1.02, 0.39, 1.64)), row("makd", None)]
+    lines = table({"task": "summarization", "methods": [teacher, *rows]}).splitlines()
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[8] for line in lines[3:7]}
+    assert cells == {"svd_ce": "-0.44 [-1.32, +0.43] level", "dense_sft_kd": "-2.87 [-3.81, -1.99] makd ahead",
+                     "svd_seq_kd": "+1.02 [+0.39, +1.64] makd behind", "makd": "–"}
+
+
 def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
     """--reuse (a run resumed on another machine): a fresh work directory retrains the teacher; once it writes the
     earlier run's test hypotheses, the earlier seeds are taken over from the results file and rescored, nothing else
