@@ -155,3 +155,37 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
                "--out", tmp_path / "refused.json", check=False)
     assert proc.returncode != 0 and not (tmp_path / "refused.json").exists()
     assert "this run's teacher does not reproduce that run's (1 of" in proc.stdout + proc.stderr
+
+
+def test_compare_puts_two_runs_side_by_side_and_says_whether_makd_keeps_its_standing(tmp_path, capsys):
+    """benchmarks/compare.py: per method and budget each run's mean ± sd (seeds) and vs-makd cell, "same standing"
+    yes/no; a method one run lacks gets dashes; runs on other data are refused with one error."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare import main
+
+    def run_of(teacher, rows, data="abc"):
+        methods = [{"method": "teacher", "budget": None, "metrics": {"rougeL": teacher}}]
+        for method, value, vs in rows:
+            methods.append({"method": method, "budget": 0.5, "metrics": {"rougeL": value}, "sd": {"rougeL": 0.5},
+                            "seeds": [{"seed": 1}, {"seed": 2}],
+                            **({"vs_makd": {"rougeL": {"diff": vs[0], "ci95": vs[1:]}}} if vs else {})})
+        return {"task": "summarization", "data_sha256": data, "methods": methods}
+
+    a = run_of(26.0, [("svd_ce", 22.0, (-0.7, -1.3, -0.1)), ("makd", 22.7, None), ("svd_seq_kd", 22.5, (-0.2, -0.8, 0.4))])
+    b = run_of(28.0, [("svd_ce", 22.5, (-0.1, -0.6, 0.5)), ("makd", 22.6, None)])
+    paths = []
+    for name, result in (("a", a), ("b", b), ("other", run_of(28.0, [], data="def"))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    main([str(paths[0]), str(paths[1]), "--labels", "fresh", "replicate"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == ("| method | budget | fresh: rougeL (seeds) | vs makd (95% CI) | replicate: rougeL (seeds) | "
+                        "vs makd (95% CI) | same standing |")
+    assert lines[2:] == [
+        "| teacher | teacher | 26.00 | – | 28.00 | – | – |",
+        "| svd_ce | 50% | 22.00 ± 0.50 (2) | -0.70 [-1.30, -0.10] makd ahead | 22.50 ± 0.50 (2) | "
+        "-0.10 [-0.60, +0.50] level | no |",
+        "| makd | 50% | 22.70 ± 0.50 (2) | – | 22.60 ± 0.50 (2) | – | – |",
+        "| svd_seq_kd | 50% | 22.50 ± 0.50 (2) | -0.20 [-0.80, +0.40] level | – | – | – |"]
+    with pytest.raises(SystemExit, match="different data"):
+        main([str(paths[0]), str(paths[2])])
