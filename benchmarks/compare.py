@@ -15,7 +15,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from quality import METRICS, standing  # noqa: E402
+from quality import METRICS, budget_label, standing, vs_cell  # noqa: E402
 
 
 def load(path):
@@ -41,7 +41,7 @@ def cells(result, method, budget, metric):
     vs = (row.get("vs_makd") or {}).get(metric)
     if vs is None:
         return value, "–", None
-    return value, f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs)}", standing(vs)
+    return value, vs_cell(vs), standing(vs)
 
 
 def compare(a, b, labels, metric=None):
@@ -65,7 +65,7 @@ def compare(a, b, labels, metric=None):
         value_a, vs_a, standing_a = cells(a, method, budget, metric)
         value_b, vs_b, standing_b = cells(b, method, budget, metric)
         same = "–" if standing_a is None or standing_b is None else "yes" if standing_a == standing_b else "no"
-        lines.append(f"| {method} | {'teacher' if budget is None else f'{budget:.0%}'} | {value_a} | {vs_a} | "
+        lines.append(f"| {method} | {budget_label(budget)} | {value_a} | {vs_a} | "
                      f"{value_b} | {vs_b} | {same} |")
     return "\n".join(lines) + "\n"
 

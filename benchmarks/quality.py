@@ -434,6 +434,17 @@ def standing(vs):
     return "makd ahead" if high < 0 else "makd behind" if low > 0 else "level"
 
 
+def vs_cell(vs):
+    """A vs-makd table cell: the difference to makd, its 95% interval and makd's standing; a dash without one."""
+    if vs is None:
+        return "–"
+    return f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs)}"
+
+
+def budget_label(budget):
+    return "teacher" if budget is None else f"{budget:.0%}"
+
+
 def table(result):
     """Markdown: per method and budget, each metric's mean (± sd over seeds), the first metric's difference to
     makd with its 95% interval (and makd's standing: ahead, level or behind), validation nll, updates (mean over
@@ -444,12 +455,11 @@ def table(result):
     lines = [f"| method | budget | seeds | params | {' | '.join(names)} | {first} % of teacher | {first} vs makd (95% CI) "
              "| best valid nll (bits) | updates | sentences/s |", "|---|---|---|---|" + "---|" * (len(names) + 5)]
     for m in result["methods"]:
-        budget = "teacher" if m["budget"] is None else f"{m['budget']:.0%}"
+        budget = budget_label(m["budget"])
         sd = m.get("sd") or {}
         cells = [f"{m['metrics'][n]:.2f}" + (f" ± {sd[n]:.2f}" if n in sd else "") for n in names]
         share = 100 * m["metrics"][first] / max(teacher["metrics"][first], 1e-9)
-        vs = (m.get("vs_makd") or {}).get(first)
-        vs = "–" if vs is None else f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs)}"
+        vs = vs_cell((m.get("vs_makd") or {}).get(first))
         nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
         early = [bool(r.get("early_stopped")) for r in m.get("seeds", [])]
         updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (
