@@ -94,7 +94,10 @@ class Run:
                 tail = f.read()[-3000:]
             raise SystemExit(f"quality.py: {name} failed (exit {rc}); the end of {log}:\n{tail}")
         with self.lock:
-            self.stages[name] = round(time.time() - start, 1)
+            # another command on this WORK (quality.py --partial while the run goes on) may have recorded stages
+            # since this one read the file: keep them
+            on_disk = json.load(open(self.stages_path)) if os.path.exists(self.stages_path) else {}
+            self.stages = {**self.stages, **on_disk, name: round(time.time() - start, 1)}
             write_atomic(self.stages_path, json.dumps(self.stages, indent=1))
 
 

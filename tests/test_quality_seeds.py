@@ -157,6 +157,27 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
     assert "this run's teacher does not reproduce that run's (1 of" in proc.stdout + proc.stderr
 
 
+def test_two_commands_on_one_work_directory_keep_each_others_stage_times(tmp_path):
+    """quality.py --partial scores finished students while the run trains the rest in the same WORK: each records
+    its stages' times in WORK/stages.json without dropping those the other wrote since it started."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from argparse import Namespace
+
+    from quality import Run
+
+    args = Namespace(work=str(tmp_path), threads=1)
+    run_a, run_b = Run(args), Run(args)  # both read stages.json before either wrote
+
+    def stage(r, name):
+        log = tmp_path / f"{name}.log"
+        r.stage(name, [sys.executable, "-c", "print('ok')"], str(log), lambda: log.is_file() and "ok" in log.read_text())
+
+    stage(run_a, "train a")
+    stage(run_b, "generate b")
+    stage(run_a, "train c")
+    assert set(json.loads((tmp_path / "stages.json").read_text())) == {"train a", "generate b", "train c"}
+
+
 def test_compare_puts_two_runs_side_by_side_and_says_whether_makd_keeps_its_standing(tmp_path, capsys):
     """benchmarks/compare.py: per method and budget each run's mean ± sd (seeds) and vs-makd cell, "same standing"
     yes/no; a method one run lacks gets dashes; runs on other data are refused with one error."""
