@@ -39,6 +39,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -493,6 +494,8 @@ def plot(result, path):
     timed = [m for m in result["methods"] if m.get("speed")]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
     panels = len(metrics) + bool(timed)
+    # one color per method in every panel (the teacher: black)
+    color = {name: f"C{i}" for i, name in enumerate(n for n in QUALITY_METHODS if n != "teacher")}
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     for ax, metric in zip(axes[0], metrics):
         ax.axhline(teacher["metrics"][metric], color="black", linestyle="--", label="teacher")
@@ -501,7 +504,7 @@ def plot(result, path):
                             for m in result["methods"] if m["method"] == name and m["budget"] is not None)
             if points:
                 x, y, err = zip(*points)
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name)
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name, color=color[name])
         ax.set_xlabel("student parameters / teacher parameters")
         ax.set_ylabel(metric + " (mean ± sd over seeds)")
         if metric == "ppl":
@@ -511,9 +514,11 @@ def plot(result, path):
         ax, metric = axes[0][-1], metrics[0]
         for m in timed:
             label = "teacher" if m["budget"] is None else f"{m['method']} {m['budget']:.0%}"
-            ax.scatter(m["speed"]["sentences_per_s"], m["metrics"][metric], marker="*" if m["budget"] is None else "o")
+            ax.scatter(m["speed"]["sentences_per_s"], m["metrics"][metric], marker="*" if m["budget"] is None else "o",
+                       color=color.get(m["method"], "black"))
             ax.annotate(label, (m["speed"]["sentences_per_s"], m["metrics"][metric]), fontsize=6)
-        ax.set_xlabel(f"generation sentences/s ({result['speed'].split(', ', 1)[1]})")
+        # the conditions of the timing under the axis, wrapped to the panel's width
+        ax.set_xlabel(textwrap.fill(f"generation sentences/s ({result['speed'].split(', ', 1)[1]})", 70), fontsize=8)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=8)
