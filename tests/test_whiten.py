@@ -6,7 +6,6 @@ import pytest
 import torch
 
 from conftest import load, makd_init, valid_batch
-from makd_fairseq import student_init
 from makd_fairseq.calibration import calibrate, distillation_task, input_grams
 from makd_fairseq.checkpoint import load_checkpoint
 from makd_fairseq.taps import Feature, Taps
@@ -28,7 +27,12 @@ def test_gram_matrices_are_those_of_the_inputs_at_non_padding_positions(teacher,
     sample = valid_batch(task)
     pad = task.target_dictionary.pad()
     names = ["encoder.layers.0.fc1", "decoder.layers.1.encoder_attn.k_proj", "decoder.layers.0.self_attn.q_proj"]
-    grams = input_grams(model, [sample], names, pad)
+    fc1_inputs = []  # encoder.layers.0.fc1's input (T x B x C) in the very forward input_grams runs
+    handle = model.encoder.layers[0].fc1.register_forward_pre_hook(lambda m, args: fc1_inputs.append(args[0]))
+    try:
+        grams = input_grams(model, [sample], names, pad)
+    finally:
+        handle.remove()
     net = sample["net_input"]
     first_input = Feature("decoder", -1, "hidden")  # the first decoder layer's input
     with torch.no_grad(), Taps(model, [first_input]) as taps:
@@ -39,7 +43,13 @@ def test_gram_matrices_are_those_of_the_inputs_at_non_padding_positions(teacher,
     assert torch.allclose(grams["decoder.layers.1.encoder_attn.k_proj"], memory.t() @ memory, rtol=1e-4, atol=1e-3)
     assert torch.allclose(grams["decoder.layers.0.self_attn.q_proj"], x.t() @ x, rtol=1e-4, atol=1e-3)
     # padding never counts: the encoder's Gram is built from exactly the non-padding source positions
-    assert grams["encoder.layers.0.fc1"].trace() > 0
+    (x,) = fc1_inputs
+    real = net["src_tokens"].ne(pad).t()
+    assert not real.all()  # the batch has padded positions, and their inputs are not zero
+    assert x[~real].abs().sum() > 0
+    rows, every = x[real].double(), x.reshape(-1, x.size(-1)).double()
+    assert torch.allclose(grams["encoder.layers.0.fc1"], rows.t() @ rows, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(grams["encoder.layers.0.fc1"], every.t() @ every, rtol=1e-3, atol=1e-3)
     # and the model is left as it was: fused attention path, no hooks
     assert not model.encoder.layers[0].self_attn.skip_embed_dim_check
     assert not model.decoder.layers[0].self_attn._forward_pre_hooks
@@ -121,9 +131,8 @@ def test_whitened_students_beat_plain_svd_and_spectrum_allocation_does_not_beat_
     for init in ("svd", "whiten"):
         for allocation in ("uniform", "spectrum"):
             out = tmp_path / f"{init}_{allocation}.pt"
-            assert student_init.main(["--teacher", str(teacher), "--param-budget", "0.5", "--init", init,
-                                      "--data", str(mt_data), "--calibration-tokens", "4000",
-                                      "--allocation", allocation, "--out", str(out)]) == 0  # in-process: faster
+            makd_init("--teacher", teacher, "--param-budget", "0.5", "--init", init, "--data", mt_data,
+                      "--calibration-tokens", "4000", "--allocation", allocation, "--out", out)
             nll[init, allocation] = _valid_nll(out, mt_data)
     assert nll["whiten", "uniform"] < nll["svd", "uniform"], nll
     # if this fails, spectrum allocation has become useful: drop makd-init's warning
