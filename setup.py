@@ -25,9 +25,9 @@ setup(
         "tensorboardX",  # fairseq-train --tensorboard-logdir; without it fairseq prints a notice at every import
     ],
     extras_require={"test": ["pytest>=7", "pytest-xdist>=3"]},
-    entry_points={"console_scripts": ["makd-init = makd_fairseq.student_init:main",
-                                      "makd-shrink = makd_fairseq.shrink:main",
-                                      "makd-teacher-data = makd_fairseq.teacher_data:main",
-                                      "makd-score = makd_fairseq.score:main",
-                                      "makd-compress = makd_fairseq.compress:main"]},
+    entry_points={"console_scripts": ["makd-init = makd_fairseq.cli.init:main",
+                                      "makd-shrink = makd_fairseq.cli.shrink:main",
+                                      "makd-teacher-data = makd_fairseq.cli.teacher_data:main",
+                                      "makd-score = makd_fairseq.cli.score:main",
+                                      "makd-compress = makd_fairseq.cli.compress:main"]},
 )

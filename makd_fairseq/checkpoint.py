@@ -143,10 +143,3 @@ def build_model_from_state(state: dict, task=None):
     state = {k: v for k, v in model_state.items() if not k.startswith("classification_heads.")}
     model.load_state_dict(state, strict=True)
     return model.float().eval()
-
-
-def save_atomic(state: dict, path: str) -> None:
-    """torch.save through a temporary file: a failed write never leaves a half file at ``path``."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    torch.save(state, path + ".tmp")
-    os.replace(path + ".tmp", path)

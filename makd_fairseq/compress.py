@@ -1,34 +1,33 @@
-"""``makd-compress``: teacher + data + budget -> a distilled low-rank student and a report, in one command.
+"""makd-compress's stages: teacher + data + budget -> a distilled low-rank student and a report.
 
-    makd-compress --teacher T.pt --data BIN --param-budget 0.5 --out DIR
-                  [--method makd|word_kd|ce] [--max-update N] [--metric rouge|bleu|chrf|ppl] [--fairseq-args "..."]
+Stages, each reused when its output exists (an interrupted training continues from its ``checkpoint_last.pt``):
 
-Stages, each reused when its output exists (run the same command again to resume; an interrupted training
-continues from its ``checkpoint_last.pt``):
-
-1. ``init``: ``makd-init --init whiten`` (factors fitted to the teacher's inputs on BIN's train split) -> DIR/init.pt
-2. ``train``: ``fairseq-train`` with the method's criterion (``student.distill_command``), fairseq's own progress and
-   log lines shown live and kept in DIR/train.log; validation every ``--validate-interval-updates``, stop after
-   ``--patience`` validations without a lower nll, at most ``--max-update``; the best validation nll is kept:
-   DIR/student.pt.
+1. ``init``: ``student_init.make_student`` with whitened factors (fitted to the teacher's inputs on BIN's train
+   split) -> DIR/init.pt and its ranks table DIR/init.txt. It runs before DIR is created, so bad input it catches (a
+   data dictionary other than the teacher's, a budget that cannot be met) leaves nothing behind.
+2. ``train``: ``fairseq-train`` with the method's criterion (``student.distill_command``); fairseq's lines kept in
+   DIR/train.log as they come (and shown live unless ``--quiet``), a progress bar over the update cap with the last
+   validation; validation every ``--validate-interval-updates``, stop after ``--patience`` validations without a
+   lower nll, at most ``--max-update``; the best validation nll is kept: DIR/student.pt.
 3. ``evaluate``: ``fairseq-generate`` on the test split for teacher and student with the same beam, batch and
-   threads (``fairseq-eval-lm`` for language models), scored with ``makd-score``'s functions; the generation speed
-   is fairseq's own sentences/s (tokens/s for language models) of those runs.
+   threads (``fairseq-eval-lm`` for language models), scored with ``score``'s functions; the generation speed is
+   fairseq's own sentences/s (tokens/s for language models) of those runs.
 4. DIR/report.md and DIR/report.json: parameters, the ranks table, teacher and student metric and their ratio,
    speed-up, training time and updates, the command and the commit.
+
+The command line is ``makd_fairseq.cli.compress``; the benchmarks build their generation commands here too.
 """
 
-import argparse
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
 import sys
-import time
 
-from .student import USER_DIR, distill_command, is_lm, task_flags
+from . import fairseq_logs
+from .files import USER_DIR, copy_file, git_commit, save_torch, write_json, write_text
+from .student import OPTIMIZATION, distill_command
 
 MANIFEST = "compress.json"
 METRICS = ("rouge", "bleu", "chrf", "ppl")
@@ -40,79 +39,120 @@ METHODS = {
                 "--model-weight", "4"],
     "ce": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
 }
-# optimisation for a distilled student (Adam with inverse-sqrt warm-up, as the benchmarks use)
-OPTIMIZATION = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
-                "--warmup-updates", "100", "--clip-norm", "1.0", "--weight-decay", "0.0001", "--seed", "1",
-                "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "json", "--log-interval", "50"]
+# what makd-compress writes in DIR (--force replaces these and nothing else)
+OWN_FILES = ("init.pt", "init.txt", "student.pt", "train", "train.log", "generate", "report.md", "report.json")
 
 
 class CompressError(ValueError):
     """Bad input; the message is one line."""
 
 
-def git_commit() -> str:
-    root = os.path.dirname(USER_DIR)
-    proc = subprocess.run(["git", "-C", root, "rev-parse", "HEAD"], capture_output=True, text=True)
-    return proc.stdout.strip() if proc.returncode == 0 else "unknown (not a git checkout)"
+def check_out_dir(args, manifest) -> bool:
+    """DIR must be new, empty, or this very run (same arguments): never clobber another run's files. True when DIR
+    holds another run and --force was given: that run's files are to go (``clear_run``) once the new init is made."""
+    path = os.path.join(args.out, MANIFEST)
+    if os.path.isfile(path):
+        with open(path) as f:
+            previous = json.load(f)
+        if previous["arguments"] == manifest["arguments"]:
+            return False
+        if not args.force:
+            changed = sorted(k for k in manifest["arguments"] if previous["arguments"].get(k) != manifest["arguments"][k])
+            raise CompressError(f"--out {args.out} holds a run with other arguments ({', '.join(changed)}); "
+                                "choose another --out or pass --force to start over there")
+        return True
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
+        raise CompressError(f"--out {args.out} is not empty and holds no makd-compress run; choose another --out "
+                            "or pass --force")
+    return False
 
 
-def run_logged(cmd, log, live=True):
-    """Run ``cmd``; its output goes to ``log`` and, with ``live``, to this terminal as it comes."""
-    with open(log, "a") as f:
+def clear_run(args) -> None:
+    """--force over another run: its files go, unrelated files stay."""
+    for name in OWN_FILES:
+        target = os.path.join(args.out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target)
+        elif os.path.exists(target):
+            os.remove(target)
+
+
+def init_student(args, state):
+    """(student checkpoint state, ranks table text) at ``args.param_budget``, uniform ranks, ``args.init`` factors;
+    in memory: makd-init's bad-input errors (``RankError``, ``CheckpointError``, ...) raise before DIR is touched."""
+    from .student_init import make_student, ranks_table
+
+    student, rows, totals = make_student(state, args.teacher, param_budget=args.param_budget, init=args.init,
+                                         data=args.data, calibration_tokens=args.calibration_tokens)
+    return student, ranks_table(rows, totals)
+
+
+def train_flags(args, lm) -> list:
+    """fairseq-train's flags after ``distill_command``'s: task settings, method, optimisation, schedule, output."""
+    every = str(args.validate_interval_updates)
+    return [*args.task_flags, *METHODS[args.method], *OPTIMIZATION, "--log-interval", "50", "--lr", str(args.lr),
+            "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update),
+            "--validate-interval-updates", every, "--save-interval-updates", every,
+            "--validate-interval", "1000000", "--save-interval", "1000000", "--patience", str(args.patience),
+            "--keep-interval-updates", "1", "--best-checkpoint-metric", "nll_loss",
+            "--save-dir", os.path.join(args.out, "train"), *([] if args.gpu else ["--cpu"]),
+            *shlex.split(args.fairseq_args), *([] if lm else ["--skip-invalid-size-inputs-valid-test"])]
+
+
+class TrainProgress:
+    """A tqdm bar over the update cap, fed with fairseq-train's ``--log-format json`` lines as they come: the updates
+    reached and the last validation ("valid nll 3.21 @ 400")."""
+
+    def __init__(self, total: int, initial: int = 0, file=None):
+        from tqdm import tqdm
+
+        file = file or sys.stderr
+        self.bar = tqdm(total=total, initial=min(initial, total), unit="update", desc="[makd-compress] train",
+                        file=file, mininterval=0.5 if file.isatty() else 30, dynamic_ncols=True)
+
+    def feed(self, line: str) -> None:
+        for record in fairseq_logs.records(line):
+            updates = next((int(float(v)) for k, v in record.items() if k.endswith("num_updates")), None)
+            if updates is None:
+                continue
+            if updates > self.bar.n:
+                self.bar.update(min(updates, self.bar.total) - self.bar.n)
+            if "valid_nll_loss" in record:
+                self.bar.set_postfix_str(f"valid nll {float(record['valid_nll_loss']):.2f} @ {updates}")
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def run_logged(cmd, log, live=True, progress=None):
+    """Run ``cmd``; each line of its output goes to ``log`` as it comes (flushed per line), to ``progress`` and,
+    with ``live``, to this terminal."""
+    from tqdm import tqdm
+
+    with open(log, "a", buffering=1) as f:  # line-buffered: a user tailing the log sees each line at once
         f.write(f"$ {shlex.join(map(str, cmd))}\n")
-        f.flush()
-        proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1)
         for line in proc.stdout:
             f.write(line)
+            if progress is not None:
+                progress.feed(line)
             if live:
-                sys.stdout.write(line)
+                tqdm.write(line.rstrip("\n"), file=sys.stdout)  # above the progress bar
                 sys.stdout.flush()
         rc = proc.wait()
     if rc != 0:
         raise SystemExit(f"makd-compress: {cmd[0]} failed (exit {rc}); see {log}")
 
 
-def json_logs(log):
-    """The json records of a ``--log-format json`` fairseq log (other lines, the config dump included, skipped)."""
-    records = []
-    for line in open(log):
-        if '{"' in line:
-            try:
-                records.append(json.loads(line[line.index('{"'):]))
-            except ValueError:
-                pass
-    return records
-
-
-def train_summary(log):
-    """(best validation nll in bits, updates, training seconds) from a json-format fairseq-train log."""
-    logs = json_logs(log)
-    nll = [float(x["valid_nll_loss"]) for x in logs if "valid_nll_loss" in x]
-    updates = [int(v) for x in logs for k, v in x.items() if k.endswith("num_updates")]
-    m = re.findall(r"done training in ([\d.]+) seconds", open(log).read())
-    return (min(nll) if nll else None), (updates[-1] if updates else None), (float(m[-1]) if m else None)
-
-
-def check_out_dir(args, manifest):
-    """DIR must be new, empty, or this very run (same arguments): never clobber another run's files."""
-    path = os.path.join(args.out, MANIFEST)
-    if os.path.isfile(path):
-        previous = json.load(open(path))
-        if previous["arguments"] != manifest["arguments"] and not args.force:
-            changed = sorted(k for k in manifest["arguments"] if previous["arguments"].get(k) != manifest["arguments"][k])
-            raise CompressError(f"--out {args.out} holds a run with other arguments ({', '.join(changed)}); "
-                                "choose another --out or pass --force to start over there")
-        if previous["arguments"] != manifest["arguments"]:  # --force: start over, keeping unrelated files
-            for name in ("init.pt", "init.txt", "student.pt", "train", "train.log", "generate", "report.md",
-                         "report.json"):
-                target = os.path.join(args.out, name)
-                if os.path.isdir(target):
-                    shutil.rmtree(target)
-                elif os.path.exists(target):
-                    os.remove(target)
-    elif os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
-        raise CompressError(f"--out {args.out} is not empty and holds no makd-compress run; choose another --out "
-                            "or pass --force")
+def train(args, lm, student_path: str, log: str) -> None:
+    """Distill until validation nll stops falling (resumes from DIR/train/checkpoint_last.pt)."""
+    progress = TrainProgress(args.max_update, fairseq_logs.last_updates(fairseq_logs.read(log)) or 0)
+    try:
+        run_logged(distill_command(args.data, args.teacher, student_path, train_flags(args, lm)), log,
+                   live=not args.quiet, progress=progress)
+    finally:
+        progress.close()
 
 
 def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",)):
@@ -132,18 +172,6 @@ def eval_lm_command(data, checkpoint, flags, device=("--cpu",)):
             "--num-workers", "0", *device]
 
 
-def generation_speed(text, log="the log"):
-    """fairseq-generate's own timing line -> sentences, tokens, seconds, sentences/s and tokens/s."""
-    speed = re.findall(r"Translated ([\d,]+) sentences \(([\d,]+) tokens\) in ([\d.]+)s \(([\d.]+) sentences/s, "
-                       r"([\d.]+) tokens/s", text)
-    if not speed:
-        raise SystemExit(f"no 'Translated N sentences' line in {log}: did fairseq-generate finish?")
-    sentences, tokens, seconds, sentences_per_s, tokens_per_s = speed[-1]
-    # outputs of different lengths make sentences/s alone unfair: tokens/s is reported next to it
-    return {"sentences": int(sentences.replace(",", "")), "tokens": int(tokens.replace(",", "")),
-            "seconds": float(seconds), "sentences_per_s": float(sentences_per_s), "tokens_per_s": float(tokens_per_s)}
-
-
 def evaluate_command(args, lm, checkpoint):
     device = [] if args.gpu else ["--cpu"]
     if lm:
@@ -158,14 +186,13 @@ def evaluate(args, lm, log):
     """(scores, signatures, speed) of one fairseq-generate / fairseq-eval-lm log."""
     from .score import read_generation, score
 
-    text = open(log).read()
+    text = fairseq_logs.read(log)
     if lm:
-        ppl = re.findall(r"Perplexity: ([\d.]+)", text)
-        speed = re.findall(r"Evaluated [\d,]+ tokens in [\d.]+s \(([\d.]+) tokens/s\)", text)
-        return {"ppl": float(ppl[-1])}, {"ppl": "fairseq-eval-lm on test"}, {"tokens_per_s": float(speed[-1])}
+        result = fairseq_logs.eval_lm_result(text, log)
+        return {"ppl": result["ppl"]}, {"ppl": "fairseq-eval-lm on test"}, {"tokens_per_s": result["tokens_per_s"]}
     hyps, refs = read_generation(text.splitlines(), log)
     scores, signatures = score(args.metric, hyps, refs)
-    return scores, signatures, generation_speed(text, log)
+    return scores, signatures, fairseq_logs.generation_speed(text, log)
 
 
 def report_markdown(r):
@@ -196,153 +223,70 @@ def report_markdown(r):
     return "\n".join(lines)
 
 
-def get_parser():
-    parser = argparse.ArgumentParser(prog="makd-compress", description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", required=True, metavar="T.pt")
-    parser.add_argument("--data", required=True, metavar="BIN", help="the teacher's binarized data (train/valid/test)")
-    parser.add_argument("--param-budget", type=float, required=True, metavar="F",
-                        help="student parameters as a fraction of the teacher's (embeddings included)")
-    parser.add_argument("--out", required=True, metavar="DIR")
-    parser.add_argument("--method", choices=sorted(METHODS), default="makd")
-    parser.add_argument("--init", choices=("whiten", "svd"), default="whiten")
-    parser.add_argument("--calibration-tokens", type=int, default=32768)
-    parser.add_argument("--max-update", type=int, default=3000, help="cap on training updates")
-    parser.add_argument("--validate-interval-updates", type=int, default=100)
-    parser.add_argument("--patience", type=int, default=3, help="validations without a lower nll before stopping")
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--max-tokens", type=int, default=4000)
-    parser.add_argument("--metric", choices=METRICS, help="default: ppl for language models, else rouge")
-    parser.add_argument("--beam", type=int, default=4)
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per generation batch")
-    parser.add_argument("--remove-bpe", default="sentencepiece", help="fairseq-generate's --remove-bpe ('none': off)")
-    parser.add_argument("--fairseq-args", default="", help="more fairseq-train flags, one quoted string")
-    parser.add_argument("--eval-args", default="", help="more fairseq-generate / fairseq-eval-lm flags")
-    parser.add_argument("--gpu", action="store_true", help="train and decode on the GPU (default: --cpu)")
-    parser.add_argument("--quiet", action="store_true", help="do not echo fairseq's output (still in DIR/*.log)")
-    parser.add_argument("--force", action="store_true", help="use a non-empty --out that holds another run")
-    return parser
-
-
-def main(argv=None) -> int:
-    import makd_fairseq  # noqa: F401  (allow-list, archs)
-
-    from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args
+def report(args, lm, manifest, results, wall_s) -> dict:
+    """report.json's content from DIR's files and the two evaluations."""
+    from .checkpoint import build_model_from_state, load_checkpoint
     from .lowrank import count_params
-    from .student_init import main as makd_init
 
-    parser = get_parser()
-    args = parser.parse_args(argv)
-    if args.quiet:  # fairseq's INFO lines from the in-process init (subprocess output goes to DIR/*.log anyway)
-        import logging
-
-        logging.getLogger().setLevel(logging.WARNING)
-    started = time.time()
-    arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet")}
-    arguments.update(teacher=os.path.abspath(args.teacher), data=os.path.abspath(args.data))
-    manifest = {"arguments": arguments, "command": shlex.join(["makd-compress", *(argv if argv is not None
-                                                                                   else sys.argv[1:])])}
-    try:
-        if not os.path.isdir(args.data):
-            raise CompressError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
-        if not 0 < args.param_budget < 1:
-            raise CompressError(f"--param-budget must be in (0, 1), got {args.param_budget}")
-        state = load_checkpoint(args.teacher)
-        lm = is_lm(model_args(state).arch)
-        args.metric = args.metric or ("ppl" if lm else "rouge")
-        if (args.metric == "ppl") != lm:
-            raise CompressError(f"--metric {args.metric} does not fit a {'decoder-only' if lm else 'sequence-to-sequence'}"
-                                " teacher (ppl is for language models)")
-        check_out_dir(args, manifest)
-    except (CompressError, CheckpointError) as e:
-        print(f"makd-compress: error: {e}", file=sys.stderr)
-        return 2
-    os.makedirs(args.out, exist_ok=True)
     path = lambda *p: os.path.join(args.out, *p)  # noqa: E731
-    args.task_flags = task_flags(state)  # the teacher's language pair, truncation or block layout, for every stage
-
-    # 1. init (in-process makd-init: its bad-input errors are one line, exit 2, nothing written)
-    if not os.path.isfile(path("init.pt")):
-        print(f"[makd-compress] init: makd-init --init {args.init} --param-budget {args.param_budget}", flush=True)
-        import contextlib
-        import io
-
-        table = io.StringIO()
-        with contextlib.redirect_stdout(table):
-            rc = makd_init(["--teacher", args.teacher, "--param-budget", str(args.param_budget), "--init", args.init,
-                            "--data", args.data, "--calibration-tokens", str(args.calibration_tokens),
-                            "--out", path("init.pt")])
-        if rc != 0:
-            return rc  # makd-init printed the one-line error
-        with open(path("init.txt.tmp"), "w") as f:
-            f.write(table.getvalue())
-        os.replace(path("init.txt.tmp"), path("init.txt"))
-        if not args.quiet:
-            print(table.getvalue().split("distill it with")[0], flush=True)
-    with open(path(MANIFEST + ".tmp"), "w") as f:  # from here on DIR is this run's
-        json.dump(manifest, f, indent=1)
-    os.replace(path(MANIFEST + ".tmp"), path(MANIFEST))
-
-    # 2. train until validation nll stops falling
-    train_log = path("train.log")
-    if not (os.path.isfile(train_log) and "done training in" in open(train_log).read()):
-        flags = [*args.task_flags, *METHODS[args.method], *OPTIMIZATION, "--lr", str(args.lr), "--max-tokens", str(args.max_tokens),
-                 "--max-update", str(args.max_update), "--validate-interval-updates",
-                 str(args.validate_interval_updates), "--save-interval-updates", str(args.validate_interval_updates),
-                 "--validate-interval", "1000000", "--save-interval", "1000000", "--patience", str(args.patience), "--keep-interval-updates", "1",
-                 "--best-checkpoint-metric", "nll_loss", "--save-dir", path("train"),
-                 *([] if args.gpu else ["--cpu"]), *shlex.split(args.fairseq_args)]
-        if not lm:
-            flags += ["--skip-invalid-size-inputs-valid-test"]
-        print("[makd-compress] train", flush=True)
-        run_logged(distill_command(args.data, args.teacher, path("init.pt"), flags), train_log, live=not args.quiet)
-    if not os.path.isfile(path("student.pt")):
-        shutil.copyfile(path("train", "checkpoint_best.pt"), path("student.pt.tmp"))
-        os.replace(path("student.pt.tmp"), path("student.pt"))
-
-    # 3. teacher and student on the test split, same flags
-    os.makedirs(path("generate"), exist_ok=True)
-    results = {}
-    for name, checkpoint in (("teacher", args.teacher), ("student", path("student.pt"))):
-        log = path("generate", f"{name}.txt")
-        done = os.path.isfile(log) and ("Perplexity:" if lm else "Generate test with beam") in open(log).read()
-        if not done:
-            print(f"[makd-compress] evaluate {name}", flush=True)
-            if os.path.exists(log):
-                os.remove(log)
-            run_logged(evaluate_command(args, lm, checkpoint), log, live=False)
-        results[name] = evaluate(args, lm, log)
-
-    # 4. the report
     init_state = load_checkpoint(path("init.pt"))
-    teacher_params = init_state["makd"]["teacher_params"]
-    student_params = count_params(build_model_from_state(load_checkpoint(path("student.pt"))))
-    best_nll, updates, seconds = train_summary(train_log)
+    train_log = fairseq_logs.read(path("train.log"))
     (t_scores, signatures, t_speed), (s_scores, _, s_speed) = results["teacher"], results["student"]
     main_metric = {"rouge": "rougeL", "bleu": "bleu", "chrf": "chrf", "ppl": "ppl"}[args.metric]
     ratio = (t_scores[main_metric] / s_scores[main_metric] if main_metric == "ppl"
              else s_scores[main_metric] / t_scores[main_metric] if t_scores[main_metric] else None)
     speed_key = "tokens_per_s" if lm else "sentences_per_s"
-    report = {
+    with open(path("init.txt"), encoding="utf-8") as f:
+        table = f.read()
+    return {
         "method": args.method, "param_budget": args.param_budget, "init": args.init, "main_metric": main_metric,
-        "teacher": {"params": teacher_params, "scores": t_scores, "speed": t_speed},
-        "student": {"params": student_params, "inference_params": init_state["makd"]["inference_params"],
+        "teacher": {"params": init_state["makd"]["teacher_params"], "scores": t_scores, "speed": t_speed},
+        "student": {"params": count_params(build_model_from_state(load_checkpoint(path("student.pt")))),
+                    "inference_params": init_state["makd"]["inference_params"],
                     "scores": s_scores, "speed": s_speed, "checkpoint": path("student.pt")},
         "metric_ratio": ratio, "speedup": s_speed[speed_key] / t_speed[speed_key], "signatures": signatures,
-        "training": {"updates": updates, "best_valid_nll": best_nll, "seconds": seconds,
-                     "early_stopped": "early stop since valid performance" in open(train_log).read()},
-        "ranks_table": open(path("init.txt")).read().split("distill it with")[0],
-        "arguments": arguments, "command": manifest["command"], "commit": git_commit(),
-        "evaluation": shlex.join(map(str, evaluate_command(args, lm, "CHECKPOINT"))),
-        "wall_s": round(time.time() - started, 1),
+        "training": {"updates": fairseq_logs.last_updates(train_log),
+                     "best_valid_nll": fairseq_logs.best_valid_nll(train_log),
+                     "seconds": fairseq_logs.training_seconds(train_log),
+                     "early_stopped": fairseq_logs.early_stopped(train_log)},
+        "ranks_table": table, "arguments": manifest["arguments"], "command": manifest["command"],
+        "commit": git_commit(), "evaluation": shlex.join(map(str, evaluate_command(args, lm, "CHECKPOINT"))),
+        "wall_s": wall_s,
     }
-    for name, text in (("report.json", json.dumps(report, indent=1)), ("report.md", report_markdown(report))):
-        with open(path(name + ".tmp"), "w") as f:
-            f.write(text)
-        os.replace(path(name + ".tmp"), path(name))
-    print(report_markdown(report))
-    print(f"wrote {path('student.pt')}, {path('report.md')} and {path('report.json')}")
-    return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def evaluate_both(args, lm) -> dict:
+    """{"teacher" | "student": evaluate(...)} on the test split with the same flags (a finished log is reused)."""
+    os.makedirs(os.path.join(args.out, "generate"), exist_ok=True)
+    results = {}
+    for name, checkpoint in (("teacher", args.teacher), ("student", os.path.join(args.out, "student.pt"))):
+        log = os.path.join(args.out, "generate", f"{name}.txt")
+        if ("Perplexity:" if lm else "Generate test with beam") not in fairseq_logs.read(log):
+            print(f"[makd-compress] evaluate {name}", flush=True)
+            if os.path.exists(log):
+                os.remove(log)
+            run_logged(evaluate_command(args, lm, checkpoint), log, live=False)
+        results[name] = evaluate(args, lm, log)
+    return results
+
+
+def write_report(args, r) -> None:
+    write_json(os.path.join(args.out, "report.json"), r)
+    write_text(os.path.join(args.out, "report.md"), report_markdown(r))
+
+
+def keep_best(args) -> None:
+    """DIR/student.pt: the checkpoint with the best validation nll."""
+    if not os.path.isfile(os.path.join(args.out, "student.pt")):
+        copy_file(os.path.join(args.out, "train", "checkpoint_best.pt"), os.path.join(args.out, "student.pt"))
+
+
+def write_init(args, student, table, manifest) -> None:
+    """DIR (created here), DIR/init.pt, DIR/init.txt and the manifest that makes DIR this run's."""
+    save_torch(student, os.path.join(args.out, "init.pt"))
+    write_text(os.path.join(args.out, "init.txt"), table)
+    write_manifest(args, manifest)
+
+
+def write_manifest(args, manifest) -> None:
+    write_json(os.path.join(args.out, MANIFEST), manifest)

@@ -1,4 +1,4 @@
-"""``makd-score``: score a ``fairseq-generate`` output with ROUGE (rouge-score) or sacreBLEU / chrF.
+"""Scoring ``fairseq-generate`` output with ROUGE (rouge-score) or sacreBLEU / chrF: ``makd-score``'s functions.
 
     fairseq-generate DATA --path S.pt --beam 4 --remove-bpe sentencepiece > gen.out
     makd-score gen.out --metric rouge          # ROUGE-1/2/L F1, Porter stemming
@@ -7,14 +7,11 @@
 Hypotheses are the detokenized ``D-`` lines, references the ``T-`` lines, both in sample order (fairseq prints
 them in the order batches finish). When the output holds fairseq's log too (``2>&1``), a sentence count below what
 the task loaded is an error: fairseq main drops the last batch's remainder unless ``--required-batch-size-multiple
-1`` (fairseq#5036), and ``--skip-invalid-size-inputs-valid-test`` drops too-long sources. The benchmarks score with
-the same functions.
+1`` (fairseq#5036), and ``--skip-invalid-size-inputs-valid-test`` drops too-long sources. makd-compress and the
+benchmarks score with the same functions.
 """
 
-import argparse
-import json
 import re
-import sys
 from typing import Dict, Iterable, List, Tuple
 
 METRICS = ("rouge", "bleu", "chrf")
@@ -121,34 +118,3 @@ def paired_bootstrap(metric: str, systems: List[List[str]], baselines: List[List
         point = float(np.mean(fa) - np.mean(fb))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     return {"diff": round(point, 2), "ci95": [round(float(lo), 2), round(float(hi), 2)], "samples": samples}
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="makd-score", description=__doc__.splitlines()[0])
-    parser.add_argument("generation", help="fairseq-generate's standard output, or - for standard input")
-    parser.add_argument("--metric", choices=METRICS, default="rouge")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a line")
-    args = parser.parse_args(argv)
-    try:
-        if args.generation == "-":
-            hyps, refs = read_generation(sys.stdin, "standard input")
-        else:
-            try:
-                with open(args.generation, encoding="utf-8") as f:
-                    hyps, refs = read_generation(f, args.generation)
-            except OSError as e:
-                raise ScoreError(f"{args.generation}: {e.strerror}") from None
-        scores, signatures = score(args.metric, hyps, refs)
-    except ScoreError as e:
-        print(f"makd-score: error: {e}", file=sys.stderr)
-        return 2
-    if args.json:
-        print(json.dumps({"metric": args.metric, "pairs": len(hyps), **scores, "signature": signatures}))
-    else:
-        print(" ".join(f"{k} {v:.2f}" for k, v in scores.items())
-              + f" ({len(hyps)} pairs; {'; '.join(signatures.values())})")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,6 +1,6 @@
-"""``makd-shrink``: a dense student with fewer layers at a parameter budget (the shrink-and-fine-tune baseline).
+"""A dense student with fewer layers at a parameter budget: the shrink-and-fine-tune baseline (``makd-shrink``).
 
-    makd-shrink --teacher T.pt --param-budget 0.5 --out S.pt
+    student, plan = make_dense_student(load_checkpoint("T.pt"), 0.5)
 
 The low-rank students' natural competitor: same budget, same width, fewer layers. Layers are dropped one at a
 time, from the stack with more of them (the decoder on ties, as shrink-and-fine-tune shrinks the decoder), as long
@@ -11,16 +11,12 @@ budget, every FFN is narrowed to the widest width within it, keeping the neurons
 ``fairseq-train --finetune-from-model S.pt`` (``makd_fairseq.student.distill_command``) continues from it.
 """
 
-import argparse
 import copy
-import os
-import sys
-
-from tabulate import tabulate
 
 from .aspects import STACKS
-from .checkpoint import CheckpointError, build_model_from_state, load_checkpoint, model_args, save_atomic
+from .checkpoint import build_model_from_state, model_args
 from .lowrank import RankError, count_params
+from .student import student_checkpoint
 
 
 def spread(n: int, k: int) -> list:
@@ -94,8 +90,6 @@ def shrink_state(state: dict, p: dict) -> dict:
 
 def make_dense_student(state: dict, budget: float):
     """(student checkpoint state, plan) for a dense student at ``budget``."""
-    from .student import student_checkpoint
-
     p = plan(state, budget)
     sargs = copy.deepcopy(model_args(state))
     for s in STACKS:
@@ -108,41 +102,3 @@ def make_dense_student(state: dict, budget: float):
     student["makd"] = {"teacher_params": p["teacher_params"], "student_params": built, "kept_layers": p["keep"],
                        "ffn": p["ffn"]}
     return student, p
-
-
-def main(argv=None) -> int:
-    import makd_fairseq  # noqa: F401  (safe-loading allow-list)
-    from .student import distill_command
-
-    parser = argparse.ArgumentParser(
-        prog="makd-shrink", description="Write a dense student with fewer (copied) teacher layers and, if needed, "
-                                        "narrower FFNs at a parameter budget: the shrink-and-fine-tune baseline.")
-    parser.add_argument("--teacher", required=True, metavar="T.pt", help="teacher checkpoint")
-    parser.add_argument("--param-budget", required=True, type=float, metavar="F",
-                        help="student parameters as a fraction of the teacher's (embeddings included)")
-    parser.add_argument("--out", required=True, metavar="S.pt", help="student checkpoint to write")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing --out")
-    args = parser.parse_args(argv)
-    try:
-        if os.path.exists(args.out) and os.path.samefile(args.out, args.teacher):
-            raise FileExistsError(f"--out {args.out} is the teacher itself; choose another path")
-        if os.path.exists(args.out) and not args.force:
-            raise FileExistsError(f"{args.out} exists; pass --force to overwrite it")
-        student, p = make_dense_student(load_checkpoint(args.teacher), args.param_budget)
-    except (CheckpointError, RankError, FileExistsError, RuntimeError, ValueError) as e:
-        print(f"makd-shrink: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    print(tabulate([[s, p["teacher_layers"][s], ",".join(map(str, p["keep"][s])), p["teacher_ffn"][s], p["ffn"][s]]
-                    for s in STACKS], headers=["stack", "teacher layers", "kept layers", "teacher FFN", "FFN"]))
-    print(f"teacher params: {p['teacher_params']}")
-    print(f"student params: {p['params']}")
-    print(f"ratio: {p['params'] / p['teacher_params']:.4f}")
-    save_atomic(student, args.out)
-    print(f"wrote {args.out}")
-    print("distill it with:\n  " + " ".join(distill_command("DATA", args.teacher, args.out, [
-        "--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0"])))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

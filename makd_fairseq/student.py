@@ -11,6 +11,9 @@ import argparse
 import functools
 import os
 
+from .files import USER_DIR
+
+
 def student_arch(teacher_arch: str) -> str:
     from fairseq.models import ARCH_MODEL_REGISTRY
 
@@ -119,7 +122,11 @@ def shape_from_student(args) -> None:
             + ": drop those flags (the student brings its shape) or fine-tune another student")
 
 
-USER_DIR = os.path.dirname(os.path.abspath(__file__))
+# optimisation of a distilled student (and of the benchmarks' teachers): Adam with inverse-sqrt warm-up. makd-compress
+# and the benchmarks both take it from here; --dropout 0.1 is what every benchmarked student was trained with
+OPTIMIZATION = ["--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
+                "--warmup-updates", "100", "--clip-norm", "1.0", "--dropout", "0.1", "--weight-decay", "0.0001",
+                "--seed", "1", "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "json"]
 
 
 def brings_shape(arch: str) -> bool:
@@ -140,6 +147,37 @@ def distill_command(data: str, teacher: str, student: str, flags=()) -> list:
             "--arch", sargs.arch, *shape, "--finetune-from-model", student, *flags]
 
 
+# the teacher's task settings a student's training and evaluation must repeat, and makd-teacher-data's decoding reads
+# with (fairseq builds the task from the command line): language pair, padding side, truncation, lengths, LM blocks
+TASK_FIELDS = {
+    "makd_translation": ("source_lang", "target_lang", "left_pad_source", "left_pad_target", "truncate_source",
+                         "max_source_positions", "max_target_positions"),
+    "makd_language_modeling": ("tokens_per_sample", "sample_break_mode", "max_target_positions"),
+}
+
+
+def task_flags(state: dict) -> list:
+    """CLI flags repeating the teacher checkpoint's task settings where they differ from the task's defaults."""
+    from fairseq.tasks import TASK_DATACLASS_REGISTRY
+
+    from .checkpoint import model_args
+
+    task = task_of(model_args(state).arch)
+    defaults = TASK_DATACLASS_REGISTRY[task]()
+    cfg = state["cfg"]["task"] if state.get("cfg") is not None else model_args(state)
+    flags = []
+    for name in TASK_FIELDS[task]:
+        value = cfg.get(name) if hasattr(cfg, "get") else getattr(cfg, name, None)
+        default = getattr(defaults, name)
+        default = getattr(default, "value", default)  # a ChoiceEnum default (sample_break_mode)
+        if value is None or value == default:
+            continue
+        flag = "--" + name.replace("_", "-")
+        # a bool field's flag flips its default (fairseq: store_true when False, store_false when True)
+        flags += [flag] if isinstance(default, bool) else [flag, str(value)]
+    return flags
+
+
 def main(argv=None) -> int:
     """``python3 -m makd_fairseq.student DATA TEACHER STUDENT [fairseq-train flags]``: the command, one word a line
     (for shell scripts: ``mapfile -t cmd < <(python3 -m makd_fairseq.student ...)``)."""
@@ -157,26 +195,3 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-# the teacher's task settings a student's training and evaluation must repeat (fairseq builds the task from the CLI)
-TASK_FIELDS = {
-    "makd_translation": ("source_lang", "target_lang", "truncate_source", "max_source_positions",
-                         "max_target_positions"),
-    "makd_language_modeling": ("tokens_per_sample", "sample_break_mode", "max_target_positions"),
-}
-
-
-def task_flags(state: dict) -> list:
-    """CLI flags repeating the teacher checkpoint's task settings (language pair, truncation, block layout)."""
-    from .checkpoint import model_args
-
-    cfg = state["cfg"]["task"] if state.get("cfg") is not None else model_args(state)
-    flags = []
-    for name in TASK_FIELDS[task_of(model_args(state).arch)]:
-        value = cfg.get(name) if hasattr(cfg, "get") else getattr(cfg, name, None)
-        if value is None or value is False:
-            continue
-        flag = "--" + name.replace("_", "-")
-        flags += [flag] if value is True else [flag, str(value)]
-    return flags

@@ -1,7 +1,7 @@
-"""``makd-teacher-data``: sequence-level KD data (Kim & Rush, 2016): the train targets replaced by the teacher's beam.
+"""Sequence-level KD data (Kim & Rush, 2016): the train targets replaced by the teacher's beam (``makd-teacher-data``).
 
-    makd-teacher-data --teacher T.pt --data BIN --out BIN_KD [--splits train[,valid]] [--beam 4] [--batch-size 64]
-        [--max-len-a A --max-len-b B]
+    p = plan(args)              # checks, the run key, whether BIN_KD is reused, resumed or rebuilt
+    hyps, seconds = make(args, p, command)
 
 Decodes every source of the ``--splits`` of the binarized translation data BIN (default: train) with fairseq's own
 sequence generator (the task's ``build_generator``/``inference_step``, as fairseq-generate does) and writes BIN_KD, a
@@ -15,23 +15,21 @@ BIN_KD/.partial, so an interrupted run resumes; BIN_KD/teacher_data.json is writ
 teacher, data, splits and decoding flags reuses the finished directory.
 """
 
-import argparse
 import hashlib
 import json
 import logging
 import os
 import re
-import shlex
 import shutil
 import sys
 import time
 import warnings
 
+from .files import atomic, copy_file, write_json
+from .student import TASK_FIELDS
+
 MANIFEST = "teacher_data.json"
 PARTIAL = ".partial"
-# the teacher's task settings that decide what it reads (fairseq-generate would need them on its command line)
-TASK_FIELDS = ("source_lang", "target_lang", "left_pad_source", "left_pad_target", "max_source_positions",
-               "max_target_positions", "truncate_source")
 # what a finished or partial BIN_KD must have been made from to be reused or resumed
 KEY_FIELDS = ("teacher_sha256", "sources_sha256", "splits", "source_lang", "target_lang", "beam", "max_len_a",
               "max_len_b")
@@ -48,17 +46,6 @@ def sha256_of(paths) -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def write_json_atomic(path: str, value) -> None:
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def copy_atomic(src: str, dst: str) -> None:
-    shutil.copyfile(src, dst + ".tmp")
-    os.replace(dst + ".tmp", dst)
 
 
 def split_prefixes(data: str, split: str, src: str, tgt: str) -> list:
@@ -103,7 +90,7 @@ def build_task(args, state):
     with warnings.catch_warnings():  # hydra's deprecation notices inside fairseq: stderr keeps one error line
         warnings.simplefilter("ignore")
         cfg = convert_namespace_to_omegaconf(options.parse_args_and_arch(parser, flags + ["--cpu"] * args.cpu))
-    for name in TASK_FIELDS:
+    for name in TASK_FIELDS["makd_translation"]:  # the teacher's language pair and source handling
         if getattr(saved, name, None) is not None:
             setattr(cfg.task, name, getattr(saved, name))
     if cfg.task.source_lang is None or cfg.task.target_lang is None:  # fairseq infers them from the file names
@@ -224,7 +211,7 @@ def decode_shards(args, cfg, task, model, partial: str, split: str) -> dict:
             shard.update({i: dataset.tgt[i].tolist() for i in todo if i not in shard})
             unread += len(todo) - len(readable)
             progress.update(len(todo) - len(readable))
-            write_json_atomic(os.path.join(partial, f"{split}-shard-{s:09d}-{e:09d}.json"), shard)
+            write_json(os.path.join(partial, f"{split}-shard-{s:09d}-{e:09d}.json"), shard)
             hyps.update(shard)
     if unread:
         logging.getLogger(__name__).warning(f"{unread} {split} sources are longer than the teacher reads "
@@ -243,105 +230,72 @@ def write_outputs(args, task, hyps: dict, key: dict, command: str, seconds: floa
     for name in sorted(os.listdir(args.data)):  # dictionaries and the other splits as they are
         split = re.match(r"(train|valid|test)\d*\..+\.(bin|idx)$", name)
         if re.match(r"dict\..+\.txt$", name) or (split and split.group(1) not in hyps):
-            copy_atomic(os.path.join(args.data, name), os.path.join(out, name))
+            copy_file(os.path.join(args.data, name), os.path.join(out, name))
     for split, split_hyps in hyps.items():
         n = 0
         for prefix in split_prefixes(args.data, split, src, tgt):  # sources unchanged, teacher targets
             base = os.path.basename(prefix)
             for ext in (".bin", ".idx"):
-                copy_atomic(prefix + src + ext, os.path.join(out, base + src + ext))
+                copy_file(prefix + src + ext, os.path.join(out, base + src + ext))
             impl = indexed_dataset.infer_dataset_impl(prefix + tgt) or indexed_dataset.infer_dataset_impl(prefix + src)
             count = len(indexed_dataset.make_dataset(prefix + src, impl))
             target = os.path.join(out, base + tgt)
-            builder = indexed_dataset.make_builder(target + ".bin.tmp", impl, vocab_size=len(task.target_dictionary))
-            for i in range(n, n + count):
-                builder.add_item(torch.IntTensor(split_hyps[i]))
-            builder.finalize(target + ".idx.tmp")
-            os.replace(target + ".bin.tmp", target + ".bin")
-            os.replace(target + ".idx.tmp", target + ".idx")
+            with atomic(target + ".bin") as bin_path, atomic(target + ".idx") as idx_path:
+                builder = indexed_dataset.make_builder(bin_path, impl, vocab_size=len(task.target_dictionary))
+                for i in range(n, n + count):
+                    builder.add_item(torch.IntTensor(split_hyps[i]))
+                builder.finalize(idx_path)
             n += count
-    write_json_atomic(os.path.join(out, MANIFEST), dict(
+    write_json(os.path.join(out, MANIFEST), dict(
         key, sentences={split: len(h) for split, h in hyps.items()},
         hypothesis_tokens={split: sum(len(t) for t in h.values()) for split, h in hyps.items()}, command=command,
         decode_seconds=round(seconds, 1)))
 
 
-def main(argv=None) -> int:
-    from .checkpoint import CheckpointError, load_checkpoint
+def plan(args) -> dict:
+    """The checks before any decoding (a ``TeacherDataError``/``CheckpointError``/``OSError`` with a one-line message)
+    and what to do: {"state", "cfg", "task", "key", "reuse", "rebuild"} (reuse: BIN_KD already holds these outputs;
+    rebuild: it holds other ones and --force was given)."""
+    from .checkpoint import load_checkpoint
 
-    # importing fairseq lets every DEBUG record through; stderr is for the error line and the progress bar
-    for name in ("fairseq", "hydra"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    parser = argparse.ArgumentParser(
-        prog="makd-teacher-data",
-        description="Sequence-level KD data: write a copy of a binarized translation data directory whose train "
-                    "targets (with --splits train,valid also the valid targets) are the teacher's beam-search "
-                    "outputs (sources, dictionaries and the other splits unchanged).")
-    parser.add_argument("--teacher", required=True, metavar="T.pt", help="encoder-decoder teacher checkpoint")
-    parser.add_argument("--data", required=True, metavar="BIN", help="fairseq-preprocess output (translation pair)")
-    parser.add_argument("--out", required=True, metavar="BIN_KD", help="data directory to write")
-    parser.add_argument("--splits", default="train", choices=["train", "train,valid"],
-                        help="splits whose targets become the teacher's outputs: train (default) or train,valid "
-                             "(students are then validated on the teacher's outputs too); test keeps its references")
-    parser.add_argument("--beam", type=int, default=4, help="beam size (default: 4)")
-    parser.add_argument("--batch-size", type=int, default=64, help="sentences per decoding batch (default: 64)")
-    parser.add_argument("--max-len-a", type=float, default=0.0, help="max length = a·source length + b (default: 0)")
-    parser.add_argument("--max-len-b", type=int, default=200, help="(default: 200, as fairseq-generate)")
-    parser.add_argument("--shard-size", type=int, default=1000,
-                        help="sentences decoded between two saves under BIN_KD/.partial (default: 1000)")
-    parser.add_argument("--cpu", action="store_true", help="decode on CPU even when CUDA is available")
-    parser.add_argument("--force", action="store_true",
-                        help="rebuild an --out that holds other files or teacher data made with other arguments")
-    args = parser.parse_args(argv)
-    args.splits = args.splits.split(",")
-    command = " ".join(["makd-teacher-data"] + [shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])])
-    try:
-        if args.beam < 1 or args.batch_size < 1 or args.shard_size < 1:
-            raise TeacherDataError("--beam, --batch-size and --shard-size must be >= 1")
-        if not os.path.isdir(args.data):
-            raise TeacherDataError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
-        if os.path.exists(args.out) and not os.path.isdir(args.out):
-            raise TeacherDataError(f"--out {args.out} exists and is not a directory")
-        if os.path.exists(args.out) and os.path.samefile(args.out, args.data):
-            raise TeacherDataError(f"--out {args.out} is the --data directory itself; choose another path")
-        state = load_checkpoint(args.teacher)
-        encoder_decoder_check(state, args.teacher)
-        cfg, task = build_task(args, state)
-        task.check_dictionaries(state, args.teacher)
-        key = run_key(args, sha256_of([args.teacher]), task)
-        status, problem = out_state(args.out, key)
-        if problem and not args.force:
-            raise TeacherDataError(f"{problem}; pass --force to rebuild it")
-    except (CheckpointError, TeacherDataError, FileNotFoundError, OSError) as e:
-        print(f"makd-teacher-data: error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
-    if status == "finished" and not problem:
-        print(f"{args.out}: already holds this teacher's outputs (beam {args.beam}) for the "
-              f"{' and '.join(args.splits)} split{'s' * (len(args.splits) > 1)} of {args.data}: reused", flush=True)
-        return 0
+    if args.beam < 1 or args.batch_size < 1 or args.shard_size < 1:
+        raise TeacherDataError("--beam, --batch-size and --shard-size must be >= 1")
+    if not os.path.isdir(args.data):
+        raise TeacherDataError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise TeacherDataError(f"--out {args.out} exists and is not a directory")
+    if os.path.exists(args.out) and os.path.samefile(args.out, args.data):
+        raise TeacherDataError(f"--out {args.out} is the --data directory itself; choose another path")
+    state = load_checkpoint(args.teacher)
+    encoder_decoder_check(state, args.teacher)
+    cfg, task = build_task(args, state)
+    task.check_dictionaries(state, args.teacher)
+    key = run_key(args, sha256_of([args.teacher]), task)
+    status, problem = out_state(args.out, key)
+    if problem and not args.force:
+        raise TeacherDataError(f"{problem}; pass --force to rebuild it")
+    return {"state": state, "cfg": cfg, "task": task, "key": key, "reuse": status == "finished" and not problem,
+            "rebuild": bool(problem)}
+
+
+def make(args, p: dict, command: str):
+    """Decode the ``--splits`` (resuming from BIN_KD/.partial) and write BIN_KD; returns ({split: {id: tokens}},
+    decoding seconds)."""
     partial = os.path.join(args.out, PARTIAL)
-    if problem:  # --force: our own state goes, files of the same names are overwritten, nothing else is touched
+    if p["rebuild"]:  # --force: our own state goes, files of the same names are overwritten, nothing else is touched
         shutil.rmtree(partial, ignore_errors=True)
         if os.path.isfile(os.path.join(args.out, MANIFEST)):
             os.remove(os.path.join(args.out, MANIFEST))
     os.makedirs(partial, exist_ok=True)
-    write_json_atomic(os.path.join(partial, "run.json"), key)
+    write_json(os.path.join(partial, "run.json"), p["key"])
     started = time.time()
-    model, hyps = None, {}
+    cfg, task, model, hyps = p["cfg"], p["task"], None, {}
     for split in args.splits:
         task.load_dataset(split)
         if model is None:
-            model = load_teacher(cfg, task, state)
-            del state
+            model = load_teacher(cfg, task, p.pop("state"))
         hyps[split] = decode_shards(args, cfg, task, model, partial, split)
-    write_outputs(args, task, hyps, key, command, time.time() - started)
+    seconds = time.time() - started
+    write_outputs(args, task, hyps, p["key"], command, seconds)
     shutil.rmtree(partial)
-    counts = " and ".join(f"{len(h)} {split}" for split, h in hyps.items())
-    print(f"wrote {args.out}: {counts} targets decoded by {args.teacher} (beam {args.beam}) in "
-          f"{time.time() - started:.0f} s; sources, dictionaries and the other splits copied from {args.data}",
-          flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return hyps, seconds

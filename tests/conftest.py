@@ -43,13 +43,13 @@ def run(*args, check=True, **kwargs):
 
 def makd_init(*args, check=True, process=False):
     """makd-init with these arguments: in this process (its ``main``; what a test checks is the command, not the
-    process start), or with ``process=True`` as a real ``python -m makd_fairseq.student_init`` subprocess."""
+    process start), or with ``process=True`` as a real ``python -m makd_fairseq.cli.init`` subprocess."""
     if process:
-        return run(sys.executable, "-m", "makd_fairseq.student_init", *args, check=check)
+        return run(sys.executable, "-m", "makd_fairseq.cli.init", *args, check=check)
     import contextlib
     import io
 
-    from makd_fairseq.student_init import main
+    from makd_fairseq.cli.init import main
 
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from conftest import run
-from makd_fairseq.compress import json_logs, main
+from makd_fairseq.cli.compress import main
+from makd_fairseq.compress import run_logged
+from makd_fairseq.fairseq_logs import records
 from makd_fairseq.score import read_generation, score
 
 ARGS = ["--param-budget", "0.5", "--max-update", "6", "--validate-interval-updates", "2", "--metric", "bleu",
@@ -27,7 +29,7 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     out, proc = compressed
     report = json.loads((out / "report.json").read_text())
     assert "fairseq_cli.train" in proc.stdout and "valid_nll_loss" in proc.stdout  # fairseq's own lines, live
-    logs = json_logs(out / "train.log")
+    logs = records((out / "train.log").read_text())
     assert report["training"]["updates"] == max(int(v) for x in logs for k, v in x.items() if k.endswith("num_updates")) == 6
     assert report["training"]["best_valid_nll"] == min(float(x["valid_nll_loss"]) for x in logs if "valid_nll_loss" in x)
     for name in ("teacher", "student"):
@@ -47,6 +49,25 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     assert report["init"] == "whiten" and torch.load(out / "init.pt")["makd"]["init"] == "whiten"
     md = (out / "report.md").read_text()
     assert f"{report['teacher']['scores']['bleu']:.2f}" in md and report["commit"] in md
+    assert "distill it with" not in report["ranks_table"] and report["ranks_table"] == (out / "init.txt").read_text()
+
+
+def test_training_shows_a_progress_bar_over_the_update_cap_with_the_last_validation(compressed):
+    out, proc = compressed
+    valid = [r for r in records((out / "train.log").read_text()) if "valid_nll_loss" in r]
+    last = f"valid nll {float(valid[-1]['valid_nll_loss']):.2f} @ {int(valid[-1]['valid_num_updates'])}"
+    bar = proc.stderr.replace("\r", "\n").splitlines()
+    assert any("[makd-compress] train" in line and "6/6" in line and last in line for line in bar), proc.stderr[-2000:]
+
+
+def test_the_log_holds_each_line_as_soon_as_it_is_printed(tmp_path):
+    """run_logged writes DIR/*.log per line: the command itself finds its first line in the log before it goes on."""
+    log = tmp_path / "train.log"
+    child = ("import sys, time; print('first line', flush=True); deadline = time.time() + 20\n"
+             "while 'first line' not in open(sys.argv[1]).read() and time.time() < deadline: time.sleep(0.05)\n"
+             "print('seen' if 'first line' in open(sys.argv[1]).read() else 'not in the log yet', flush=True)")
+    run_logged([sys.executable, "-c", child, log], str(log), live=False)
+    assert log.read_text().splitlines()[-2:] == ["first line", "seen"]  # after the command line
 
 
 def test_a_second_run_reuses_every_stage(compressed, teacher, mt_data, capsys):
@@ -87,9 +108,11 @@ def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, tea
         out.mkdir()
         (out / "notes.txt").write_text("mine\n")
     before = _files(out)
-    proc = run(sys.executable, "-m", "makd_fairseq.compress", *[str(x) for kv in args.items() for x in kv],
+    existed = out.exists()
+    proc = run(sys.executable, "-m", "makd_fairseq.cli.compress", *[str(x) for kv in args.items() for x in kv],
                "--max-update", "2", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
-    assert _files(out) == before
+    assert errors[0].startswith("makd-compress: error: "), errors  # also for what the init inside catches
+    assert _files(out) == before and out.exists() == existed  # no new (empty) --out either

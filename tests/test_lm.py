@@ -10,6 +10,7 @@ import torch
 from conftest import FIXTURES, USER_DIR, batch_of, makd_init, per_token, run, shared
 from makd_fairseq.aspects import TERMS
 from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
+from makd_fairseq.taps import shape_of
 
 DISTILL = ("loss_model", *TERMS)
 # fairseq's LM defaults tie no input/output width to the model width: give all three
@@ -63,7 +64,7 @@ def _setup(teacher, student, data, **overrides):
     cfg = MakdConfig(sentence_avg=False, **{"matrix_layers": "all", "layer_layers": "all",
                                             "hidn_embeddings": True, **overrides})
     task.load_dataset("valid")
-    return task, models[0].eval(), MakdCriterion(task, cfg)
+    return task, models[0].eval(), MakdCriterion(task, cfg, student_shape=shape_of(models[0]))
 
 
 def test_full_rank_lm_student_matches_the_teacher_and_has_zero_terms(lm_teacher, lm_students, lm_data):
@@ -172,8 +173,8 @@ def test_lm_teacher_with_another_vocabulary_is_refused(lm_teacher, tmp_path):
     assert "dictionary" in out.stderr.strip().splitlines()[-1]
 
 
-def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teacher, lm_data, tmp_path):
-    from makd_fairseq.compress import main
+def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teacher, lm_data, tmp_path, capsys):
+    from makd_fairseq.cli.compress import main
 
     out = tmp_path / "run"
     assert main(["--teacher", str(lm_teacher), "--data", str(lm_data), "--param-budget", "0.6", "--out", str(out),
@@ -181,6 +182,10 @@ def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teach
                  "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["main_metric"] == "ppl" and report["training"]["updates"] == 4
+    # --quiet: no fairseq lines, but the progress bar over the update cap with the last validation
+    printed = capsys.readouterr()
+    assert "fairseq_cli.train" not in printed.out
+    assert re.search(r"\[makd-compress\] train.* 4/4 .*valid nll [\d.]+ @ 4", printed.err), printed.err[-2000:]
     for name in ("teacher", "student"):
         text = (out / "generate" / f"{name}.txt").read_text()
         assert report[name]["scores"]["ppl"] == float(re.findall(r"Perplexity: ([\d.]+)", text)[-1])

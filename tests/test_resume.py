@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, TINY_ARCH, TRAIN_COMMON, USER_DIR, makd_init, run
+from conftest import TINY_ARCH, TRAIN_COMMON, USER_DIR, makd_init, run
 
 N, M = 3, 3
 
@@ -82,8 +82,14 @@ def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path
     """quality.py's training stages resume from checkpoint_last.pt after an interruption (a session's end kills
     them); their log then holds the validations of both starts, so the reported best validation nll is the best of
     the whole training, not of its last start. A stage that does not resume starts its log afresh."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality import Run, best_valid_nll, finished, last_updates, resumed_at
+    from benchmarks.runner import Run
+    from makd_fairseq import fairseq_logs
+
+    def finished(path):
+        return fairseq_logs.finished(fairseq_logs.read(path))
+
+    def last_updates(path):
+        return fairseq_logs.last_updates(fairseq_logs.read(path))
 
     run_ = Run(argparse.Namespace(work=str(tmp_path), threads=1))
     log = str(tmp_path / "teacher" / "train.log")
@@ -110,8 +116,8 @@ def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path
     assert text.count("done training in") == 2 and "Loaded checkpoint" in text
     every = valid_nlls()
     assert len(first) >= 2 and every[:len(first)] == first and len(every) > len(first)
-    assert best_valid_nll(log) == min(every)
-    assert resumed_at(log) == [4]
+    assert fairseq_logs.best_valid_nll(text) == min(every)
+    assert fairseq_logs.resumed_at(text) == [4]
 
     with pytest.raises(SystemExit, match="failed"):  # not resuming: the log holds the last start only
         run_.stage("again", [sys.executable, "-c", "print('second')"], log, lambda: False)

@@ -6,7 +6,8 @@ import sys
 import pytest
 
 from conftest import USER_DIR, run
-from makd_fairseq.score import ScoreError, main, read_generation, score
+from makd_fairseq.cli.score import main
+from makd_fairseq.score import ScoreError, read_generation, score
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +49,7 @@ def test_the_console_command_scores_and_bad_input_is_one_line_exit_2(generation,
     empty = tmp_path / "train.log"
     empty.write_text("2026-01-01 | INFO | fairseq_cli.train | done\n")
     for path in (empty, tmp_path / "missing.out"):
-        proc = run(sys.executable, "-m", "makd_fairseq.score", path, check=False)
+        proc = run(sys.executable, "-m", "makd_fairseq.cli.score", path, check=False)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
         assert proc.stderr.startswith("makd-score: error:")
     with pytest.raises(ScoreError, match="2 hypotheses"):

@@ -344,3 +344,25 @@ def test_distill_command_repeats_shape_flags_only_where_a_student_cannot_bring_i
     assert dense[dense.index("--encoder-layers") + 1] == "2" and "--share-all-embeddings" in dense
     assert main(["DATA", str(teacher), str(half_student), "--lr", "0.001"]) == 0
     assert capsys.readouterr().out.splitlines() == low[:-2] + ["--lr", "0.001"]
+
+
+def test_task_flags_repeat_every_task_setting_of_the_teacher_that_differs_from_the_task_default(teacher, mt_data):
+    """What makd-compress repeats on fairseq-train/-generate, parsed back by fairseq: the language pair, and a bool
+    setting whose flag flips its default (a teacher trained on right-padded sources: --left-pad-source False)."""
+    from fairseq import options
+
+    from makd_fairseq.checkpoint import load_checkpoint
+    from makd_fairseq.student import task_flags
+
+    def parsed(flags):
+        parser = options.get_generation_parser(default_task="makd_translation")
+        return options.parse_args_and_arch(parser, [str(mt_data), "--path", str(teacher), *flags])
+
+    state = load_checkpoint(str(teacher))
+    plain = task_flags(state)  # the fixture teacher: every setting at its default, the pair from the file names
+    assert plain == [] and parsed(plain).left_pad_source is True
+    state["cfg"]["task"].update(left_pad_source=False, source_lang="en", target_lang="de")
+    flags = task_flags(state)
+    assert sorted(flags) == sorted(["--left-pad-source", "--source-lang", "en", "--target-lang", "de"]), flags
+    args = parsed(flags)
+    assert args.left_pad_source is False and args.left_pad_target is False and args.source_lang == "en"

@@ -10,7 +10,11 @@ checkpoint given by ``--finetune-from-model`` (a ``makd-init`` student).
 import json
 import logging
 import os
+from dataclasses import dataclass, field, fields
+from typing import Optional
 
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
+from fairseq.dataclass.utils import gen_parser_from_dataclass
 from fairseq.models import register_model, register_model_architecture
 from fairseq.models.bart.model import bart_base_architecture
 from fairseq.models.transformer.transformer_legacy import (
@@ -39,21 +43,37 @@ from ..lowrank import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class RankConfig(FairseqDataclass):
+    """The flags that choose ranks: the one definition makd-init, ``lowrank_transformer`` and
+    ``lowrank_transformer_lm`` take them from (argparse flags through fairseq's ``gen_parser_from_dataclass``)."""
+
+    rank: Optional[int] = field(default=None, metadata={"help": "the same rank for every target matrix"})
+    rank_ratio: Optional[float] = field(default=None, metadata={
+        "help": "rank = F * min(d_out, d_in) for every target matrix"})
+    param_budget: Optional[float] = field(default=None, metadata={
+        "help": "student parameters as a fraction of the dense model's (embeddings included)"})
+    allocation: ChoiceEnum(ALLOCATIONS) = field(default="uniform", metadata={
+        "help": "how --param-budget is spread: uniform (same compression for every matrix) or spectrum (by "
+                "singular-value energy, needs trained weights)"})
+    lowrank_targets: str = field(default=",".join(DEFAULT_TARGETS), metadata={
+        "argparse_alias": "--targets",
+        "help": "comma-separated matrices to factorize: a leaf name (fc1) or an fnmatch pattern over the full name "
+                "(decoder.layers.*.fc1); the vocabulary matrix too with embed_tokens and/or output_projection (tied "
+                "ones are one matrix: naming either factorizes both)"})
+
+
+@dataclass
+class LowRankConfig(RankConfig):
+    """A low-rank model's config: the ranks themselves, or the flags that choose them."""
+
+    lowrank_ranks: Optional[str] = field(default=None, metadata={
+        "help": "per-matrix ranks: JSON text, a .json file, or a student checkpoint"})
+
+
 def add_rank_args(parser):
-    """Flags that choose ranks; shared by the model and ``makd-init``."""
-    parser.add_argument("--rank", type=int, metavar="N", help="the same rank for every target matrix")
-    parser.add_argument("--rank-ratio", type=float, metavar="F",
-                        help="rank = F * min(d_out, d_in) for every target matrix")
-    parser.add_argument("--param-budget", type=float, metavar="F",
-                        help="student parameters as a fraction of the dense model's (embeddings included)")
-    parser.add_argument("--allocation", choices=ALLOCATIONS, default="uniform",
-                        help="how --param-budget is spread: uniform (same compression for every matrix) "
-                             "or spectrum (by singular-value energy, needs trained weights)")
-    parser.add_argument("--targets", "--lowrank-targets", dest="lowrank_targets",
-                        default=",".join(DEFAULT_TARGETS), metavar="PATTERNS",
-                        help="comma-separated matrices to factorize: a leaf name (fc1) or an fnmatch pattern over "
-                             "the full name (decoder.layers.*.fc1); the vocabulary matrix too with embed_tokens "
-                             "and/or output_projection (tied ones are one matrix: naming either factorizes both)")
+    """``RankConfig``'s flags on an argparse parser (makd-init's)."""
+    gen_parser_from_dataclass(parser, RankConfig())
 
 
 def read_ranks(spec: str) -> dict:
@@ -77,7 +97,7 @@ def choose_ranks(args, model) -> dict:
         return read_ranks(args.lowrank_ranks)
     if any(getattr(args, k, None) is not None for k in ("rank", "rank_ratio", "param_budget")):
         targets = find_targets(model, args.lowrank_targets.split(","))
-        matrices, svds = svd_matrices(targets, with_spectrum=args.allocation == "spectrum")
+        matrices, _ = svd_matrices(targets, with_spectrum=args.allocation == "spectrum")
         return allocate_ranks(
             matrices, count_params(model), rank=args.rank, rank_ratio=args.rank_ratio,
             param_budget=args.param_budget, allocation=args.allocation,
@@ -125,18 +145,14 @@ class LowRankTransformerModel(LowRankMixin, TransformerModel):
     @classmethod
     def add_args(cls, parser):
         super().add_args(parser)
-        parser.add_argument("--lowrank-ranks", metavar="JSON|FILE",
-                            help="per-matrix ranks: JSON text, a .json file, or a student checkpoint")
-        add_rank_args(parser)
+        gen_parser_from_dataclass(parser, LowRankConfig())
 
 
 def lowrank_defaults(args):
-    """The rank flags' defaults, for any low-rank architecture."""
-    args.lowrank_ranks = getattr(args, "lowrank_ranks", None)
-    args.lowrank_targets = getattr(args, "lowrank_targets", ",".join(DEFAULT_TARGETS))
-    args.allocation = getattr(args, "allocation", "uniform")
-    for key in ("rank", "rank_ratio", "param_budget"):
-        setattr(args, key, getattr(args, key, None))
+    """``LowRankConfig``'s defaults for the fields ``args`` lacks, for any low-rank architecture."""
+    for f in fields(LowRankConfig):
+        if not hasattr(args, f.name):
+            setattr(args, f.name, f.default)
 
 
 def lowrank_base_architecture(args):
@@ -156,14 +172,16 @@ PRESETS = {
 }
 
 
-def _preset(dense_arch):
+def preset(dense_arch, ours=lowrank_base_architecture):
+    """The low-rank twin of the dense arch preset ``dense_arch``: a student's shape first (before the dense preset
+    fills its defaults), then the dense preset, then ``ours``."""
     def fill(args):
-        shape_from_student(args)  # before the dense preset fills its defaults
+        shape_from_student(args)
         dense_arch(args)
-        lowrank_base_architecture(args)
+        ours(args)
 
     return fill
 
 
 for _name, _dense in PRESETS.items():
-    register_model_architecture("lowrank_transformer", "lowrank_" + _name)(_preset(_dense))
+    register_model_architecture("lowrank_transformer", "lowrank_" + _name)(preset(_dense))

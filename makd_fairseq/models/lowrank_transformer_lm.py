@@ -4,32 +4,21 @@ Ranks come from the same places as for ``lowrank_transformer`` (see there). Ever
 ``lowrank_`` twin (``lowrank_transformer_lm_gpt``, ...): the dense preset fills its defaults, ours the rest.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
-from fairseq.dataclass import ChoiceEnum
 from fairseq.models import ARCH_CONFIG_REGISTRY, ARCH_MODEL_INV_REGISTRY, register_model, register_model_architecture
 from fairseq.models.transformer_lm import TransformerLanguageModel, TransformerLanguageModelConfig
 from omegaconf import II
 
-from ..lowrank import ALLOCATIONS, DEFAULT_TARGETS
 from ..student import shape_from_student
-from .lowrank_transformer import LowRankMixin, lowrank_defaults
+from .lowrank_transformer import LowRankConfig, LowRankMixin, lowrank_defaults, preset
 
 
 @dataclass
-class LowRankTransformerLanguageModelConfig(TransformerLanguageModelConfig):
-    lowrank_ranks: Optional[str] = field(default=None, metadata={
-        "help": "per-matrix ranks: JSON text, a .json file, or a student checkpoint"})
-    rank: Optional[int] = field(default=None, metadata={"help": "the same rank for every target matrix"})
-    rank_ratio: Optional[float] = field(default=None, metadata={
-        "help": "rank = F * min(d_out, d_in) for every target matrix"})
-    param_budget: Optional[float] = field(default=None, metadata={
-        "help": "student parameters as a fraction of the dense model's (embeddings included)"})
-    allocation: ChoiceEnum(ALLOCATIONS) = field(default="uniform", metadata={
-        "help": "how --param-budget is spread: uniform or spectrum"})
-    lowrank_targets: str = field(default=",".join(DEFAULT_TARGETS), metadata={
-        "help": "comma-separated Linear names to factorize: a leaf name (fc1) or an fnmatch pattern"})
+class LowRankTransformerLanguageModelConfig(TransformerLanguageModelConfig, LowRankConfig):
+    """``transformer_lm``'s config with ``LowRankConfig``'s rank fields."""
+
     # the model config only sees its own fields: the student checkpoint to read ranks from
     finetune_from_model: Optional[str] = II("checkpoint.finetune_from_model")
 
@@ -39,19 +28,11 @@ class LowRankTransformerLanguageModel(LowRankMixin, TransformerLanguageModel):
     """A decoder-only Transformer LM whose chosen Linear layers are ``LowRankLinear``."""
 
 
-def _preset(dense_arch):
-    def fill(args):
-        shape_from_student(args)  # before the dense preset fills its defaults
-        dense_arch(args)
-        lowrank_defaults(args)
-
-    return fill
-
-
 # The base arch ``lowrank_transformer_lm`` gets its defaults from the dataclass, as ``transformer_lm`` does, after the
 # arch function: fairseq parses a dataclass model's flags without defaults, so the fields the command line leaves
 # unset are still unset here and a student named by --finetune-from-model fills them (register_model's no-op replaced)
 ARCH_CONFIG_REGISTRY["lowrank_transformer_lm"] = shape_from_student
 for _name in list(ARCH_MODEL_INV_REGISTRY["transformer_lm"]):
     if _name != "transformer_lm":
-        register_model_architecture("lowrank_transformer_lm", "lowrank_" + _name)(_preset(ARCH_CONFIG_REGISTRY[_name]))
+        register_model_architecture("lowrank_transformer_lm", "lowrank_" + _name)(
+            preset(ARCH_CONFIG_REGISTRY[_name], lowrank_defaults))

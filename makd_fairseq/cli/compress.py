@@ -1,0 +1,107 @@
+"""``makd-compress``: teacher + data + budget -> a distilled low-rank student and a report, in one command.
+
+    makd-compress --teacher T.pt --data BIN --param-budget 0.5 --out DIR
+                  [--method makd|word_kd|ce] [--max-update N] [--metric rouge|bleu|chrf|ppl] [--fairseq-args "..."]
+
+The stages (init, train, evaluate, report), each reused when its output exists: ``makd_fairseq.compress``.
+"""
+
+import argparse
+import logging
+import os
+import shlex
+import sys
+import time
+
+from .. import compress, fairseq_logs
+from ..checkpoint import CheckpointError, load_checkpoint, model_args
+from ..compress import METHODS, METRICS, CompressError
+from ..lowrank import RankError
+from ..student import is_lm, task_flags
+from . import fail
+
+
+def get_parser():
+    parser = argparse.ArgumentParser(prog="makd-compress", description="teacher + data + budget -> a distilled "
+                                                                       "low-rank student and a report, in one command")
+    parser.add_argument("--teacher", required=True, metavar="T.pt")
+    parser.add_argument("--data", required=True, metavar="BIN", help="the teacher's binarized data (train/valid/test)")
+    parser.add_argument("--param-budget", type=float, required=True, metavar="F",
+                        help="student parameters as a fraction of the teacher's (embeddings included)")
+    parser.add_argument("--out", required=True, metavar="DIR")
+    parser.add_argument("--method", choices=sorted(METHODS), default="makd")
+    parser.add_argument("--init", choices=("whiten", "svd"), default="whiten")
+    parser.add_argument("--calibration-tokens", type=int, default=32768)
+    parser.add_argument("--max-update", type=int, default=3000, help="cap on training updates")
+    parser.add_argument("--validate-interval-updates", type=int, default=100)
+    parser.add_argument("--patience", type=int, default=3, help="validations without a lower nll before stopping")
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--max-tokens", type=int, default=4000)
+    parser.add_argument("--metric", choices=METRICS, help="default: ppl for language models, else rouge")
+    parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64, help="sentences per generation batch")
+    parser.add_argument("--remove-bpe", default="sentencepiece", help="fairseq-generate's --remove-bpe ('none': off)")
+    parser.add_argument("--fairseq-args", default="", help="more fairseq-train flags, one quoted string")
+    parser.add_argument("--eval-args", default="", help="more fairseq-generate / fairseq-eval-lm flags")
+    parser.add_argument("--gpu", action="store_true", help="train and decode on the GPU (default: --cpu)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="do not echo fairseq's output (still in DIR/*.log); the progress bar stays")
+    parser.add_argument("--force", action="store_true", help="use a non-empty --out that holds another run")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    if args.quiet:  # fairseq's INFO lines from the in-process init (subprocess output goes to DIR/*.log anyway)
+        logging.getLogger().setLevel(logging.WARNING)
+    started = time.time()
+    arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet")}
+    arguments.update(teacher=os.path.abspath(args.teacher), data=os.path.abspath(args.data))
+    manifest = {"arguments": arguments,
+                "command": shlex.join(["makd-compress", *(argv if argv is not None else sys.argv[1:])])}
+    path = lambda *p: os.path.join(args.out, *p)  # noqa: E731
+    init = None
+    # every check, and the init itself, before DIR is created or touched: bad input leaves nothing behind
+    try:
+        if not os.path.isdir(args.data):
+            raise CompressError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
+        if not 0 < args.param_budget < 1:
+            raise CompressError(f"--param-budget must be in (0, 1), got {args.param_budget}")
+        state = load_checkpoint(args.teacher)
+        lm = is_lm(model_args(state).arch)
+        args.metric = args.metric or ("ppl" if lm else "rouge")
+        if (args.metric == "ppl") != lm:
+            raise CompressError(f"--metric {args.metric} does not fit a {'decoder-only' if lm else 'sequence-to-sequence'}"
+                                " teacher (ppl is for language models)")
+        start_over = compress.check_out_dir(args, manifest)
+        if start_over or not os.path.isfile(path("init.pt")):
+            print(f"[makd-compress] init: --init {args.init} factors at uniform ranks, --param-budget "
+                  f"{args.param_budget} (makd-init's make_student)", flush=True)
+            init = compress.init_student(args, state)
+    except (CompressError, CheckpointError, RankError, FileNotFoundError, RuntimeError, ValueError) as e:
+        return fail("makd-compress", e)
+    args.task_flags = task_flags(state)  # the teacher's language pair, truncation or block layout, for every stage
+    del state
+    if init is not None:
+        if start_over:
+            compress.clear_run(args)
+        compress.write_init(args, *init, manifest)  # from here on DIR is this run's
+        if not args.quiet:
+            print(init[1], flush=True)
+    else:
+        compress.write_manifest(args, manifest)
+
+    if not fairseq_logs.finished(fairseq_logs.read(path("train.log"))):
+        print("[makd-compress] train", flush=True)
+        compress.train(args, lm, path("init.pt"), path("train.log"))
+    compress.keep_best(args)
+    results = compress.evaluate_both(args, lm)
+    report = compress.report(args, lm, manifest, results, round(time.time() - started, 1))
+    compress.write_report(args, report)
+    print(compress.report_markdown(report))
+    print(f"wrote {path('student.pt')}, {path('report.md')} and {path('report.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
