@@ -7,6 +7,7 @@ Transformer-base teacher.
 
 from makd_fairseq.compress import METHODS as DISTILL_METHODS
 from makd_fairseq.lowrank import DEFAULT_TARGETS, VOCABULARY_TARGETS
+from makd_fairseq.student import OPTIMIZATION  # optimisation shared by teachers and students
 
 TEACHER_ARCH = {
     "smoke": ["--arch", "transformer", "--encoder-layers", "2", "--decoder-layers", "2",
@@ -26,14 +27,10 @@ TEACHER_ARCH = {
     "iwslt": ["--arch", "transformer_iwslt_de_en", "--share-decoder-input-output-embed"],
 }
 
-# optimisation shared by teachers and students; summarization sources are truncated to 256 pieces
-OPTIMIZATION = [
-    "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)", "--lr-scheduler", "inverse_sqrt",
-    "--warmup-updates", "100", "--clip-norm", "1.0", "--dropout", "0.1", "--weight-decay", "0.0001",
-    "--seed", "1", "--num-workers", "0", "--no-epoch-checkpoints", "--log-format", "json",
-]
+# summarization sources are truncated to 256 pieces
 TRAIN_COMMON = OPTIMIZATION + [
     "--truncate-source", "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test"]
+
 
 def until_converged(cap, every, patience):
     """The stopping rule of teachers and students: validate every ``every`` updates (and only then, so ``--patience``
@@ -128,7 +125,7 @@ QUALITY_METHODS = {
     "makd_seq_kd": ("svd", METHODS["makd"]),
     "makd_vocab": ("vocab", METHODS["makd"]),  # the vocabulary matrix factorized too (issue 15), same budget
 }
-# how each kind of initial student is made: (tool, flags); "svd" and "vocab" also take quality.py's --init
+# how each kind of initial student is made: (tool, flags); "svd" and "vocab" also take benchmarks.quality's --init
 STUDENT_KINDS = {
     "svd": ("makd-init", []),
     "vocab": ("makd-init", ["--targets", ",".join(DEFAULT_TARGETS + VOCABULARY_TARGETS)]),

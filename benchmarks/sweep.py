@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Choose the distillation defaults on validation data: a sweep of makd and word-level KD with the same budget.
 
-    python3 benchmarks/sweep.py --task translation --data /tmp/debian1k/translation/bin \\
+    python3 -m benchmarks.sweep --task translation --data /tmp/debian1k/translation/bin \\
         --teacher /tmp/qb/translation/teacher/checkpoint_best.pt --work /tmp/sweep/translation --jobs 2
 
 1. Students at ``--budget`` of the teacher's parameters with ``makd-init`` for every ``INITS`` entry (truncated SVD
@@ -21,19 +21,19 @@ import argparse
 import fcntl
 import json
 import os
-import re
-import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from provenance import command, git_state, hardware, write_atomic  # noqa: E402
-from quality import (  # noqa: E402
-    USER_DIR, Run, best_valid_nll, finished, flag_value, generate_command, last_updates, read_generation, score,
-    train_command,
-)
-from sizes import STUDENT_TRAIN, common_flags  # noqa: E402
+from makd_fairseq import fairseq_logs
+from makd_fairseq.files import git_state, write_json, write_text
+
+from . import RESULTS
+from .commands import flag_value, generate_command, train_command, validate_command
+from .provenance import command, hardware
+from .report import sweep_tables
+from .runner import Run
+from .scoring import read_generation, score
+from .sizes import STUDENT_TRAIN, common_flags
+from .stages import finished
 
 # makd-init variants compared untrained (name -> flags); the sweep trains from "whiten"
 INITS = {
@@ -69,7 +69,6 @@ SWEEP = {
              "makd_raw_T1_a1": _makd(1, 1, norm=["--feature-norm", "none"]),
              "makd_T2_a0.3_w2": _makd(2, 0.3, 2)},
 }
-REFERENCE = {}
 
 
 def defaults_across_tasks(result):
@@ -90,25 +89,15 @@ def defaults_across_tasks(result):
     return chosen
 
 
-def validate_command(run, checkpoint):
-    """fairseq-validate on the valid split with the training runs' data flags and criterion (nll in bits)."""
-    flags = common_flags(run.args.size)
-    keep = [f for name in ("--max-source-positions",) for f in (name, flag_value(flags, name))]
-    return ["fairseq-validate", run.args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--valid-subset", "valid",
-            "--task", "translation", "--model-overrides", repr({"data": run.args.data}),
-            "--truncate-source", *keep, "--skip-invalid-size-inputs-valid-test", "--max-tokens", "4000",
-            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--num-workers", "0", "--cpu"]
-
-
 def read_valid_nll(log):
-    m = re.findall(r"valid on 'valid' subset \| loss [\d.]+ \| nll_loss ([\d.]+)", open(log).read())
-    if not m:
-        raise SystemExit(f"sweep.py: no validation nll in {log}")
-    return float(m[-1])
+    try:
+        return fairseq_logs.validate_nll(fairseq_logs.read(log), log)
+    except fairseq_logs.LogError as e:
+        raise SystemExit(f"benchmarks.sweep: {e}") from None
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.sweep", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True, choices=("summarization", "translation"))
     parser.add_argument("--data", required=True)
     parser.add_argument("--teacher", required=True)
@@ -117,14 +106,14 @@ def main(argv=None):
     parser.add_argument("--budget", type=float, default=0.5)
     parser.add_argument("--max-update", type=int, default=300, help="updates of every configuration")
     parser.add_argument("--calibration-tokens", type=int, default=32768)
-    parser.add_argument("--configs", nargs="+", help="train only these configurations (default: all, reference last)")
+    parser.add_argument("--configs", nargs="+", help="train only these configurations (default: all)")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--remove-bpe", default="sentencepiece")
     parser.add_argument("--generate-args", default="")
     parser.add_argument("--no-test", action="store_true", help="stop after choosing on validation")
-    parser.add_argument("--out", default=os.path.join(HERE, "results", "sweep.json"))
+    parser.add_argument("--out", default=os.path.join(RESULTS, "sweep.json"))
     args = parser.parse_args(argv)
     for path, what in ((args.data, "directory"), (args.teacher, "file")):
         if not (os.path.isdir if what == "directory" else os.path.isfile)(path):
@@ -134,9 +123,7 @@ def main(argv=None):
     run = Run(args)
 
     def pool(stages):
-        with ThreadPoolExecutor(args.jobs) as ex:
-            for f in [ex.submit(run.stage, *s) for s in stages]:
-                f.result()
+        run.pool(run.stage, stages)
 
     # 1. students, each scored untrained on valid
     inits = {name: run.path("init", f"{name}.pt") for name in INITS}
@@ -144,7 +131,7 @@ def main(argv=None):
                             "--data", args.data, "--calibration-tokens", str(args.calibration_tokens),
                             *flags, "--out", inits[name]], run.path("init", f"{name}.log"),
            lambda p=inits[name]: os.path.isfile(p)) for name, flags in INITS.items()])
-    pool([(f"validate/{name}", validate_command(run, inits[name]), run.path("init", f"{name}.valid.log"),
+    pool([(f"validate/{name}", validate_command(args, inits[name]), run.path("init", f"{name}.valid.log"),
            lambda p=run.path("init", f"{name}.valid.log"): os.path.isfile(p) and "nll_loss" in open(p).read())
           for name in INITS])
     init_results = {name: {"flags": INITS[name], "valid_nll": read_valid_nll(run.path("init", f"{name}.valid.log"))}
@@ -152,7 +139,6 @@ def main(argv=None):
 
     # 2. the sweep, on validation only
     configs = {name: (family, flags) for family, table in SWEEP.items() for name, flags in table.items()}
-    configs.update({name: ("reference", flags) for name, flags in REFERENCE.items()})
     chosen = args.configs or list(configs)
     unknown = set(chosen) - set(configs)
     if unknown:
@@ -162,18 +148,18 @@ def main(argv=None):
     for name in chosen:
         save = run.path("train", name)
         log = os.path.join(save, "train.log")
-        cmd = train_command(run, args.teacher, inits[TRAIN_INIT], configs[name][1] + fixed, save)
+        cmd = train_command(args, args.teacher, inits[TRAIN_INIT], configs[name][1] + fixed, save)
         if not finished(log):  # the commit each training runs at, recorded when it starts
-            write_atomic(os.path.join(save, "provenance.json"), json.dumps({**git_state(), "command": cmd}, indent=1))
+            write_json(os.path.join(save, "provenance.json"), {**git_state(), "command": cmd})
         jobs.append((f"train/{name}", cmd, log, lambda p=log: finished(p)))
     pool(jobs)
     trained = {}
     for name in chosen:
         save = run.path("train", name)
         prov = json.load(open(os.path.join(save, "provenance.json")))
+        log = fairseq_logs.read(os.path.join(save, "train.log"))
         trained[name] = {"family": configs[name][0], "flags": configs[name][1],
-                         "valid_nll": best_valid_nll(os.path.join(save, "train.log")),
-                         "updates": last_updates(os.path.join(save, "train.log")),
+                         "valid_nll": fairseq_logs.best_valid_nll(log), "updates": fairseq_logs.last_updates(log),
                          "seed": int(flag_value(prov["command"], "--seed")), "commit": prov["commit"],
                          "dirty": prov["dirty"], "command": " ".join(prov["command"])}
     best = {}
@@ -194,7 +180,7 @@ def main(argv=None):
         for d in defaults_across_tasks(merged).values():
             models[d["config"]] = run.path("train", d["config"], "checkpoint_best.pt")
         logs = {name: run.path("generate", f"{name}.txt") for name in models}
-        pool([(f"generate/{name}", generate_command(run, models[name]), logs[name],
+        pool([(f"generate/{name}", generate_command(args, models[name]), logs[name],
                lambda p=logs[name]: os.path.isfile(p) and "Generate test with beam" in open(p).read())
               for name in models])
         for name in models:
@@ -208,41 +194,14 @@ def main(argv=None):
         result.pop("defaults", None)
         result[args.task] = task_result(args, run, init_results, trained, best, tests, fixed, argv, started)
         result["defaults"] = defaults_across_tasks({k: v for k, v in result.items() if k != "defaults"})
-        write_atomic(args.out, json.dumps(result, indent=1))
+        write_json(args.out, result)
     if os.path.exists(args.out + ".lock"):
         os.remove(args.out + ".lock")
-    write_atomic(os.path.splitext(args.out)[0] + ".md", tables(result))
+    write_text(os.path.splitext(args.out)[0] + ".md", sweep_tables(result))
     print(json.dumps({k: result[args.task][k] for k in ("inits_untrained_valid_nll", "best_on_valid", "test")},
                      indent=1))
     for name, c in sorted(trained.items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
         print(f"{name:24s} {c['family']:10s} valid nll {c['valid_nll']}")
-
-
-def tables(result):
-    """Markdown: per task, the untrained inits, every configuration by validation nll, the winners on test."""
-    out = []
-    for family, d in result.get("defaults", {}).items():
-        out.append(f"Defaults chosen for {family} (smallest mean validation-nll regret over {', '.join(d['tasks'])}): "
-                   f"`{d['config']}` (`{' '.join(d['flags'])}`), {d['mean_regret_bits']} bits from each task's best.")
-    out += [""] if out else []
-    for task, r in sorted((k, v) for k, v in result.items() if k != "defaults"):
-        out += [f"## {task} ({r['budget']:.0%} of the teacher's parameters)", "",
-                "| makd-init | flags | valid nll (bits), untrained |", "|---|---|---|"]
-        out += [f"| {name} | `{' '.join(i['flags'])}` | {i['valid_nll']:.3f} |"
-                for name, i in r["inits_untrained_valid_nll"].items()]
-        out += ["", f"Trained from `{r['train_init']}`, {r['max_update']} updates each:", "",
-                "| configuration | family | flags | best valid nll (bits) | chosen |", "|---|---|---|---|---|"]
-        for name, c in sorted(r["configs"].items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
-            flags = " ".join(f for f in c["flags"] if f not in ("--criterion", "makd"))
-            chosen = "yes" if r["best_on_valid"].get(c["family"]) == name else ""
-            out.append(f"| {name} | {c['family']} | `{flags}` | {c['valid_nll']:.3f} | {chosen} |")
-        if r["test"]:
-            metrics = [k for k in next(iter(r["test"].values())) if k != "signature"]
-            out += ["", "Test (after choosing):", "", "| model | " + " | ".join(metrics) + " |",
-                    "|---|" + "---|" * len(metrics)]
-            out += [f"| {name} | " + " | ".join(f"{t[m]:.2f}" for m in metrics) + " |" for name, t in r["test"].items()]
-        out.append("")
-    return "\n".join(out) + "\n"
 
 
 def task_result(args, run, init_results, trained, best, tests, fixed, argv, started):
@@ -250,7 +209,7 @@ def task_result(args, run, init_results, trained, best, tests, fixed, argv, star
         "task": args.task, "budget": args.budget, "max_update": args.max_update, "train_init": TRAIN_INIT,
         "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size] + fixed),
         "inits_untrained_valid_nll": init_results, "configs": trained, "best_on_valid": best, "test": tests,
-        "command": command(__file__, argv), "scored_at": git_state(), "hardware": hardware(
+        "command": command("benchmarks.sweep", argv), "scored_at": git_state(), "hardware": hardware(
             f"{args.jobs} job(s) of {args.threads} thread(s)"), "stage_seconds": run.stages,
         "wall_s": round(time.time() - started, 1),
     }

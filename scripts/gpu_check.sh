@@ -24,18 +24,18 @@ if [ -z "$data" ]; then
 fi
 
 # a teacher (speed size: 3+3 layers, d=256), briefly trained: speed does not depend on the weights
-python3 benchmarks/train_teacher.py --data "$data" --size speed --save-dir "$work/teacher" -- \
+python3 -m benchmarks.train_teacher --data "$data" --size speed --save-dir "$work/teacher" -- \
   --max-update 100 --max-tokens 4096 "${device[@]}" --log-format simple > "$work/teacher.log" 2>&1
 teacher=$work/teacher/checkpoint_last.pt
 
 # 1. speed benchmark (fixtures: budgets the small vocabulary allows)
 # (a timeout must not cost the training check below: its status is recorded, the script goes on)
-timeout 420 python3 benchmarks/speed.py --data "$data" --teacher "$teacher" --work "$work/speed" \
+timeout 420 python3 -m benchmarks.speed --data "$data" --teacher "$teacher" --work "$work/speed" \
   --out "$OUT/speed_gpu.json" --threads "$OMP_NUM_THREADS" --steps 10 --repeats 2 "${bench[@]}" \
   --budgets 0.5 0.25 | tail -n 30 || echo "speed benchmark: exit status $?" | tee "$OUT/speed_gpu.failed"
 
 # 1b. generation at the iwslt and wmt shapes (random-weight teachers, forced lengths), fp16 on the GPU
-timeout 240 python3 benchmarks/speed.py --data "$data" --teacher "$teacher" --work "$work/speed" --parts \
+timeout 240 python3 -m benchmarks.speed --data "$data" --teacher "$teacher" --work "$work/speed" --parts \
   --shapes iwslt wmt --shape-threads "$OMP_NUM_THREADS" --repeats 2 "${bench[@]}" --budgets 0.5 0.25 \
   --out "$OUT/speed_shapes_gpu.json" | tail -n 12 || echo "shapes: exit status $?" | tee "$OUT/speed_shapes_gpu.failed"
 

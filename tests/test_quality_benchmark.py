@@ -14,15 +14,15 @@ def read_generation(path):
         return read(f, str(path))
 
 
-QUALITY = ROOT / "benchmarks" / "quality.py"
+QUALITY = ["-m", "benchmarks.quality"]  # run from the repository root (cwd=ROOT)
 
 
 def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     """Every method at one budget (two budgets only multiply the trainings), sequence-level KD included."""
     out, work = tmp_path / "translation.json", tmp_path / "work"
-    args = [sys.executable, QUALITY, "--task", "translation", "--data", mt_data, "--size", "smoke", "--work", work,
+    args = [sys.executable, *QUALITY, "--task", "translation", "--data", mt_data, "--size", "smoke", "--work", work,
             "--budgets", "0.5", "--seeds", "1", "--jobs", "2", "--remove-bpe", "none", "--out", out]
-    run(*args)
+    run(*args, cwd=ROOT)
     result = json.loads(out.read_text())
     methods = [(m["method"], m["budget"]) for m in result["methods"]]
     assert methods == [("teacher", None)] + [(m, 0.5) for m in (
@@ -74,7 +74,7 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     assert (tmp_path / "translation.png").read_bytes()[:4] == b"\x89PNG"
     # a second run reuses every finished step: nothing is trained or generated again, same scores
     stages = (work / "stages.json").read_text()
-    again = run(*args)
+    again = run(*args, cwd=ROOT)
     assert "fairseq-train" not in again.stdout and "fairseq-generate" not in again.stdout
     assert "makd-teacher-data" not in again.stdout
     assert (work / "stages.json").read_text() == stages
@@ -82,11 +82,12 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
 
 
 def test_quality_benchmark_rejects_bad_input(tmp_path, mt_data):
-    proc = subprocess.run([sys.executable, QUALITY, "--task", "translation", "--data", tmp_path / "nope",
-                           "--work", tmp_path / "w"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *QUALITY, "--task", "translation", "--data", tmp_path / "nope",
+                           "--work", tmp_path / "w"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "--data" in proc.stderr and "prepare.py" in proc.stderr
-    proc = subprocess.run([sys.executable, QUALITY, "--task", "translation", "--data", mt_data,
-                           "--work", tmp_path / "w", "--budgets", "0.5", "1.5"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *QUALITY, "--task", "translation", "--data", mt_data,
+                           "--work", tmp_path / "w", "--budgets", "0.5", "1.5"], capture_output=True, text=True,
+                          cwd=ROOT)
     assert proc.returncode == 2 and "--budgets" in proc.stderr
     assert not (tmp_path / "w").exists()
 
@@ -99,9 +100,9 @@ def test_quality_benchmark_smoke_language_modeling(tmp_path):
         "--testpref", src / "test.src", "--destdir", root / "bin", "--nwordssrc", "1000", "--workers", "1")
     (root / "test.txt").write_text((src / "test.src").read_text())
     out = tmp_path / "language_modeling.json"
-    run(sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size", "lm_smoke",
+    run(sys.executable, *QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size", "lm_smoke",
         "--work", tmp_path / "work", "--budgets", "0.7", "--methods", "svd_only", "makd", "--remove-bpe", "none",
-        "--continue-docs", "20", "--out", out)
+        "--continue-docs", "20", "--out", out, cwd=ROOT)
     result = json.loads(out.read_text())
     assert [m["method"] for m in result["methods"]] == ["teacher", "svd_only", "makd"]
     for m in result["methods"]:
@@ -110,12 +111,12 @@ def test_quality_benchmark_smoke_language_modeling(tmp_path):
     assert result["methods"][1]["metrics"]["ppl"] > result["methods"][0]["metrics"]["ppl"]
     lines = (tmp_path / "work" / "generate" / "teacher.continuations.tsv").read_text().splitlines()
     assert len(lines) == 20 and all(len(line.split("\t")) == 2 for line in lines)
-    proc = subprocess.run([sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
-                           "cpu", "--work", tmp_path / "w"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
+                           "cpu", "--work", tmp_path / "w"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2 and "lm_" in proc.stderr
-    proc = subprocess.run([sys.executable, QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
+    proc = subprocess.run([sys.executable, *QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
                            "lm_smoke", "--methods", "makd_seq_kd", "--work", tmp_path / "w"], capture_output=True,
-                          text=True)
+                          text=True, cwd=ROOT)
     assert proc.returncode == 2 and "encoder-decoder models only" in proc.stderr
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import ROOT, run
 from makd_fairseq.score import paired_bootstrap
 
-QUALITY = ROOT / "benchmarks" / "quality.py"
+QUALITY = ["-m", "benchmarks.quality"]  # run from the repository root (cwd=ROOT)
 
 
 def binarized_fixture(tmp_path):
@@ -31,9 +31,9 @@ def binarized_fixture(tmp_path):
 def test_quality_benchmark_smoke_summarization(tmp_path):
     data = binarized_fixture(tmp_path)
     out, work = tmp_path / "summarization.json", tmp_path / "work"
-    run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work", work,
+    run(sys.executable, *QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work", work,
         "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
-        "--seeded-budgets", "0.5", "--time-generation", "--remove-bpe", "none", "--out", out)
+        "--seeded-budgets", "0.5", "--time-generation", "--remove-bpe", "none", "--out", out, cwd=ROOT)
     result = json.loads(out.read_text())
     assert [(m["method"], m["budget"]) for m in result["methods"]] == [("teacher", None)] + [
         (m, b) for b in (0.6, 0.5) for m in ("svd_only", "svd_word_kd", "makd")]  # every budget
@@ -70,9 +70,10 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
     # --partial reports what has finished while a run goes on elsewhere, and trains nothing
     log = work / "b50" / "makd" / "seed2" / "train.log"
     log.rename(log.with_suffix(".moved"))
-    partial = run(sys.executable, QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work",
+    partial = run(sys.executable, *QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work",
                   work, "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
-                  "--seeded-budgets", "0.5", "--remove-bpe", "none", "--partial", "--out", tmp_path / "partial.json")
+                  "--seeded-budgets", "0.5", "--remove-bpe", "none", "--partial", "--out", tmp_path / "partial.json",
+                  cwd=ROOT)
     assert "fairseq-train" not in partial.stdout and not log.exists()
     result = json.loads((tmp_path / "partial.json").read_text())
     assert result["pending"] == ["b50/makd/seed2"]
@@ -83,8 +84,7 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
 
 def test_table_says_how_many_seeds_stopped_early():
     """The updates cell is the mean over seeds; it says when some, not all, seeds stopped early."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality import table
+    from benchmarks.report import table
 
     def row(method, early):
         seeds = [{"seed": i + 1, "early_stopped": e} for i, e in enumerate(early)]
@@ -102,8 +102,7 @@ def test_table_says_how_many_seeds_stopped_early():
 def test_table_says_where_makd_stands_against_each_method():
     """The vs-makd cell names makd's standing: ahead when the method's interval lies below 0, behind when above,
     level when it contains 0."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from quality import table
+    from benchmarks.report import table
 
     def row(method, vs):
         metrics = {"rougeL": 20.0, "rouge1": 22.0, "rouge2": 8.0}
@@ -128,9 +127,10 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
     flags = ["--task", "summarization", "--data", data, "--size", "smoke", "--budgets", "0.5", "--methods",
              "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2", "--remove-bpe", "none"]
     first = tmp_path / "first" / "summarization.json"
-    run(sys.executable, QUALITY, *flags, "--work", tmp_path / "work", "--out", first)
+    run(sys.executable, *QUALITY, *flags, "--work", tmp_path / "work", "--out", first, cwd=ROOT)
     again = tmp_path / "again" / "summarization.json"
-    proc = run(sys.executable, QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", first, "--out", again)
+    proc = run(sys.executable, *QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", first, "--out", again,
+               cwd=ROOT)
     assert "] teacher: fairseq-train" in proc.stdout  # the teacher trains again, on this "machine"
     assert not re.search(r"\] b50/\w+/seed\d: ", proc.stdout)  # the students do not
     before, after = json.loads(first.read_text()), json.loads(again.read_text())
@@ -151,8 +151,8 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
     teacher = other / "hypotheses" / "summarization" / "teacher.txt.xz"
     lines = lzma.decompress(teacher.read_bytes()).decode().split("\n")
     teacher.write_bytes(lzma.compress("\n".join(["an other summary"] + lines[1:]).encode()))
-    proc = run(sys.executable, QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", other / "summarization.json",
-               "--out", tmp_path / "refused.json", check=False)
+    proc = run(sys.executable, *QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", other / "summarization.json",
+               "--out", tmp_path / "refused.json", check=False, cwd=ROOT)
     assert proc.returncode != 0 and not (tmp_path / "refused.json").exists()
     assert "this run's teacher does not reproduce that run's (1 of" in proc.stdout + proc.stderr
 
@@ -160,10 +160,9 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
 def test_two_commands_on_one_work_directory_keep_each_others_stage_times(tmp_path):
     """quality.py --partial scores finished students while the run trains the rest in the same WORK: each records
     its stages' times in WORK/stages.json without dropping those the other wrote since it started."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
     from argparse import Namespace
 
-    from quality import Run
+    from benchmarks.runner import Run
 
     args = Namespace(work=str(tmp_path), threads=1)
     run_a, run_b = Run(args), Run(args)  # both read stages.json before either wrote
@@ -179,10 +178,9 @@ def test_two_commands_on_one_work_directory_keep_each_others_stage_times(tmp_pat
 
 
 def test_compare_puts_two_runs_side_by_side_and_says_whether_makd_keeps_its_standing(tmp_path, capsys):
-    """benchmarks/compare.py: per method and budget each run's mean ± sd (seeds) and vs-makd cell, "same standing"
+    """benchmarks.compare: per method and budget each run's mean ± sd (seeds) and vs-makd cell, "same standing"
     yes/no; a method one run lacks gets dashes; runs on other data are refused with one error."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from compare import main
+    from benchmarks.compare import main
 
     def run_of(teacher, rows, data="abc"):
         methods = [{"method": "teacher", "budget": None, "metrics": {"rougeL": teacher}}]

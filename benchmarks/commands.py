@@ -1,0 +1,78 @@
+"""The commands a benchmark run starts: fairseq-train for teachers and students, makd-teacher-data, and the
+evaluations (fairseq-generate, fairseq-eval-lm, fairseq-validate, the LM continuation worker), built from
+``sizes`` presets and a run's arguments. The distillation and generation commands are the package's own
+(``makd_fairseq.student.distill_command``, makd-compress's ``generate_command`` and ``eval_lm_command``)."""
+import shlex
+import sys
+
+from makd_fairseq.files import USER_DIR
+
+from .sizes import GENERATE, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN, common_flags, teacher_criterion
+
+
+def flag_value(flags, name):
+    """The value of the last ``name`` in a flag list (the one argparse keeps)."""
+    return flags[len(flags) - flags[::-1].index(name)]
+
+
+def teacher_command(data, size, save_dir, extra=()):
+    """fairseq-train of a benchmark teacher of ``size`` (label-smoothed CE; cross-entropy for language models)."""
+    # the plugin's checkpoint allow-list lets an interrupted teacher resume from its checkpoint_last.pt (torch >= 2.6)
+    return ["fairseq-train", data, "--user-dir", USER_DIR, *TEACHER_ARCH[size], *common_flags(size),
+            *TEACHER_TRAIN[size], *teacher_criterion(size), "--save-dir", save_dir, *extra]
+
+
+def device_flags(args):
+    return ["--fp16"] if "--fp16" in STUDENT_TRAIN[args.size] else ["--cpu"]
+
+
+def train_command(args, teacher, init, method_flags, save_dir, data=None):
+    """fairseq-train distilling ``init`` from ``teacher`` on ``data`` (default: the benchmark's data)."""
+    from makd_fairseq.student import distill_command
+
+    return distill_command(data or args.data, teacher, init, [
+        *common_flags(args.size), *STUDENT_TRAIN[args.size], "--keep-interval-updates", "1",
+        "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags])
+
+
+def teacher_data_command(args, teacher, out):
+    """makd-teacher-data: train and valid with the teacher's beam outputs as targets (sequence-level KD)."""
+    return ["makd-teacher-data", "--teacher", teacher, "--data", args.data, "--out", out,
+            "--splits", "train,valid", *GENERATE[args.task], "--batch-size", str(args.batch_size),
+            *(["--cpu"] if device_flags(args) == ["--cpu"] else [])]
+
+
+def generate_command(args, checkpoint):
+    """makd-compress's fairseq-generate (test split) with the benchmark's beam, lengths, batch and truncation."""
+    from makd_fairseq.compress import generate_command as generate
+
+    train = common_flags(args.size) + STUDENT_TRAIN[args.size]
+    return generate(args.data, checkpoint, [
+        *GENERATE[args.task], "--batch-size", str(args.batch_size), "--truncate-source",
+        "--max-source-positions", flag_value(train, "--max-source-positions"), *shlex.split(args.generate_args)],
+        args.remove_bpe, device_flags(args))
+
+
+def eval_lm_command(args, checkpoint):
+    """makd-compress's fairseq-eval-lm on the test set, with the training run's block layout."""
+    from makd_fairseq.compress import eval_lm_command as eval_lm
+
+    common = common_flags(args.size)
+    layout = [f for name in ("--tokens-per-sample", "--sample-break-mode") for f in (name, flag_value(common, name))]
+    return eval_lm(args.data, checkpoint, [*layout, "--max-tokens", "6000"], device_flags(args))
+
+
+def continue_command(args, checkpoint, out):
+    """``benchmarks.lm``: greedy continuations of ``--continue-docs`` test descriptions into ``out``."""
+    return [sys.executable, "-m", "benchmarks.lm", checkpoint, out, "--data", args.data, "--remove-bpe",
+            args.remove_bpe, "--docs", str(args.continue_docs), "--batch-size", str(args.batch_size)]
+
+
+def validate_command(args, checkpoint):
+    """fairseq-validate on the valid split with the training runs' data flags and criterion (nll in bits)."""
+    flags = common_flags(args.size)
+    keep = [f for name in ("--max-source-positions",) for f in (name, flag_value(flags, name))]
+    return ["fairseq-validate", args.data, "--user-dir", USER_DIR, "--path", checkpoint, "--valid-subset", "valid",
+            "--task", "translation", "--model-overrides", repr({"data": args.data}),
+            "--truncate-source", *keep, "--skip-invalid-size-inputs-valid-test", "--max-tokens", "4000",
+            "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--num-workers", "0", "--cpu"]

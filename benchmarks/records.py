@@ -1,0 +1,82 @@
+"""What a quality results file says of each model: per seed its scores and training record (best validation nll,
+updates, early stop, resumptions, the commits it trained at), per method and budget the mean and sd over seeds."""
+import json
+import os
+import statistics
+
+from makd_fairseq import fairseq_logs
+
+from .runner import first_seed
+
+
+def training_record(log):
+    """Best validation nll, updates, early stop and resumptions of a json-format fairseq-train log (None, None,
+    False, None when there is no log: a teacher given with --teacher)."""
+    if not os.path.isfile(log):
+        return {"valid_nll": None, "updates": None, "early_stopped": False, "resumed_at": None}
+    text = fairseq_logs.read(log)
+    return {"valid_nll": fairseq_logs.best_valid_nll(text), "updates": fairseq_logs.last_updates(text),
+            "early_stopped": fairseq_logs.early_stopped(text), "resumed_at": fairseq_logs.resumed_at(text)}
+
+
+def seed_record(run, method, seed, checkpoint, metrics):
+    """One trained model: its scores, best validation nll, updates, and the commit(s) it was trained at."""
+    log = run.path("teacher.log") if method == "teacher" else os.path.join(os.path.dirname(checkpoint), "train.log")
+    prov = log + ".provenance.json"
+    return {"seed": seed, "metrics": metrics, **training_record(log),
+            "checkpoint": os.path.relpath(checkpoint, run.work),
+            "trained_at": [{k: r[k] for k in ("commit", "dirty", "started")} for r in json.load(open(prov))]
+            if os.path.isfile(prov) else None}
+
+
+def params_of(checkpoint):
+    from makd_fairseq.checkpoint import build_model_from_state, load_checkpoint
+    from makd_fairseq.lowrank import count_params
+
+    return count_params(build_model_from_state(load_checkpoint(checkpoint)))
+
+
+def teacher_arch(checkpoint):
+    from makd_fairseq.checkpoint import load_checkpoint, model_args
+    from makd_fairseq.student import arch_flags
+
+    targs = model_args(load_checkpoint(checkpoint))
+    return " ".join(["--arch", targs.arch, *arch_flags(targs)])
+
+
+def seq_kd_manifest(data):
+    """What makd-teacher-data recorded about the sequence-level KD data (None if this run built none)."""
+    path = os.path.join(data, "teacher_data.json")
+    if not os.path.isfile(path):
+        return None
+    m = json.load(open(path))
+    return {k: m[k] for k in ("beam", "max_len_a", "max_len_b", "sentences", "decode_seconds", "command")}
+
+
+def method_entries(run, models, scored, reused, inits_of, speeds):
+    """One entry per method and budget, in the order of ``models`` (method, budget, seed, checkpoint): parameters,
+    each metric's mean (and sd) over seeds, and for trained methods the seeds' records with their mean validation
+    nll and updates. ``scored``: (method, budget, seed) -> (metrics, hypotheses); ``reused``: the records of seeds
+    taken over with --reuse; ``inits_of``: (method, budget) -> the student it starts from; ``speeds``: the timed
+    generation of (method, budget)."""
+    methods = []
+    for method, budget, seed, checkpoint in models:
+        if seed not in (None, first_seed(models, method, budget)):
+            continue
+        runs = [(s, c) for m, b, s, c in models if (m, b) == (method, budget)]
+        per_seed = [scored[(method, budget, s)][0] for s, _ in runs]
+        here = [c for _, c in runs if c is not None]  # all seeds taken over: the student they started from
+        entry = {"method": method, "budget": budget,
+                 "params": params_of(here[0] if here else inits_of[(method, budget)]),
+                 "metrics": {k: round(statistics.mean(m[k] for m in per_seed), 2) for k in per_seed[0]},
+                 "sd": {k: round(statistics.stdev(m[k] for m in per_seed), 2) for k in per_seed[0]}
+                 if len(per_seed) > 1 else None, "valid_nll": None, "updates": None}
+        if seed is not None or method == "teacher":
+            entry["seeds"] = [seed_record(run, method, s, c, scored[(method, budget, s)][0]) if c is not None
+                              else reused[(method, budget, s)][0] for s, c in runs]
+            trained = [r for r in entry["seeds"] if r.get("valid_nll") is not None]
+            entry["valid_nll"] = round(statistics.mean(r["valid_nll"] for r in trained), 3) if trained else None
+            entry["updates"] = round(statistics.mean(r["updates"] for r in trained)) if trained else None
+        entry["speed"] = speeds.get((method, budget))
+        methods.append(entry)
+    return methods

@@ -1,0 +1,238 @@
+"""Tables and plots of benchmark results: the quality table (each metric, its share of the teacher's, the
+difference to makd with its interval and makd's standing), two quality runs side by side, the quality plot, and the
+speed and sweep tables. Every function takes the results dict its script writes as JSON."""
+import textwrap
+
+from .scoring import METRICS
+from .sizes import QUALITY_METHODS, SEQ_KD_METHODS
+
+
+def standing(vs):
+    """Where makd stands against a method, from the method's difference to makd and its 95% interval."""
+    low, high = vs["ci95"]
+    return "makd ahead" if high < 0 else "makd behind" if low > 0 else "level"
+
+
+def vs_cell(vs):
+    """A vs-makd table cell: the difference to makd, its 95% interval and makd's standing; a dash without one."""
+    if vs is None:
+        return "–"
+    return f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs)}"
+
+
+def budget_label(budget):
+    return "teacher" if budget is None else f"{budget:.0%}"
+
+
+def table(result):
+    """Markdown: per method and budget, each metric's mean (± sd over seeds), the first metric's difference to
+    makd with its 95% interval (and makd's standing: ahead, level or behind), validation nll, updates (mean over
+    seeds; how many seeds stopped early) and generation speed."""
+    names = METRICS[result["task"]]
+    first = names[0]
+    teacher = next(m for m in result["methods"] if m["method"] == "teacher")
+    lines = [f"| method | budget | seeds | params | {' | '.join(names)} | {first} % of teacher | {first} vs makd (95% CI) "
+             "| best valid nll (bits) | updates | sentences/s |", "|---|---|---|---|" + "---|" * (len(names) + 5)]
+    for m in result["methods"]:
+        budget = budget_label(m["budget"])
+        sd = m.get("sd") or {}
+        cells = [f"{m['metrics'][n]:.2f}" + (f" ± {sd[n]:.2f}" if n in sd else "") for n in names]
+        share = 100 * m["metrics"][first] / max(teacher["metrics"][first], 1e-9)
+        vs = vs_cell((m.get("vs_makd") or {}).get(first))
+        nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
+        early = [bool(r.get("early_stopped")) for r in m.get("seeds", [])]
+        updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (
+            "" if not any(early) else " (early stop)" if all(early) else f" (early stop: {sum(early)} of {len(early)})")
+        seeds = len(m["seeds"]) if m.get("seeds") and m["budget"] is not None else "–"
+        speed = "–" if not m.get("speed") else f"{m['speed']['sentences_per_s']:.2f}"
+        lines.append(f"| {m['method']} | {budget} | {seeds} | {m['params']:,} | " + " | ".join(cells)
+                     + f" | {share:.1f}% | {vs} | {nll} | {updates} | {speed} |")
+    if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]):
+        lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
+                      "sources (what they are trained on), not against the references as the other rows."]
+    if result.get("pending"):
+        lines += ["", f"Partial: {len(result['pending'])} trainings not finished yet ({', '.join(result['pending'])})."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(result, path):
+    """Quality against budget (each metric; mean and sd over seeds) and, when timed, against sentences/s."""
+    import logging
+
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup lets its DEBUG lines through
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = METRICS[result["task"]][:2]
+    timed = [m for m in result["methods"] if m.get("speed")]
+    teacher = next(m for m in result["methods"] if m["method"] == "teacher")
+    panels = len(metrics) + bool(timed)
+    # one color per method in every panel (the teacher: black)
+    color = {name: f"C{i}" for i, name in enumerate(n for n in QUALITY_METHODS if n != "teacher")}
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ax.axhline(teacher["metrics"][metric], color="black", linestyle="--", label="teacher")
+        for name in QUALITY_METHODS:
+            points = sorted((m["budget"], m["metrics"][metric], (m.get("sd") or {}).get(metric, 0))
+                            for m in result["methods"] if m["method"] == name and m["budget"] is not None)
+            if points:
+                x, y, err = zip(*points)
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=name, color=color[name])
+        ax.set_xlabel("student parameters / teacher parameters")
+        ax.set_ylabel(metric + " (mean ± sd over seeds)")
+        if metric == "ppl":
+            ax.set_yscale("log")  # an untrained factorization is orders of magnitude off
+        ax.grid(alpha=0.3)
+    if timed:
+        ax, metric = axes[0][-1], metrics[0]
+        for m in timed:
+            label = "teacher" if m["budget"] is None else f"{m['method']} {m['budget']:.0%}"
+            ax.scatter(m["speed"]["sentences_per_s"], m["metrics"][metric], marker="*" if m["budget"] is None else "o",
+                       color=color.get(m["method"], "black"))
+            ax.annotate(label, (m["speed"]["sentences_per_s"], m["metrics"][metric]), fontsize=6)
+        # the conditions of the timing under the axis, wrapped to the panel's width
+        ax.set_xlabel(textwrap.fill(f"generation sentences/s ({result['speed'].split(', ', 1)[1]})", 70), fontsize=8)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"Debian descriptions, {result['task']} ({result['size']} size)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- two quality runs side by side
+
+def cells(result, method, budget, metric):
+    """The metric (± sd, seeds) and vs-makd cells of one method at one budget in one run; dashes if it lacks it."""
+    row = next((m for m in result["methods"] if m["method"] == method and m["budget"] == budget), None)
+    if row is None:
+        return "–", "–", None
+    sd = (row.get("sd") or {}).get(metric)
+    seeds = len(row.get("seeds") or []) if budget is not None else 0
+    value = f"{row['metrics'][metric]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "") + (
+        f" ({seeds})" if seeds else "")
+    vs = (row.get("vs_makd") or {}).get(metric)
+    if vs is None:
+        return value, "–", None
+    return value, vs_cell(vs), standing(vs)
+
+
+def side_by_side(a, b, labels, metric=None):
+    """Markdown table of quality runs ``a`` and ``b`` (results dicts) under ``labels``: per method and budget each
+    run's metric (mean ± sd, seeds) and vs-makd cell, and whether the two runs give makd the same standing."""
+    if a["task"] != b["task"]:
+        raise SystemExit(f"benchmarks.compare: the runs are of different tasks ({a['task']} and {b['task']})")
+    if a.get("data_sha256") != b.get("data_sha256"):
+        raise SystemExit(f"benchmarks.compare: the runs used different data (data_sha256 {a.get('data_sha256')} and "
+                         f"{b.get('data_sha256')})")
+    metric = metric or METRICS[a["task"]][0]
+    if metric not in METRICS[a["task"]]:
+        raise SystemExit(f"benchmarks.compare: {a['task']} has no metric {metric} (choose from {', '.join(METRICS[a['task']])})")
+    keys = []
+    for m in a["methods"] + b["methods"]:
+        if (m["method"], m["budget"]) not in keys:
+            keys.append((m["method"], m["budget"]))
+    keys.sort(key=lambda k: -1 if k[1] is None else -k[1])  # teacher, then budgets from the largest (stable within)
+    lines = [f"| method | budget | {labels[0]}: {metric} (seeds) | vs makd (95% CI) | {labels[1]}: {metric} (seeds) "
+             "| vs makd (95% CI) | same standing |", "|---|---|---|---|---|---|---|"]
+    for method, budget in keys:
+        value_a, vs_a, standing_a = cells(a, method, budget, metric)
+        value_b, vs_b, standing_b = cells(b, method, budget, metric)
+        same = "–" if standing_a is None or standing_b is None else "yes" if standing_a == standing_b else "no"
+        lines.append(f"| {method} | {budget_label(budget)} | {value_a} | {vs_a} | "
+                     f"{value_b} | {vs_b} | {same} |")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- speed and sweep
+
+def shapes_table(result):
+    lines = ["| shape | threads | model | params | FLOPs ratio | throughput sentences/s (batch " + str(
+        result["config"]["batch_size"]) + ") | speed-up [range] | latency sentences/s (batch 1) | speed-up [range] |",
+        "|---|---|---|---|---|---|---|---|---|"]
+    for shape, r in result.get("shapes", {}).items():
+        for threads, t in r["threads"].items():
+            for name in r["params"]:
+                key = name[len("student"):]
+                ratio = 1.0 if name == "teacher" else r[f"flops_ratio_{key}"]
+                cells = []
+                for kind, prefix in (("throughput", "gen_speedup"), ("latency", "latency_speedup")):
+                    speed = t["sentences_per_s"][kind][name]
+                    up = "1.00" if name == "teacher" else (f"{t[f'{prefix}_{key}']:.2f} [{t[f'{prefix}_{key}_range'][0]:.2f}"
+                                                           f", {t[f'{prefix}_{key}_range'][1]:.2f}]")
+                    cells += [f"{speed:.2f}", up]
+                lines.append(f"| {shape} ({r['arch']}, {r['vocab']:,} vocab) | {threads} | {name} | {r['params'][name]:,} "
+                             f"| {ratio:.2f} | " + " | ".join(cells) + " |")
+    notes = [f"{shape}, {key}%: {why}" for shape, r in result.get("shapes", {}).items()
+             for key, why in r.get("unmet_budgets", {}).items()]
+    memory = [f"{shape}: " + ", ".join(
+        f"{m} {p / 2**20:.0f} MiB" + (f" (× {p / r['train_peak_mem_bytes']['word_kd']:.2f})" if m != "word_kd" else "")
+        for m, p in r["train_peak_mem_bytes"].items())
+        for shape, r in result.get("shapes", {}).items() if "train_peak_mem_bytes" in r]
+    return lines + [""] + ([f"Not measured: {'; '.join(notes)}", ""] if notes else []) + (
+        [f"Peak memory of an update (50% student): {'; '.join(memory)}", ""] if memory else [])
+
+
+def speed_table(result):
+    """Markdown of a speed.json: the preset shapes, training cost per method, generation speed and FLOPs."""
+    lines = []
+    if result.get("shapes"):
+        lines += shapes_table(result)
+    if result["train"]:
+        lines += train_table(result)
+    if result["generate"]:
+        lines += generation_table(result)
+    return "\n".join(lines) + "\n"
+
+
+def train_table(result):
+    lines = [f"| training method ({result['config']['budgets'][0]:.0%} student) | s / update (median) | × word_kd | teacher forward share "
+             "| peak memory of an update (MiB) | × word_kd |", "|---|---|---|---|---|---|"]
+    wk = result["train"]["word_kd"]
+    for m, r in result["train"].items():
+        lines.append(f"| {m} | {r['step_s_median']:.3f} | {r['step_s_median'] / wk['step_s_median']:.2f} "
+                     f"| {r['teacher_share']:.0%} | {r['peak_mem_bytes'] / 2**20:.0f} "
+                     f"| {r['peak_mem_bytes'] / max(wk['peak_mem_bytes'], 1):.2f} |")
+    return lines + [""]
+
+
+def generation_table(result):
+    lines = ["| model | params | generation FLOPs / sentence | sentences/s (median) | speed-up | FLOPs ratio "
+              "| speed-up / FLOPs ratio |", "|---|---|---|---|---|---|---|"]
+    t = result["generate"]["teacher"]
+    for name, g in result["generate"].items():
+        speedup, ratio = g["sentences_per_s"] / t["sentences_per_s"], t["flops_per_sentence"] / g["flops_per_sentence"]
+        lines.append(f"| {name} | {g['params']:,} | {g['flops_per_sentence'] / 1e9:.2f} G | {g['sentences_per_s']:.2f} "
+                     f"| {speedup:.2f} | {ratio:.2f} | {speedup / ratio:.0%} |")
+    return lines
+
+
+def sweep_tables(result):
+    """Markdown of a sweep.json: per task, the untrained inits, every configuration by validation nll, the winners on
+    test."""
+    out = []
+    for family, d in result.get("defaults", {}).items():
+        out.append(f"Defaults chosen for {family} (smallest mean validation-nll regret over {', '.join(d['tasks'])}): "
+                   f"`{d['config']}` (`{' '.join(d['flags'])}`), {d['mean_regret_bits']} bits from each task's best.")
+    out += [""] if out else []
+    for task, r in sorted((k, v) for k, v in result.items() if k != "defaults"):
+        out += [f"## {task} ({r['budget']:.0%} of the teacher's parameters)", "",
+                "| makd-init | flags | valid nll (bits), untrained |", "|---|---|---|"]
+        out += [f"| {name} | `{' '.join(i['flags'])}` | {i['valid_nll']:.3f} |"
+                for name, i in r["inits_untrained_valid_nll"].items()]
+        out += ["", f"Trained from `{r['train_init']}`, {r['max_update']} updates each:", "",
+                "| configuration | family | flags | best valid nll (bits) | chosen |", "|---|---|---|---|---|"]
+        for name, c in sorted(r["configs"].items(), key=lambda kv: kv[1]["valid_nll"] or 1e9):
+            flags = " ".join(f for f in c["flags"] if f not in ("--criterion", "makd"))
+            chosen = "yes" if r["best_on_valid"].get(c["family"]) == name else ""
+            out.append(f"| {name} | {c['family']} | `{flags}` | {c['valid_nll']:.3f} | {chosen} |")
+        if r["test"]:
+            metrics = [k for k in next(iter(r["test"].values())) if k != "signature"]
+            out += ["", "Test (after choosing):", "", "| model | " + " | ".join(metrics) + " |",
+                    "|---|" + "---|" * len(metrics)]
+            out += [f"| {name} | " + " | ".join(f"{t[m]:.2f}" for m in metrics) + " |" for name, t in r["test"].items()]
+        out.append("")
+    return "\n".join(out) + "\n"

@@ -1,0 +1,64 @@
+"""Scores of a benchmark's kept outputs, as ``makd-score`` computes them: ROUGE for summaries, BLEU and chrF for
+translations, perplexity and ROUGE-L of continuations for language models; each method against makd with a paired
+bootstrap."""
+from makd_fairseq.fairseq_logs import LogError, eval_lm_result, read
+
+METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf"),
+           "language_modeling": ("rougeL", "ppl")}
+PAIRED = {"summarization": ("rougeL",), "translation": ("bleu", "chrf"), "language_modeling": ("rougeL",)}
+
+
+def read_generation(log):
+    """(hypotheses, references) in test-set order from fairseq-generate's D- and T- lines (``makd-score``'s reader)."""
+    from makd_fairseq.score import ScoreError, read_generation as read_log
+
+    try:
+        with open(log, encoding="utf-8") as f:
+            return read_log(f, log)
+    except ScoreError as e:
+        raise SystemExit(f"benchmarks: {e}") from None
+
+
+def read_continuations(path):
+    """(hypotheses, references) of ``benchmarks.lm``'s output."""
+    pairs = [line.rstrip("\n").split("\t") for line in open(path, encoding="utf-8") if line.strip()]
+    return [h for h, _ in pairs], [r for _, r in pairs]
+
+
+def score(task, hyps, refs):
+    """(scores, signatures) as ``makd-score`` computes them: ROUGE for summaries, BLEU and chrF for translations."""
+    from makd_fairseq.score import score as metric_score
+
+    scores, signatures = {}, {}
+    for metric in (("rouge",) if task == "summarization" else ("bleu", "chrf")):
+        values, signature = metric_score(metric, hyps, refs)
+        scores.update(values)
+        signatures.update(signature)
+    return scores, signatures
+
+
+def read_lm_scores(eval_log, hyps, refs):
+    """(scores, signatures) of a language model: fairseq-eval-lm's perplexity, ROUGE-L of its continuations."""
+    try:
+        ppl = eval_lm_result(read(eval_log), eval_log)["ppl"]
+    except LogError as e:
+        raise SystemExit(f"benchmarks: {e}") from None
+    rouge, _ = score("summarization", hyps, refs)
+    return {"rougeL": rouge["rougeL"], "ppl": round(ppl, 2)}, {
+        "ppl": "fairseq-eval-lm on test", "rougeL": f"rouge-score F1 (use_stemmer=True) of greedy continuations "
+                                                    f"of {len(hyps)} test descriptions from their first sentence"}
+
+
+def compare_with_makd(task, methods, models, scored, references):
+    """Every method's ``vs_makd``: its metric minus makd's at the same budget, with a paired-bootstrap 95% interval
+    (``makd_fairseq.score.paired_bootstrap``; each side's seeds averaged)."""
+    from makd_fairseq.score import paired_bootstrap
+
+    def runs(method, budget):
+        return [scored[(m, b, s)][1] for m, b, s, _ in models if (m, b) == (method, budget)]
+    for entry in methods:
+        method, budget = entry["method"], entry["budget"]
+        if budget is None or method == "makd" or not runs("makd", budget):
+            continue
+        entry["vs_makd"] = {metric: paired_bootstrap(metric, runs(method, budget), runs("makd", budget), references)
+                            for metric in PAIRED[task]}

@@ -1,0 +1,133 @@
+"""The stages of a quality benchmark run over its models (method, budget, seed or None if untrained, checkpoint or
+None if taken over with --reuse): the students to make and train, their evaluations, the timed generations, and
+scoring what they wrote."""
+import json
+import os
+
+from makd_fairseq import fairseq_logs
+from makd_fairseq.files import write_json
+
+from .archive import keep_text
+from .commands import continue_command, eval_lm_command, generate_command, train_command
+from .runner import model_name, seeds_of, student_paths
+from .scoring import read_continuations, read_generation, read_lm_scores, score
+from .sizes import QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_KINDS
+
+
+def finished(log):
+    """fairseq-train ran to its end (a checkpoint_best.pt alone may be from an interrupted run)."""
+    return fairseq_logs.finished(fairseq_logs.read(log))
+
+
+def has(path, text):
+    return os.path.isfile(path) and text in open(path).read()
+
+
+def plan(run, teacher, reused):
+    """The students to make and train: makes the initial students (stages), returns the models (method, budget, seed
+    or None if untrained, checkpoint or None if taken over with --reuse), the student each trained method starts from
+    ((method, budget) -> checkpoint) and the trainings (name, command, log, done, needs the seq-KD data)."""
+    args = run.args
+    models = [("teacher", None, None, teacher)]
+    inits_of, jobs = {}, []
+    for budget in args.budgets:  # in the order given: the first budget's every seed trains before the next budget
+        inits, key = student_paths(run, budget)
+        for kind, (tool, kind_flags) in STUDENT_KINDS.items():
+            if any(QUALITY_METHODS[m] and QUALITY_METHODS[m][0] == kind for m in args.methods):
+                init_flags = ["--init", args.init, "--data", args.data] if tool == "makd-init" else []
+                run.stage(f"{key}/{kind}", [tool, "--teacher", teacher, "--param-budget", str(budget), *init_flags,
+                                            *kind_flags, "--out", inits[kind]], run.path(key, f"{kind}.log"),
+                          lambda p=inits[kind]: os.path.isfile(p))
+        models += [(m, budget, None, inits[QUALITY_METHODS[m][0]]) for m in args.methods[1:]
+                   if QUALITY_METHODS[m][1] is None]
+        for seed in seeds_of(args, budget):
+            for method in args.methods[1:]:
+                init, flags = QUALITY_METHODS[method]
+                if flags is None:
+                    continue
+                save = run.path(key, method, f"seed{seed}")
+                log = os.path.join(save, "train.log")
+                inits_of[(method, budget)] = inits[init]
+                if (method, budget, seed) in reused and not finished(log):
+                    models.append((method, budget, seed, None))
+                    continue
+                data = run.path("seq_kd_data") if method in SEQ_KD_METHODS else None
+                jobs.append((model_name(method, budget, seed), train_command(
+                    args, teacher, inits[init], [*flags, "--seed", str(seed)], save, data=data), log,
+                    lambda p=log: finished(p), method in SEQ_KD_METHODS))
+                models.append((method, budget, seed, os.path.join(save, "checkpoint_best.pt")))
+    return models, inits_of, jobs
+
+
+def evaluations(run, models, lm):
+    """The evaluation stages of ``models`` and, per model, the files they write (None for a model taken over)."""
+    stages, outputs = [], []
+    for method, budget, seed, checkpoint in models:
+        name = model_name(method, budget, seed).replace("/", "_")
+        log = run.path("generate", name + ".txt")
+        if checkpoint is None:
+            outputs.append(None)
+        elif lm:
+            cont = run.path("generate", name + ".continuations.tsv")
+            stages.append((f"eval-lm {name}", eval_lm_command(run.args, checkpoint), log,
+                           lambda p=log: has(p, "Perplexity:")))
+            stages.append((f"continue {name}", continue_command(run.args, checkpoint, cont), cont + ".log",
+                           lambda p=cont: os.path.isfile(p)))
+            outputs.append((log, cont))
+        else:
+            stages.append((f"generate {name}", generate_command(run.args, checkpoint), log,
+                           lambda p=log: has(p, "Generate test with beam")))
+            outputs.append((log,))
+    return stages, outputs
+
+
+def time_generation(run, models):
+    """Each model's generation throughput, measured one model at a time (the first seed of a trained method whose
+    checkpoint is here; seeds taken over with ``--reuse`` have none): fairseq-generate on the test set with the
+    benchmark's beam, batch and threads; the 1-minute load average before each measurement is kept, so a reader can
+    tell a quiet machine from a busy one. Returns {(method, budget): speed, with the seed timed}."""
+    loads_path = run.path("timing", "load.json")
+    loads = json.load(open(loads_path)) if os.path.isfile(loads_path) else {}
+    speeds = {}
+    for method, budget, seed, checkpoint in models:
+        if checkpoint is None or (method, budget) in speeds:
+            continue
+        name = model_name(method, budget, seed)
+        log = run.path("timing", name.replace("/", "_") + ".txt")
+        done = lambda p=log: has(p, "Translated")  # noqa: E731
+        if not done():
+            loads[name] = round(os.getloadavg()[0], 2)
+            write_json(loads_path, loads)
+        run.stage(f"time {name}", generate_command(run.args, checkpoint), log, done)
+        speeds[(method, budget)] = {**fairseq_logs.generation_speed(fairseq_logs.read(log), log),
+                                    "load_before": loads.get(name), "seed": seed}
+    return speeds
+
+
+def score_models(args, models, outputs, reused, hyp_dir):
+    """{(method, budget, seed): (metrics, hypotheses)}, the scoring signatures and the references; every model's
+    hypotheses (and the references) kept in ``hyp_dir``."""
+    lm = args.task == "language_modeling"
+    scored, signatures, references = {}, {}, None
+    for (method, budget, seed, checkpoint), files in zip(models, outputs):
+        if files is None:
+            record, hyps = reused[(method, budget, seed)]
+            refs = references
+            metrics, signatures = score(args.task, hyps, refs)
+            if metrics != record["metrics"]:
+                raise SystemExit(f"benchmarks.quality: --reuse {args.reuse}: {model_name(method, budget, seed)} scores "
+                                 f"{metrics} here, {record['metrics']} there")
+        elif lm:
+            hyps, refs = read_continuations(files[1])
+            metrics, signatures = read_lm_scores(files[0], hyps, refs)
+        else:
+            hyps, refs = read_generation(*files)
+            metrics, signatures = score(args.task, hyps, refs)
+        if references is None:
+            references = refs
+            keep_text(os.path.join(hyp_dir, "references.txt.xz"), refs)
+        elif refs != references:
+            raise SystemExit(f"benchmarks.quality: {files[-1]} scores other test items than the teacher's generation")
+        keep_text(os.path.join(hyp_dir, model_name(method, budget, seed).replace("/", "_") + ".txt.xz"), hyps)
+        scored[(method, budget, seed)] = (metrics, hyps)
+    return scored, signatures, references
