@@ -15,6 +15,7 @@ times its target length, so encoder terms live on the same per-target-token scal
 source/target length ratio. fairseq then divides by the number of target tokens (``sample_size``).
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Dict, List, Optional
 
@@ -138,6 +139,23 @@ def positions_of(f: Feature) -> str:
     return "encoder" if f.attention == "encoder_attn" and f.name in ("k", "v") else f.stack
 
 
+def _autocast_state(device_type: str) -> dict:
+    """``torch.autocast`` arguments that re-enter the autocast state in force now on ``device_type``."""
+    return {"device_type": device_type, "enabled": torch.is_autocast_enabled(device_type),
+            "dtype": torch.get_autocast_dtype(device_type), "cache_enabled": torch.is_autocast_cache_enabled()}
+
+
+def in_fp32(loss):
+    """Form ``loss`` in fp32 under autocast too (``--amp``), which would run its vecdots in half precision."""
+    @functools.wraps(loss)
+    def wrapper(student: Tensor, *args, **kwargs):
+        with torch.autocast(student.device.type, enabled=False):
+            return loss(student, *args, **kwargs)
+
+    return wrapper
+
+
+@in_fp32
 def mse(student: Tensor, teacher: Tensor, weight: Tensor, relative: bool = False) -> Tensor:
     """Σ_positions weight · mean_channels (s − t)², in fp32. student/teacher: L x B x C; weight: B x L.
 
@@ -162,8 +180,12 @@ class _RecomputedMSE(torch.autograd.Function):
     s − t; the backward recomputes t = fn(x). Value and gradient are ``mse``'s: d/ds = 2 w (s − t) / (C · e)."""
 
     @staticmethod
-    def forward(ctx, student: Tensor, x: Tensor, weight: Tensor, fn, relative: bool) -> Tensor:
-        with torch.no_grad():
+    def forward(ctx, student: Tensor, x: Tensor, weight: Tensor, fn, relative: bool, autocast: dict) -> Tensor:
+        # t is computed under the caller's autocast state (``autocast``), as the teacher's forward computed it; the
+        # backward runs outside autocast (autograd's thread) and recomputes t under that same state, as
+        # torch.utils.checkpoint does, so the gradient belongs to the t the value was computed from
+        ctx.autocast = autocast
+        with torch.no_grad(), torch.autocast(**autocast):
             t = fn(x).float()
         coef = weight.t() / t.size(-1)  # L x B
         if relative:
@@ -176,48 +198,57 @@ class _RecomputedMSE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         student, x, coef = ctx.saved_tensors
-        with torch.no_grad():
+        with torch.no_grad(), torch.autocast(**ctx.autocast):
             g = ctx.fn(x).float().sub_(student.float())  # t − s; the backward runs before the student's, at the peak
-        return g.mul_((-2 * grad) * coef.unsqueeze(-1)).to(student.dtype), None, None, None, None
+        return g.mul_((-2 * grad) * coef.unsqueeze(-1)).to(student.dtype), None, None, None, None, None
 
 
 def recomputed_mse(student: Tensor, teacher: Recomputable, weight: Tensor, relative: bool = False) -> Tensor:
     """``mse(student, teacher(), weight, relative)`` keeping only the student feature and the teacher's input for the
     backward (see ``_RecomputedMSE``)."""
-    return _RecomputedMSE.apply(student, teacher.input.detach(), weight, teacher.fn, relative)
+    autocast = _autocast_state(student.device.type)
+    with torch.autocast(student.device.type, enabled=False):  # the loss in fp32, t under ``autocast``
+        return _RecomputedMSE.apply(student, teacher.input.detach(), weight, teacher.fn, relative, autocast)
 
 
 class _AttentionKL(torch.autograd.Function):
-    """Row-wise KL(p_t ‖ p_s) = Σ p_t log p_t − Σ p_t log p_s over the last dim, without autograd's copies.
+    """Row-wise KL(p_t ‖ p_s) = Σ p_t log p_t − Σ p_t log p_s over the last dim, in fp32, without autograd's copies.
 
-    Saves only p_s (which softmax's backward keeps anyway) and p_t; the gradient −p_t / p_s is formed in the
-    backward. Adding the smallest normal float inside the logs keeps 0 · log 0 = 0 at masked keys.
+    Saves only p_s (which softmax's backward keeps anyway) and p_t, in the dtype they come in: under half precision
+    no fp32 copy of a B·H·T·S map lives from the forward to the backward (fp32 ones exist only while a value or a
+    gradient is formed). The gradient −p_t / p_s is formed in the backward. Adding the smallest normal float inside
+    the logs keeps 0 · log 0 = 0 at masked keys.
     """
 
     @staticmethod
     def forward(ctx, p_s: Tensor, p_t: Tensor) -> Tensor:
         tiny = torch.finfo(torch.float32).tiny
         ctx.save_for_backward(p_s, p_t)
-        return torch.linalg.vecdot(p_t, (p_t + tiny).log_()) - torch.linalg.vecdot(p_t, (p_s + tiny).log_())
+        p_t = p_t.float()
+        return torch.linalg.vecdot(p_t, (p_t + tiny).log_()) - torch.linalg.vecdot(p_t, (p_s.float() + tiny).log_())
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         p_s, p_t = ctx.saved_tensors
-        g = p_s + torch.finfo(torch.float32).tiny
-        torch.div(p_t, g, out=g)
-        return g.mul_(grad.unsqueeze(-1).neg()), None
+        g = p_s.float() + torch.finfo(torch.float32).tiny  # a new fp32 tensor, also when p_s is fp32
+        torch.div(p_t.float(), g, out=g)
+        g.mul_(grad.unsqueeze(-1).neg())
+        # rows of weight 0 (padding) may be NaN (a query whose keys are all masked): their gradient is exactly 0
+        return g.masked_fill_((grad == 0).unsqueeze(-1), 0).to(p_s.dtype), None
 
 
+@in_fp32
 def attention_kl(student: Tensor, teacher: Tensor, weight: Tensor, heads: int) -> Tensor:
     """Σ_queries weight · mean_heads KL(teacher ‖ student), in fp32.
 
     student/teacher: (B * heads) x T x S probabilities (masked keys are exact zeros); weight: B x T.
     """
-    kl = _AttentionKL.apply(student.float(), teacher.float().detach())
+    kl = _AttentionKL.apply(student, teacher.detach())
     kl = kl.view(weight.size(0), heads, -1).mean(1)
     return torch.where(weight > 0, kl, kl.new_zeros(())).mul(weight).sum()  # padded rows may be NaN
 
 
+@in_fp32
 def output_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float,
               student_lprobs: Optional[Tensor] = None) -> Tensor:
     """Σ_tokens T² · KL(softmax(t/T) ‖ softmax(s/T)), in fp32. logits: B x T x V; mask: B x T.

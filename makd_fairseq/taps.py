@@ -8,7 +8,7 @@ are open, and back on exit; its per-head probabilities are read as the input of 
 tensor the attention output is computed from, no second attention computation.
 """
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Optional
 
@@ -95,8 +95,7 @@ class Taps:
         # value × scales[f] is the feature: fairseq multiplies q_proj's output *in place* by head_dim**-0.5
         # right after the projection, so a recorded q holds the scaled query (1.0 for every other feature)
         self.scales: Dict[Feature, float] = {}
-        self._handles = []
-        self._module_path = None
+        self._stack = ExitStack()
 
     def module_for(self, f: Feature) -> nn.Module:
         layers = getattr(self.model, f.stack).layers
@@ -126,31 +125,29 @@ class Taps:
 
     def __enter__(self) -> "Taps":
         modules = {f: self.module_for(f) for f in self.features}
-        self._module_path = module_path(a for a in map(self.attention_of, self.features) if a is not None)
-        self._module_path.__enter__()
-        for f, module in modules.items():
-            self.scales[f] = 1.0
-            if f.name == "q":
-                layer = getattr(self.model, f.stack).layers[f.layer]
-                self.scales[f] = 1.0 / getattr(layer, f.attention).scaling
-            if self.recompute and f.name in RECOMPUTABLE:
-                module, fn = self.recomputable(f)
-                handle = module.register_forward_pre_hook(
-                    lambda m, args, f=f, fn=fn: self.values.__setitem__(f, Recomputable(args[0], fn)))
-            elif f.name == "hidden" and f.layer == -1:
-                handle = module.register_forward_pre_hook(_input(self.values, f))
-            elif f.name in ("attn", "fc1"):  # the input of the dropout: probabilities / activation
-                handle = module.register_forward_pre_hook(_input(self.values, f))
-            else:
-                handle = module.register_forward_hook(_output(self.values, f))
-            self._handles.append(handle)
+        # every change to the model is undone by the stack: on exit, and when anything here fails midway
+        with ExitStack() as stack:
+            stack.enter_context(module_path(a for a in map(self.attention_of, self.features) if a is not None))
+            for f, module in modules.items():
+                self.scales[f] = 1.0
+                if f.name == "q":
+                    self.scales[f] = 1.0 / self.attention_of(f).scaling
+                if self.recompute and f.name in RECOMPUTABLE:
+                    module, fn = self.recomputable(f)
+                    handle = module.register_forward_pre_hook(
+                        lambda m, args, f=f, fn=fn: self.values.__setitem__(f, Recomputable(args[0], fn)))
+                elif f.name == "hidden" and f.layer == -1:
+                    handle = module.register_forward_pre_hook(_input(self.values, f))
+                elif f.name in ("attn", "fc1"):  # the input of the dropout: probabilities / activation
+                    handle = module.register_forward_pre_hook(_input(self.values, f))
+                else:
+                    handle = module.register_forward_hook(_output(self.values, f))
+                stack.callback(handle.remove)
+            self._stack = stack.pop_all()
         return self
 
     def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._module_path.__exit__(*exc)
+        self._stack.close()
         return False
 
 

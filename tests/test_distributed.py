@@ -1,4 +1,4 @@
-"""Data-parallel distillation: 2 CPU processes (gloo, legacy_ddp) equal 1 process with --update-freq 2."""
+"""Data-parallel distillation: 2 CPU processes (gloo) equal 1 process, with fairseq's legacy_ddp and with torch's DDP."""
 
 import re
 import socket
@@ -68,3 +68,33 @@ def test_two_processes_equal_one_with_update_freq_two(mt_data, teacher, student,
     student_params = torch.load(student)["makd"]["student_params"]  # counted by makd-init on the model
     assert int(params[1].replace(",", "")) == student_params
     assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoint_last.pt"]  # rank 0 writes, once
+
+
+WORKER = str(__import__("pathlib").Path(__file__).with_name("ddp_worker.py"))
+
+
+def test_pytorch_ddp_wrapping_two_processes_equal_one(mt_data, teacher, student, tmp_path):
+    """The student (and the criterion, when it owns parameters) in torch's DistributedDataParallel as fairseq's
+    default --ddp-backend pytorch_ddp wraps them on a GPU (fairseq itself cannot on CPU: it passes device_ids), with
+    find_unused_parameters off as fairseq's default: two gloo processes equal one, with terms of weight 0 present
+    and with parameters that get no gradient at all (the matrix aspect alone)."""
+    import sys
+
+    args = [str(mt_data), str(teacher), str(student)]
+    run(sys.executable, WORKER, "0", "1", "0", *args, tmp_path / "one.pt")
+    port = str(free_port())
+    ranks = [subprocess.Popen([sys.executable, WORKER, str(r), "2", port, *args, str(tmp_path / "two.pt")],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=600) for p in ranks]
+    assert all(p.returncode == 0 for p in ranks), outs[0][1][-3000:] + outs[1][1][-3000:]
+    one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert one.keys() == two.keys() and len(one) == 3
+    for name in one:
+        a, b = one[name], two[name]
+        assert len(b["losses"]) == len(a["losses"]) == 3
+        assert b["losses"] == pytest.approx(a["losses"], rel=1e-5), name
+        assert a["moved"] > 1e-4 and b["moved"] > 1e-4, name  # the updates trained something
+        assert set(b["params"]) == set(a["params"]), (name, set(b["params"]) ^ set(a["params"]))
+        for key, value in a["params"].items():
+            assert torch.allclose(b["params"][key], value, rtol=1e-4, atol=1e-6), (name, key)
+    assert any(k.startswith("projections.") for k in one["narrow dense, criterion with parameters"]["params"])

@@ -12,7 +12,7 @@ from makd_fairseq.aspects import (
     TERMS, attention_kl, build_table, map_layers, mse, output_kl, recomputed_mse, select_layers,
 )
 from makd_fairseq.criterions.makd import COMPONENTS, MakdConfig, MakdCriterion
-from makd_fairseq.taps import RECOMPUTABLE, Feature, Recomputable, Taps
+from makd_fairseq.taps import RECOMPUTABLE, Feature, Recomputable, Taps, shape_of
 
 DISTILL = ("loss_model", *TERMS)
 
@@ -29,7 +29,7 @@ def _setup(teacher, student, data, **overrides):
     cfg = MakdConfig(sentence_avg=False, **{"matrix_layers": "all", "layer_layers": "all",
                                             "hidn_embeddings": True, **overrides})
     task.load_dataset("valid")
-    return task, models[0].eval(), MakdCriterion(task, cfg)
+    return task, models[0].eval(), MakdCriterion(task, cfg, student_shape=shape_of(models[0]))
 
 
 def test_full_rank_student_has_zero_distillation_terms_and_gradients(teacher, full_rank_student, mt_data):
@@ -41,7 +41,7 @@ def test_full_rank_student_has_zero_distillation_terms_and_gradients(teacher, fu
         assert abs(values[term]) <= 1e-6, (term, values[term])
     # gradient of the distillation terms alone (cross-entropy is not zero at full rank)
     crit = MakdCriterion(task, MakdConfig(sentence_avg=False, ce_weight=0.0, matrix_layers="all",
-                                          layer_layers="all", hidn_embeddings=True))
+                                          layer_layers="all", hidn_embeddings=True), student_shape=shape_of(model))
     model.zero_grad()
     loss, sample_size, _ = crit(model, sample)
     loss.backward()
@@ -138,8 +138,10 @@ def test_fully_masked_attention_rows_never_give_nan():
     weight[:, 3] = 0  # that query is padding
     value = attention_kl(p_s, p_t, weight, heads=3)
     value.backward()
+    assert torch.isnan(p_t[:, 3]).all()  # the case this test is about
     assert torch.isfinite(value) and value > 0
-    assert torch.isfinite(p_s.grad[:, :3]).all()
+    assert torch.isfinite(p_s.grad).all()  # the fully masked row included
+    assert (p_s.grad[:, 3] == 0).all() and (p_s.grad[:, :3] != 0).any()
 
 
 def test_taps_read_what_the_model_computes(teacher, mt_data):
@@ -266,7 +268,7 @@ def test_bad_criterion_settings_are_clear_errors(teacher, half_student, mt_data)
     with pytest.raises(ValueError, match="has 2 layers"):
         _setup(teacher, half_student, mt_data, matrix_layers="3")
     with pytest.raises(ValueError, match="needs a task with a teacher"):
-        MakdCriterion(SimpleNamespace(target_dictionary=None), MakdConfig(sentence_avg=False))
+        MakdCriterion(SimpleNamespace(target_dictionary=None), MakdConfig(sentence_avg=False), student_shape={})
 
 
 def test_malformed_layer_settings_name_the_expected_forms():

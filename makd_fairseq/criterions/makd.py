@@ -13,13 +13,14 @@ term's features with ``--feature-norm teacher``), unweighted.
 """
 
 import math
+import weakref
 from dataclasses import dataclass, field
 
 import torch
 from fairseq import utils
 from fairseq.criterions import FairseqCriterion, register_criterion
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
-from fairseq.dataclass import FairseqDataclass
+from fairseq.dataclass import ChoiceEnum, FairseqDataclass
 from fairseq.logging import metrics
 from omegaconf import II
 from torch import nn
@@ -29,6 +30,9 @@ from ..taps import Taps, num_heads, shape_of
 
 COMPONENTS = ("loss_ce", "loss_model", *TERMS)
 FEATURE_NORMS = ("none", "teacher")
+# the terms read inside a layer (projections, FFN, attention maps): fairseq's --checkpoint-activations runs a layer's
+# first forward under no_grad, so these would carry no gradient (layer outputs and logits are outside that region)
+INSIDE_LAYER = ("loss_mha", "loss_ffn", "loss_attn")
 
 
 @dataclass
@@ -53,7 +57,7 @@ class MakdConfig(FairseqDataclass):
     hidn_embeddings: bool = field(default=False, metadata={
         "help": "also match the embedding outputs in loss_hidn"})
     # the default: benchmarks/results/sweep.json (validation nll at 50% on summarization and en->de)
-    feature_norm: str = field(default="teacher", metadata={
+    feature_norm: ChoiceEnum(FEATURE_NORMS) = field(default="teacher", metadata={
         "help": "scale of the MSE terms (loss_mha, loss_ffn, loss_hidn): none (squared activations, summed over the "
                 "features of a term) or teacher (each position's squared error divided by the teacher feature's "
                 "mean square there, so an untrained student starts near 1 whatever the width or activation scale; "
@@ -61,13 +65,16 @@ class MakdConfig(FairseqDataclass):
     recompute_teacher: bool = field(default=False, metadata={
         "help": "hold the teacher's q, k, v and fc1 activation as their module's (smaller) input and recompute them when "
                 "their loss is formed and again in its backward: less memory per update for more time (same loss and "
-                "gradients), like --checkpoint-activations for the student"})
+                "gradients). fairseq's --checkpoint-activations does not combine with the matrix aspect or loss_attn "
+                "(refused: the features they read inside a checkpointed layer would carry no gradient)"})
     sentence_avg: bool = II("optimization.sentence_avg")
 
 
 @register_criterion("makd", dataclass=MakdConfig)
 class MakdCriterion(FairseqCriterion):
-    def __init__(self, task, cfg: MakdConfig):
+    def __init__(self, task, cfg: MakdConfig, student_shape: dict):
+        """``student_shape``: ``taps.shape_of(student)``, which sizes the aspect table (and the projections into the
+        teacher's width); fairseq-train passes the one of the model the task built (``build_criterion``)."""
         super().__init__(task)
         if cfg.kd_temperature <= 0:
             raise ValueError(f"--kd-temperature must be > 0, got {cfg.kd_temperature}")
@@ -79,10 +86,11 @@ class MakdCriterion(FairseqCriterion):
         self.cfg = cfg
         teacher = task.teacher  # loads and checks the teacher now, before training starts
         tshape = shape_of(teacher)
-        student = getattr(task, "student_shape", None) or tshape
+        student = student_shape
         self.rows = build_table(cfg, {s: student[s]["layers"] for s in student},
                                 {s: tshape[s]["layers"] for s in tshape},
                                 {s: student[s]["attentions"] for s in student})
+        self.heads = {row: num_heads(teacher, row.teacher) for row in self.rows if row.loss == "kl"}
         self.projections = nn.ModuleDict()
         for stack in student:
             s, t = student[stack], tshape[stack]
@@ -107,8 +115,34 @@ class MakdCriterion(FairseqCriterion):
         self.last_use = {f: i for i, row in enumerate(self.rows) for f in (("s", row.student), ("t", row.teacher))}
         self.student_features = {row.student for row in self.rows}
         self.teacher_features = {row.teacher for row in self.rows}
+        self._checked_student = lambda: None
+
+    @classmethod
+    def build_criterion(cls, cfg: MakdConfig, task):
+        """fairseq's entry: the student's shape comes from the task, which built the student just before."""
+        shape = getattr(task, "student_shape", None)
+        if shape is None:
+            raise ValueError("criterion makd needs the student's shape: build the student with the task first "
+                             "(task.build_model, as fairseq-train does) or pass student_shape=shape_of(model)")
+        return cls(task, cfg, student_shape=shape)
+
+    def check_student(self, model) -> None:
+        """Once per model: refuse what would silently leave terms without gradient."""
+        if self._checked_student() is model:
+            return
+        checkpointed = [name for name, m in model.named_modules() if hasattr(m, "precheckpoint_forward")]
+        inside = sorted({row.term for row in self.rows if row.term in INSIDE_LAYER})
+        if checkpointed and inside:
+            raise ValueError(
+                f"--checkpoint-activations does not combine with {', '.join(inside)}: fairseq runs a checkpointed "
+                "layer's first forward without gradients, so the features these terms read inside it would train "
+                "nothing; drop --checkpoint-activations (--recompute-teacher saves the teacher's share of memory) or "
+                "set --matrix-weight 0 --attn-weight 0")
+        self._checked_student = weakref.ref(model)  # not the module itself: it would become a submodule
+
 
     def forward(self, model, sample, reduce=True):
+        self.check_student(model)
         teacher = self.task.teacher_for(model)
         # teacher first: its transient activations peak before the student's are allocated
         # --recompute-teacher: q, k, v and fc1 of the teacher are held as their (smaller) inputs and recomputed
@@ -126,9 +160,11 @@ class MakdCriterion(FairseqCriterion):
         values = {name: lprobs.new_zeros((), dtype=torch.float32) for name in COMPONENTS}
         values["loss_ce"] = loss_ce.float()
         T = self.cfg.kd_temperature
-        values["loss_model"] = output_kl(net_output[0], t_logits, mask.float(), T,
-                                         student_lprobs=lprobs.float() if T == 1 else None)
-        loss = self.cfg.ce_weight * values["loss_ce"] + self.cfg.model_weight * values["loss_model"]
+        loss = self.cfg.ce_weight * values["loss_ce"]
+        if self.cfg.model_weight > 0:  # weight 0: not computed (B x T x V fp32 tensors), logged as 0
+            values["loss_model"] = output_kl(net_output[0], t_logits, mask.float(), T,
+                                             student_lprobs=lprobs.float() if T == 1 else None)
+            loss = loss + self.cfg.model_weight * values["loss_model"]
 
         weights = position_weights(sample, pad)
         # each feature is let go once its last row is formed (s − t or the two attention maps are what stays), so the
@@ -140,8 +176,7 @@ class MakdCriterion(FairseqCriterion):
                     del taps.values[f]
             if row.term == "loss_hidn" and row.student.stack in self.projections:
                 s = self.projections[row.student.stack](s)
-            heads = num_heads(teacher, row.teacher) if row.loss == "kl" else None
-            value = row_loss(row, s, t, weights, heads,
+            value = row_loss(row, s, t, weights, self.heads.get(row),
                              (s_taps.scales[row.student], t_taps.scales[row.teacher]), self.relative)
             del s, t
             value = value * self.share[row.term]

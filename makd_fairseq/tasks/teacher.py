@@ -48,7 +48,9 @@ class TeacherMixin:
     """Gives a fairseq task a frozen teacher (``teacher``, ``teacher_for``) and the student's shape."""
 
     _teacher = None
-    student_shape = None  # the criterion sizes its aspect table from it
+    # the shape of the student this task built (fairseq-train builds the model, then the criterion): handed to the
+    # criterion by ``MakdCriterion.build_criterion``, which refuses to start without it
+    student_shape = None
 
     def build_model(self, cfg, from_checkpoint=False):
         model = super().build_model(cfg, from_checkpoint)
