@@ -34,7 +34,7 @@ INITS = ("svd", "whiten")
 # measured (benchmarks/results/sweep.json, the fixtures' test): spectrum allocation gives students a worse validation
 # nll than uniform, with plain and with whitened spectra alike; it stays available, with this warning
 SPECTRUM_WARNING = ("warning: --allocation spectrum has given students a worse validation nll than "
-                    "uniform in every measurement so far (README: makd-init); prefer uniform")
+                    "uniform in every measurement so far (docs/cli.md, makd-init; docs/benchmarks.md); prefer uniform")
 TABLE_HEADERS = ["matrix", "shape", "rank", "params before", "params after", "residual ‖W−W_r‖/‖W‖",
                  "output error ‖(W−W_r)X‖/‖WX‖ (valid)", "at inference"]
 
