@@ -250,15 +250,47 @@ def attention_kl(student: Tensor, teacher: Tensor, weight: Tensor, heads: int) -
 
 @in_fp32
 def output_kl(student_logits: Tensor, teacher_logits: Tensor, mask: Tensor, temperature: float,
-              student_lprobs: Optional[Tensor] = None) -> Tensor:
-    """Σ_tokens T² · KL(softmax(t/T) ‖ softmax(s/T)), in fp32. logits: B x T x V; mask: B x T.
+              student_lprobs: Optional[Tensor] = None, topk: int = 0) -> Tensor:
+    """Σ_tokens T² · KL(p_t ‖ softmax(s/T)), in fp32, p_t = softmax(t/T). logits: B x T x V; mask: B x T (0 drops a
+    position: padding, or a token that selective KD leaves out).
 
     ``student_lprobs``: log_softmax(s/T) in fp32 when the caller has it already (at T = 1, the model's own
-    normalized output), saving a softmax over the vocabulary and its backward."""
+    normalized output), saving a softmax over the vocabulary and its backward.
+    ``topk`` K > 0: p_t is the teacher's distribution at T restricted to its K most likely tokens and renormalized,
+    Σ_{i∈topK} p̃_t,i (log p̃_t,i − log p_s,i) with the student's log-probabilities over the whole vocabulary; the
+    teacher side is then B x T x K (no B x T x V tensor beyond the student's log-probabilities)."""
     lp_s = student_lprobs if student_lprobs is not None else F.log_softmax(student_logits.float() / temperature, -1)
-    lp_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    if topk > 0:
+        # the K largest logits are the K most likely tokens at any T > 0
+        top, index = teacher_logits.topk(min(topk, teacher_logits.size(-1)), dim=-1)
+        lp_t = F.log_softmax(top.float() / temperature, dim=-1)
+        lp_s = lp_s.gather(-1, index)
+    else:
+        lp_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
     kl = (lp_t.exp() * (lp_t - lp_s)).sum(-1)
     return (kl * mask).sum() * temperature ** 2
+
+
+def hardest_tokens(nll: Tensor, mask: Tensor, ratio: float) -> Tensor:
+    """B x T bool: the ``ratio`` fraction (rounded, at least one) of the positions in ``mask`` (B x T bool) with the
+    highest ``nll`` (B x T, the student's cross-entropy on the reference), for selective KD (Wang et al. 2021, batch
+    level). Ties go to the earlier position in the batch (a stable sort), so the choice is deterministic."""
+    n = int(mask.sum())
+    if ratio >= 1 or n == 0:
+        return mask
+    k = max(1, min(n, int(ratio * n + 0.5)))
+    scores = nll.detach().float().masked_fill(~mask, float("-inf")).flatten()
+    chosen = torch.zeros_like(scores, dtype=torch.bool)
+    chosen[scores.argsort(descending=True, stable=True)[:k]] = True
+    return chosen.view_as(mask)
+
+
+def anneal_factor(num_updates: int, anneal_updates: int) -> float:
+    """The intermediate (matrix and layer) terms' factor: max(0, 1 − num_updates / N), linear to 0 at update N;
+    1 when N is 0 (no annealing)."""
+    if anneal_updates <= 0:
+        return 1.0
+    return max(0.0, 1.0 - num_updates / anneal_updates)
 
 
 def row_loss(row: Row, student: Tensor, teacher: Tensor, weights: Dict[str, Tensor],

@@ -1,8 +1,12 @@
 """The ``makd`` criterion: cross-entropy plus the multi-aspect distillation terms, each logged by name.
 
     loss = ce_weight · loss_ce + model_weight · loss_model
-         + matrix_weight · (mha_weight · loss_mha + ffn_weight · loss_ffn)
-         + layer_weight · (attn_weight · loss_attn + hidn_weight · loss_hidn)
+         + f · matrix_weight · (mha_weight · loss_mha + ffn_weight · loss_ffn)
+         + f · layer_weight · (attn_weight · loss_attn + hidn_weight · loss_hidn)
+
+with ce_weight, model_weight = 1 − A, A under ``--kd-alpha A`` (fairseq's convex kd_label_smoothed_cross_entropy) and
+f = max(0, 1 − num_updates / N) under ``--anneal-updates N`` (else 1). ``--kd-topk`` and ``--kd-select-ratio`` change
+loss_model's target (the teacher's top K tokens) and its positions (the hardest tokens of the batch).
 
 Teacher and student run on the same batch; ``Taps`` read only the features the aspect table asks for.
 All terms are sums over target-token-scaled positions (see ``makd_fairseq.aspects``), so fairseq's division
@@ -14,7 +18,7 @@ term's features with ``--feature-norm teacher``), unweighted.
 
 import math
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import torch
 from fairseq import utils
@@ -25,7 +29,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 from torch import nn
 
-from ..aspects import TERMS, build_table, output_kl, position_weights, row_loss
+from ..aspects import TERMS, anneal_factor, build_table, hardest_tokens, output_kl, position_weights, row_loss
 from ..taps import Taps, num_heads, shape_of
 
 COMPONENTS = ("loss_ce", "loss_model", *TERMS)
@@ -62,12 +66,29 @@ class MakdConfig(FairseqDataclass):
                 "features of a term) or teacher (each position's squared error divided by the teacher feature's "
                 "mean square there, so an untrained student starts near 1 whatever the width or activation scale; "
                 "every intermediate term, loss_attn included, is then the mean over its features, not their sum)"})
+    # the KD target (issue 34's diagnosis); every default is the plain additive objective above
+    kd_alpha: float = field(default=-1.0, metadata={
+        "help": "convex form of fairseq's kd_label_smoothed_cross_entropy: loss_ce weighed 1 − A and loss_model A "
+                "(the matrix and layer terms as configured), A in [0, 1]; -1: off (--ce-weight, --model-weight "
+                "apply, and are refused when set with A)"})
+    kd_topk: int = field(default=0, metadata={
+        "help": "loss_model against the teacher's K most likely tokens at temperature T, renormalized (the student's "
+                "log-probabilities over the whole vocabulary); 0: the full vocabulary"})
+    kd_select_ratio: float = field(default=1.0, metadata={
+        "help": "selective KD (Wang et al. 2021, batch level): loss_model only on this fraction of the batch's target "
+                "tokens, those with the highest student cross-entropy on the reference; in (0, 1], 1: every token"})
+    anneal_updates: int = field(default=0, metadata={
+        "help": "multiply the matrix and layer aspects' weights by max(0, 1 − num_updates / N), linear to 0 at update "
+                "N (then neither computed nor tapped); logged as aspect_factor. 0: off"})
     recompute_teacher: bool = field(default=False, metadata={
         "help": "hold the teacher's q, k, v and fc1 activation as their module's (smaller) input and recompute them when "
                 "their loss is formed and again in its backward: less memory per update for more time (same loss and "
                 "gradients). fairseq's --checkpoint-activations does not combine with the matrix aspect or loss_attn "
                 "(refused: the features they read inside a checkpointed layer would carry no gradient)"})
     sentence_avg: bool = II("optimization.sentence_avg")
+
+
+DEFAULTS = {f.name: f.default for f in fields(MakdConfig)}
 
 
 @register_criterion("makd", dataclass=MakdConfig)
@@ -80,6 +101,25 @@ class MakdCriterion(FairseqCriterion):
             raise ValueError(f"--kd-temperature must be > 0, got {cfg.kd_temperature}")
         if cfg.feature_norm not in FEATURE_NORMS:
             raise ValueError(f"--feature-norm must be one of {FEATURE_NORMS}, got {cfg.feature_norm!r}")
+        # the weights of loss_ce and loss_model: the configured ones, or (1 − A, A) under --kd-alpha
+        self.ce_weight, self.model_weight = cfg.ce_weight, cfg.model_weight
+        if cfg.kd_alpha != -1:
+            if not 0 <= cfg.kd_alpha <= 1:
+                raise ValueError(f"--kd-alpha must be in [0, 1] (or -1: off), got {cfg.kd_alpha}")
+            changed = [f"--{name.replace('_', '-')} {getattr(cfg, name)}" for name in ("ce_weight", "model_weight")
+                       if getattr(cfg, name) != DEFAULTS[name]]
+            if changed:
+                raise ValueError(f"--kd-alpha sets the weights of loss_ce (1 − A) and loss_model (A): drop "
+                                 f"{' and '.join(changed)}")
+            self.ce_weight, self.model_weight = 1.0 - cfg.kd_alpha, cfg.kd_alpha
+        if cfg.kd_topk < 0:
+            raise ValueError(f"--kd-topk must be >= 0 (0: the full vocabulary), got {cfg.kd_topk}")
+        if not 0 < cfg.kd_select_ratio <= 1:
+            raise ValueError(f"--kd-select-ratio must be in (0, 1], got {cfg.kd_select_ratio}")
+        if cfg.anneal_updates < 0:
+            raise ValueError(f"--anneal-updates must be >= 0 (0: off), got {cfg.anneal_updates}")
+        # the trainer's update count, given by the task's train_step (``set_num_updates``); validation uses the last
+        self.num_updates = 0
         if not hasattr(task, "teacher_for"):
             raise ValueError("criterion makd needs a task with a teacher: --task makd_translation (or "
                              "makd_language_modeling) --teacher-path T.pt")
@@ -117,6 +157,15 @@ class MakdCriterion(FairseqCriterion):
         self.teacher_features = {row.teacher for row in self.rows}
         self._checked_student = lambda: None
 
+    def set_num_updates(self, num_updates: int) -> None:
+        """The update about to be computed (``TeacherMixin.train_step`` passes fairseq's ``update_num``)."""
+        self.num_updates = num_updates
+
+    @property
+    def aspect_factor(self) -> float:
+        """The factor of the matrix and layer aspects' weights now (``--anneal-updates``)."""
+        return anneal_factor(self.num_updates, self.cfg.anneal_updates)
+
     @classmethod
     def build_criterion(cls, cfg: MakdConfig, task):
         """fairseq's entry: the student's shape comes from the task, which built the student just before."""
@@ -144,11 +193,15 @@ class MakdCriterion(FairseqCriterion):
     def forward(self, model, sample, reduce=True):
         self.check_student(model)
         teacher = self.task.teacher_for(model)
+        # annealed to 0 (--anneal-updates), the table's rows are skipped as a weight of 0 would leave them out
+        factor = self.aspect_factor
+        rows = self.rows if factor > 0 else []
         # teacher first: its transient activations peak before the student's are allocated
         # --recompute-teacher: q, k, v and fc1 of the teacher are held as their (smaller) inputs and recomputed
-        with torch.no_grad(), Taps(teacher, self.teacher_features, recompute=self.cfg.recompute_teacher) as t_taps:
+        with torch.no_grad(), Taps(teacher, self.teacher_features if rows else (),
+                                   recompute=self.cfg.recompute_teacher) as t_taps:
             t_logits = teacher(**sample["net_input"])[0]
-        with Taps(model, self.student_features) as s_taps:
+        with Taps(model, self.student_features if rows else ()) as s_taps:
             net_output = model(**sample["net_input"])
 
         pad = self.padding_idx
@@ -160,16 +213,22 @@ class MakdCriterion(FairseqCriterion):
         values = {name: lprobs.new_zeros((), dtype=torch.float32) for name in COMPONENTS}
         values["loss_ce"] = loss_ce.float()
         T = self.cfg.kd_temperature
-        loss = self.cfg.ce_weight * values["loss_ce"]
-        if self.cfg.model_weight > 0:  # weight 0: not computed (B x T x V fp32 tensors), logged as 0
-            values["loss_model"] = output_kl(net_output[0], t_logits, mask.float(), T,
-                                             student_lprobs=lprobs.float() if T == 1 else None)
-            loss = loss + self.cfg.model_weight * values["loss_model"]
+        loss = self.ce_weight * values["loss_ce"]
+        extra = {}
+        if self.model_weight > 0:  # weight 0: not computed (B x T x V fp32 tensors), logged as 0
+            kd_mask = mask
+            if self.cfg.kd_select_ratio < 1:  # selective KD: the tokens the student finds hardest on the reference
+                nll = -lprobs.detach().gather(-1, target.unsqueeze(-1)).squeeze(-1)
+                kd_mask = hardest_tokens(nll, mask, self.cfg.kd_select_ratio)
+                extra["kd_tokens"] = kd_mask.sum()
+            values["loss_model"] = output_kl(net_output[0], t_logits, kd_mask.float(), T,
+                                             student_lprobs=lprobs.float() if T == 1 else None, topk=self.cfg.kd_topk)
+            loss = loss + self.model_weight * values["loss_model"]
 
         weights = position_weights(sample, pad)
         # each feature is let go once its last row is formed (s − t or the two attention maps are what stays), so the
         # features and the losses' tensors are never all alive together
-        for i, row in enumerate(self.rows):
+        for i, row in enumerate(rows):
             s, t = s_taps.values[row.student], t_taps.values[row.teacher]
             for side, taps, f in (("s", s_taps, row.student), ("t", t_taps, row.teacher)):
                 if self.last_use[(side, f)] == i:
@@ -181,15 +240,17 @@ class MakdCriterion(FairseqCriterion):
             del s, t
             value = value * self.share[row.term]
             values[row.term] = values[row.term] + value
-            loss = loss + row.weight * value
+            loss = loss + factor * row.weight * value
 
         ntokens = sample["ntokens"]
         sample_size = sample["target"].size(0) if self.cfg.sentence_avg else ntokens
         agree = (net_output[0].argmax(-1).eq(t_logits.argmax(-1)) & mask).sum()
+        if self.cfg.anneal_updates > 0:  # summable like every logged value: the factor times the sample size
+            extra["aspect_factor"] = factor * sample_size
         logging_output = {
             "loss": loss.data, "nll_loss": nll_loss.data, "ntokens": ntokens,
             "nsentences": sample["target"].size(0), "sample_size": sample_size, "agree": agree.data,
-            **{name: v.data for name, v in values.items()},
+            **{name: v.data for name, v in values.items()}, **extra,
         }
         return loss, sample_size, logging_output
 
@@ -206,6 +267,10 @@ class MakdCriterion(FairseqCriterion):
             metrics.log_scalar(name, total(name) / sample_size, sample_size, round=4)
         # weighted by tokens, the meter's average is Σ agree / Σ ntokens over the whole log interval
         metrics.log_scalar("agreement", 100.0 * total("agree") / max(ntokens, 1), ntokens, round=2)
+        if any("kd_tokens" in log for log in logging_outputs):  # --kd-select-ratio: % of tokens given loss_model
+            metrics.log_scalar("kd_selected", 100.0 * total("kd_tokens") / max(ntokens, 1), ntokens, round=2)
+        if any("aspect_factor" in log for log in logging_outputs):  # --anneal-updates
+            metrics.log_scalar("aspect_factor", total("aspect_factor") / sample_size, sample_size, round=4)
 
     @staticmethod
     def logging_outputs_can_be_summed() -> bool:

@@ -45,7 +45,8 @@ def first_difference(ours: Dictionary, theirs: Dictionary) -> str:
 
 
 class TeacherMixin:
-    """Gives a fairseq task a frozen teacher (``teacher``, ``teacher_for``) and the student's shape."""
+    """Gives a fairseq task a frozen teacher (``teacher``, ``teacher_for``), the student's shape, and the criterion the
+    update count (``train_step``)."""
 
     _teacher = None
     # the shape of the student this task built (fairseq-train builds the model, then the criterion): handed to the
@@ -56,6 +57,13 @@ class TeacherMixin:
         model = super().build_model(cfg, from_checkpoint)
         self.student_shape = shape_of(model)
         return model
+
+    def train_step(self, sample, model, criterion, optimizer, update_num, ignore_grad=False, **kwargs):
+        # the criterion's schedule (--anneal-updates) follows fairseq's update count, which only the task is given;
+        # validation then uses the last update's
+        if hasattr(criterion, "set_num_updates"):  # fairseq's DDP wrapper forwards the attribute
+            criterion.set_num_updates(update_num)
+        return super().train_step(sample, model, criterion, optimizer, update_num, ignore_grad, **kwargs)
 
     @property
     def task_config(self):
