@@ -32,6 +32,33 @@ TRAIN_COMMON = [
 ]
 
 
+# The files that take longest (seconds of one worker, measured with --durations on the 2-core machine: quality_seeds
+# 285, quality_benchmark 234, benchmarks 183, student 87, resume 82; the rest under 65). xdist's loadfile mode starts
+# files in order of their number of tests, which left these few-test files to the end and one worker idle for minutes;
+# starting them first lets the two workers finish together.
+LONGEST_FIRST = ("test_quality_seeds.py", "test_quality_benchmark.py", "test_benchmarks.py", "test_student.py",
+                 "test_resume.py")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadfile":
+        return None
+    from collections import OrderedDict
+
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node):
+            if not getattr(self, "_longest_first", False):  # the queue is complete at the first assignment
+                rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+                order = sorted(self.workqueue, key=lambda scope: rank.get(Path(scope).name, len(rank)))
+                self.workqueue = OrderedDict((scope, self.workqueue[scope]) for scope in order)
+                self._longest_first = True
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
+
 def run(*args, check=True, **kwargs):
     """Run a CLI; on failure show its output (the assertion message is all a CI log keeps)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
