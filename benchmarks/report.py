@@ -1,6 +1,7 @@
 """Tables and plots of benchmark results: the quality table (each metric, its share of the teacher's, the
-difference to makd with its interval and makd's standing), two quality runs side by side, the quality plot, and the
-speed and sweep tables. Every function takes the results dict its script writes as JSON."""
+difference to makd with its interval and makd's standing, and what the interval covers), two quality runs side by
+side, the quality plot, and the speed and sweep tables. Every function takes the results dict its script writes as
+JSON."""
 import textwrap
 
 from .scoring import METRICS
@@ -18,6 +19,21 @@ def vs_cell(vs):
     if vs is None:
         return "–"
     return f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs)}"
+
+
+def interval_note(result):
+    """The line under a quality table saying what its vs-makd intervals cover; None without any interval. Results
+    written before ``vs_makd`` said what it resampled (no ``resampled`` field) resampled test items only."""
+    vs = [v for m in result["methods"] for v in (m.get("vs_makd") or {}).values()]
+    if not vs:
+        return None
+    if all("resampled" in v for v in vs):
+        return ("vs makd: 95% interval of a paired bootstrap that resamples the test items and each method's seeds "
+                "(a row with one seed on both sides: the items only); it does not cover the teacher, one per run "
+                "(`python3 -m benchmarks.compare` puts a replicate teacher's run beside it).")
+    return ("vs makd: 95% interval of a paired bootstrap over test items only (seed-averaged scores, seeds not "
+            "resampled: `python3 -m benchmarks.rescore` recomputes it over items and seeds); it does not cover the "
+            "teacher, one per run.")
 
 
 def budget_label(budget):
@@ -47,6 +63,8 @@ def table(result):
         speed = "–" if not m.get("speed") else f"{m['speed']['sentences_per_s']:.2f}"
         lines.append(f"| {m['method']} | {budget} | {seeds} | {m['params']:,} | " + " | ".join(cells)
                      + f" | {share:.1f}% | {vs} | {nll} | {updates} | {speed} |")
+    if interval_note(result):
+        lines += ["", interval_note(result)]
     if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]):
         lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
                       "sources (what they are trained on), not against the references as the other rows."]

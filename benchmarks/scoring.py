@@ -1,11 +1,17 @@
 """Scores of a benchmark's kept outputs, as ``makd-score`` computes them: ROUGE for summaries, BLEU and chrF for
 translations, perplexity and ROUGE-L of continuations for language models; each method against makd with a paired
-bootstrap."""
+bootstrap over test items and seeds."""
 from makd_fairseq.fairseq_logs import LogError, eval_lm_result, read
 
 METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf"),
            "language_modeling": ("rougeL", "ppl")}
 PAIRED = {"summarization": ("rougeL",), "translation": ("bleu", "chrf"), "language_modeling": ("rougeL",)}
+# what a vs_makd interval covers (the results file's "paired_bootstrap" note)
+INTERVAL = ("vs_makd: metric(method) - metric(makd), 95% interval from 1,000 hierarchical paired resamples: each "
+            "draws the test items (the same for both methods) and, for each method independently, its seeds with "
+            "replacement; the statistic is the difference of the corpus metrics (BLEU/chrF from the items' sentence "
+            "statistics, ROUGE the item mean) averaged over the drawn seeds. It covers test items and student seeds, "
+            "not the teacher (one per run)")
 
 
 def read_generation(log):
@@ -49,10 +55,12 @@ def read_lm_scores(eval_log, hyps, refs):
                                                     f"of {len(hyps)} test descriptions from their first sentence"}
 
 
-def compare_with_makd(task, methods, models, scored, references):
-    """Every method's ``vs_makd``: its metric minus makd's at the same budget, with a paired-bootstrap 95% interval
-    (``makd_fairseq.score.paired_bootstrap``; each side's seeds averaged)."""
-    from makd_fairseq.score import paired_bootstrap
+def compare_with_makd(task, methods, models, scored, references, samples=1000):
+    """Every method's ``vs_makd``: its metric minus makd's at the same budget (each side's seeds averaged), with a
+    95% interval that resamples test items and each side's seeds (``makd_fairseq.score.seeds_and_items_bootstrap``;
+    ``INTERVAL``). ``models``: (method, budget, seed, checkpoint); ``scored``: (method, budget, seed) -> (metrics,
+    hypotheses)."""
+    from makd_fairseq.score import seeds_and_items_bootstrap
 
     def runs(method, budget):
         return [scored[(m, b, s)][1] for m, b, s, _ in models if (m, b) == (method, budget)]
@@ -60,5 +68,6 @@ def compare_with_makd(task, methods, models, scored, references):
         method, budget = entry["method"], entry["budget"]
         if budget is None or method == "makd" or not runs("makd", budget):
             continue
-        entry["vs_makd"] = {metric: paired_bootstrap(metric, runs(method, budget), runs("makd", budget), references)
+        entry["vs_makd"] = {metric: seeds_and_items_bootstrap(metric, runs(method, budget), runs("makd", budget),
+                                                              references, samples)
                             for metric in PAIRED[task]}

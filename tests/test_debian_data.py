@@ -176,3 +176,96 @@ def test_spm_and_fairseq_preprocess(tmp_path):
         # the manifest's hash covers the sentencepiece model and the binaries, not only the split text
         files = manifest(tmp_path)["files"]
         assert f"{task}/spm.vocab" in files and f"{task}/bin/test.{src}-{tgt}.{tgt}.bin" in files
+
+
+def test_containment_of_short_and_long_texts():
+    """A text of 10+ words is contained when half its word 10-grams lie in one indexed text; a text of 3 to 9 words
+    when it occurs whole (consecutive words, normalized) in one; shorter texts never (their exact copies are
+    grouped); ``short=False`` is the source-only check of the committed manifest (10-grams only)."""
+    long = "this package provides the command line tools to manage the foo daemon and its configuration files"
+    index = prepare.Containment([long, "Emacs major mode for editing Apache configuration files"])
+    assert index.contains("major mode for editing Apache")  # 5 words, whole in the second text
+    assert index.contains("Major mode, for editing apache!")  # normalized as the grouping normalizes
+    assert not index.contains("mode major for editing Apache")  # the same words, not consecutive
+    assert not index.contains("major mode") and not index.contains("major mode for editing Apache", short=False)
+    words = long.split()
+    half = " ".join(words[:12] + ["unrelated"] * 4)  # 7 10-grams, 3 of them in the long text: under half
+    assert not index.contains(half)
+    assert index.contains(" ".join(words[:14] + ["unrelated"] * 3))  # 8 10-grams, 5 in it: half
+    assert index.contains(" ".join(words[:14] + ["unrelated"] * 3), allowed=lambda j: j == 0)
+    assert not index.contains(" ".join(words[:14] + ["unrelated"] * 3), allowed=lambda j: j == 1)
+
+
+def planted_targets(tmp_path, n=30):
+    """A DDTP directory: the fixture excerpt plus, for n English records, a record of an unrelated package whose
+    synopsis is the original's without its first word and whose description shares no word with any other ->
+    (dir, {planted synopsis: original synopsis})."""
+    import lz4.frame
+
+    blocks = prepare.read_blocks(os.path.join(DDTP, "Translation-en.lz4"))
+    recs = [prepare.parse_record(b) for b in blocks]
+    chosen = [r for r in recs if r and 4 <= len(r["synopsis"].split()) <= 9][:n]
+    assert len(chosen) == n
+    planted, pairs = [], {}
+    for i, rec in enumerate(chosen):
+        synopsis = " ".join(rec["synopsis"].split()[1:])
+        body = " " + " ".join(f"tok{i}x{k}" for k in range(12))
+        planted.append("\n".join([f"Package: plantedtarget{i}q", f"Description-md5: {i + 1000:032x}",
+                                  f"Description-en: {synopsis}", body]))
+        pairs[synopsis] = rec["synopsis"]
+    d = tmp_path / "ddtp"
+    d.mkdir()
+    with lz4.frame.open(d / "Translation-en.lz4", "wt", encoding="utf-8") as f:
+        f.write("\n\n".join(blocks + planted) + "\n")
+    (d / "Translation-de.lz4").write_bytes(open(os.path.join(DDTP, "Translation-de.lz4"), "rb").read())
+    return d, pairs
+
+
+def contained_targets(out, split):
+    """Brute force, for the manifest's count: held-out synopses of 3 to 9 words inside one training synopsis, longer
+    ones with half their word 10-grams in one."""
+    def grams(words):
+        return {tuple(words[i:i + 10]) for i in range(len(words) - 9)}
+    train = [prepare.norm(t).split() for t in read_lines(out / "summarization" / "train.tgt")]
+    train_grams = [grams(t) for t in train]
+    hits = 0
+    for t in (prepare.norm(t).split() for t in read_lines(out / "summarization" / f"{split}.tgt")):
+        if len(t) >= 10:
+            hits += any(len(grams(t) & g) >= len(grams(t)) / 2 for g in train_grams)
+        elif len(t) >= 3:
+            hits += any(x[i:i + len(t)] == t for x in train for i in range(len(x) - len(t) + 1))
+    return hits
+
+
+def test_manifest_counts_targets_contained_in_training_targets_and_containment_keeps_them_out(tmp_path):
+    """Synopses planted as a training synopsis minus its first word escape the Jaccard grouping (other words, other
+    package): the manifest counts them among the targets contained in a training target (the count a brute-force
+    search gives); with --containment 0.5 none is held out while its original trains, and the manifest counts 0."""
+    lists, pairs = planted_targets(tmp_path)
+    res = run_prepare(tmp_path / "plain", "--no-spm", lists_dir=lists)
+    assert res.returncode == 0, res.stderr
+    leak = manifest(tmp_path / "plain")["near_duplicate_leakage"]["summarization"]
+    where = {t: s for s in SPLITS for t in read_lines(tmp_path / "plain" / "summarization" / f"{s}.tgt")}
+    crossing = [p for p, o in pairs.items() if where[p] != "train" and where[o] == "train"]
+    assert crossing  # some planted synopses are held out, their originals train
+    for split in ("valid", "test"):
+        assert leak[split]["containment"]["target"] == contained_targets(tmp_path / "plain", split)
+        assert leak[split]["containment"]["either"] >= leak[split]["containment"]["target"]
+    assert sum(leak[s]["containment"]["target"] for s in ("valid", "test")) >= len(crossing)
+    assert all(leak[s]["leaking"] == 0 for s in ("valid", "test"))  # the Jaccard check does not see them
+    res = run_prepare(tmp_path / "strict", "--no-spm", "--containment", "0.5", lists_dir=lists)
+    assert res.returncode == 0, res.stderr
+    strict = manifest(tmp_path / "strict")
+    assert strict["options"]["containment"] == 0.5
+    assert strict["counts"]["summarization"] == manifest(tmp_path / "plain")["counts"]["summarization"]
+    for task in prepare.TASKS:
+        for split in ("valid", "test"):
+            assert strict["near_duplicate_leakage"][task][split]["containment"] == {"source": 0, "target": 0,
+                                                                                    "either": 0}
+    assert contained_targets(tmp_path / "strict", "valid") == contained_targets(tmp_path / "strict", "test") == 0
+
+
+def test_containment_flag_checked(tmp_path):
+    res = run_prepare(tmp_path / "out", "--no-spm", "--containment", "-0.1")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "--containment" in res.stderr
+    assert not (tmp_path / "out").exists()

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from conftest import ROOT, run
-from makd_fairseq.score import paired_bootstrap
+from makd_fairseq.score import seeds_and_items_bootstrap
 
 QUALITY = ["-m", "benchmarks.quality"]  # run from the repository root (cwd=ROOT)
 
@@ -28,12 +28,24 @@ def binarized_fixture(tmp_path):
     return data
 
 
-def test_quality_benchmark_smoke_summarization(tmp_path):
+# seeds 1 and 2 at 50%, seed 1 at 60%
+FLAGS = ["--task", "summarization", "--size", "smoke", "--budgets", "0.6", "0.5", "--methods", "svd_only",
+         "svd_word_kd", "makd", "--seeds", "1", "2", "--seeded-budgets", "0.5", "--remove-bpe", "none"]
+
+
+@pytest.fixture(scope="module")
+def summarization_run(tmp_path_factory):
+    """One run of the benchmark (generation timed), shared by the tests of this file: (its directory, data, work)."""
+    tmp_path = tmp_path_factory.mktemp("summarization_run")
     data = binarized_fixture(tmp_path)
-    out, work = tmp_path / "summarization.json", tmp_path / "work"
-    run(sys.executable, *QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work", work,
-        "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
-        "--seeded-budgets", "0.5", "--time-generation", "--remove-bpe", "none", "--out", out, cwd=ROOT)
+    run(sys.executable, *QUALITY, *FLAGS, "--data", data, "--work", tmp_path / "work", "--time-generation",
+        "--out", tmp_path / "summarization.json", cwd=ROOT)
+    return tmp_path, data, tmp_path / "work"
+
+
+def test_quality_benchmark_smoke_summarization(summarization_run, tmp_path):
+    tmp_path, data, work = summarization_run
+    out = tmp_path / "summarization.json"
     result = json.loads(out.read_text())
     assert [(m["method"], m["budget"]) for m in result["methods"]] == [("teacher", None)] + [
         (m, b) for b in (0.6, 0.5) for m in ("svd_only", "svd_word_kd", "makd")]  # every budget
@@ -58,8 +70,8 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
     text = lambda name: lzma.decompress((kept / f"{name}.txt.xz").read_bytes()).decode().splitlines()  # noqa: E731
     refs = text("references")
     for budget, key, seeds in ((0.6, "b60", [1]), (0.5, "b50", [1, 2])):
-        expected = paired_bootstrap("rougeL", [text(f"{key}_svd_word_kd_seed{s}") for s in seeds],
-                                    [text(f"{key}_makd_seed{s}") for s in seeds], refs)
+        expected = seeds_and_items_bootstrap("rougeL", [text(f"{key}_svd_word_kd_seed{s}") for s in seeds],
+                                             [text(f"{key}_makd_seed{s}") for s in seeds], refs)
         assert by[("svd_word_kd", budget)]["vs_makd"] == {"rougeL": expected}
         assert "vs_makd" not in by[("makd", budget)]
     # generation timed one model at a time: fairseq-generate's own numbers, first seed only
@@ -69,12 +81,14 @@ def test_quality_benchmark_smoke_summarization(tmp_path):
     assert "| makd | 50% | 2 |" in table and " ± " in table and "| rougeL vs makd (95% CI) |" in table
     # --partial reports what has finished while a run goes on elsewhere, and trains nothing
     log = work / "b50" / "makd" / "seed2" / "train.log"
-    log.rename(log.with_suffix(".moved"))
-    partial = run(sys.executable, *QUALITY, "--task", "summarization", "--data", data, "--size", "smoke", "--work",
-                  work, "--budgets", "0.6", "0.5", "--methods", "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2",
-                  "--seeded-budgets", "0.5", "--remove-bpe", "none", "--partial", "--out", tmp_path / "partial.json",
-                  cwd=ROOT)
-    assert "fairseq-train" not in partial.stdout and not log.exists()
+    moved = log.with_suffix(".moved")
+    log.rename(moved)
+    try:
+        partial = run(sys.executable, *QUALITY, *FLAGS, "--data", data, "--work", work, "--partial",
+                      "--out", tmp_path / "partial.json", cwd=ROOT)
+    finally:
+        moved.rename(log)  # the run stays whole for the other tests of this file
+    assert "fairseq-train" not in partial.stdout
     result = json.loads((tmp_path / "partial.json").read_text())
     assert result["pending"] == ["b50/makd/seed2"]
     assert [r["seed"] for m in result["methods"] if (m["method"], m["budget"]) == ("makd", 0.5) for r in m["seeds"]] \
@@ -119,22 +133,24 @@ def test_table_says_where_makd_stands_against_each_method():
                      "svd_seq_kd": "+1.02 [+0.39, +1.64] makd behind", "makd": "–"}
 
 
-def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(tmp_path):
+def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(summarization_run, tmp_path):
     """--reuse (a run resumed on another machine): a fresh work directory retrains the teacher; once it writes the
     earlier run's test hypotheses, the earlier seeds are taken over from the results file and rescored, nothing else
     trains, and every number comes out as before. A teacher that writes other hypotheses is refused."""
-    data = binarized_fixture(tmp_path)
-    flags = ["--task", "summarization", "--data", data, "--size", "smoke", "--budgets", "0.5", "--methods",
-             "svd_only", "svd_word_kd", "makd", "--seeds", "1", "2", "--remove-bpe", "none"]
-    first = tmp_path / "first" / "summarization.json"
-    run(sys.executable, *QUALITY, *flags, "--work", tmp_path / "work", "--out", first, cwd=ROOT)
+    run_dir, data, _ = summarization_run
+    flags = [*FLAGS, "--data", data]
+    first = tmp_path / "first" / "summarization.json"  # the earlier run's results, as a user would have copied them
+    shutil.copytree(run_dir / "hypotheses", first.parent / "hypotheses")
+    shutil.copy(run_dir / "summarization.json", first)
     again = tmp_path / "again" / "summarization.json"
     proc = run(sys.executable, *QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", first, "--out", again,
                cwd=ROOT)
     assert "] teacher: fairseq-train" in proc.stdout  # the teacher trains again, on this "machine"
     assert not re.search(r"\] b50/\w+/seed\d: ", proc.stdout)  # the students do not
     before, after = json.loads(first.read_text()), json.loads(again.read_text())
-    assert after["reused"]["seeds"] == [f"b50/{m}/seed{s}" for s in (1, 2) for m in ("svd_word_kd", "makd")]
+    assert sorted(after["reused"]["seeds"]) == sorted(
+        [f"b60/{m}/seed1" for m in ("svd_word_kd", "makd")] + [f"b50/{m}/seed{s}" for s in (1, 2)
+                                                              for m in ("svd_word_kd", "makd")])
     for old, new in zip(before["methods"], after["methods"]):
         assert (new["method"], new["params"], new["metrics"], new["sd"]) == (
             old["method"], old["params"], old["metrics"], old["sd"])

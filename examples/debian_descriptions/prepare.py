@@ -12,11 +12,14 @@ Output: OUT/summarization/{train,valid,test}.{src,tgt,pkg}
 Near-duplicates never cross splits: items sharing a normalized text or a package
 family, or whose sources or targets have word 5-gram Jaccard similarity >= --near-dup
 (MinHash LSH candidates, confirmed by exact Jaccard), are grouped (union-find) and whole
-groups go to one split. The manifest records, per task and held-out split, the share of
-items whose nearest training item reaches that similarity (found with an independent
-MinHash: other seed, more permutations) and the sources holding half their word 10-grams
-in one training source, and one hash over the split text, the sentencepiece vocabularies
-and the binarized files (the same lists give the same hash wherever --out is).
+groups go to one split; with --containment, so do held-out items whose source or target
+is contained in a training item's (below). The manifest records, per task and held-out
+split, the share of items whose nearest training item reaches that similarity (found with
+an independent MinHash: other seed, more permutations), the sources holding half their word
+10-grams in one training source, and the sources, targets and items contained in a training
+source / target (half their word 10-grams in one; a text of 3 to 9 words: whole, as
+consecutive words, in one), and one hash over the split text, the sentencepiece
+vocabularies and the binarized files (the same lists give the same hash wherever --out is).
 """
 import argparse
 import glob
@@ -250,34 +253,53 @@ def group_ids(items, near_dup=0.5):
     return [find(k) for k in keys]
 
 
-def contained(queries, train, n=10, share=0.5):
-    """How many ``queries`` (texts) share at least ``share`` of their word ``n``-grams with one ``train`` text
-    (exact, through an inverted index): containment, which a Jaccard threshold misses when a short text is half of a
-    longer one."""
-    def grams(text):
+class Containment:
+    """Word ``n``-gram containment of query texts in one of a list of texts (exact, through inverted indexes), which
+    a Jaccard threshold misses when a short text is half of a longer one. A query of at least ``n`` words is
+    contained when ``share`` of its distinct n-grams lie in one text; a shorter one of at least ``min_words`` when
+    it occurs whole (consecutive normalized words) in one text; shorter texts only by their exact match, which the
+    grouping already keeps together."""
+
+    def __init__(self, texts, n=10, min_words=3):
+        self.n, self.min_words = n, min_words
+        self.texts = [" " + norm(t) + " " for t in texts]
+        self.grams, self.words = {}, {}
+        for i, text in enumerate(self.texts):
+            for g in self.ngrams(text.split()):
+                self.grams.setdefault(g, []).append(i)
+            for w in set(text.split()):
+                self.words.setdefault(w, []).append(i)
+
+    def ngrams(self, words):
+        return {" ".join(words[i:i + self.n]) for i in range(len(words) - self.n + 1)}
+
+    def contains(self, text, share=0.5, allowed=None, short=True):
+        """Whether ``text`` is contained in one indexed text (one whose index ``allowed(j)`` accepts, if given);
+        ``short``: also the whole-text test of queries under ``n`` words (off: those are never contained)."""
         words = norm(text).split()
-        return {" ".join(words[i:i + n]) for i in range(len(words) - n + 1)}
-    index = {}
-    for i, text in enumerate(train):
-        for g in grams(text):
-            index.setdefault(g, []).append(i)
-    hits = 0
-    for text in queries:
-        g = grams(text)
-        counts = {}
-        for x in g:
-            for j in index.get(x, ()):
-                counts[j] = counts.get(j, 0) + 1
-        hits += bool(counts) and max(counts.values()) >= share * len(g)
-    return hits
+        if len(words) >= self.n:
+            grams, counts = self.ngrams(words), {}
+            for g in grams:
+                for j in self.grams.get(g, ()):
+                    if allowed is None or allowed(j):
+                        counts[j] = counts.get(j, 0) + 1
+            return bool(counts) and max(counts.values()) >= share * len(grams)
+        if not short or len(words) < self.min_words:
+            return False
+        phrase = " " + " ".join(words) + " "
+        rarest = min((self.words.get(w, ()) for w in set(words)), key=len)
+        return any(phrase in self.texts[j] for j in rarest if allowed is None or allowed(j))
 
 
 def leakage(splits, threshold):
     """{split: items} -> {valid|test: share of items whose nearest train item (source or target word 5-gram
-    Jaccard, LSH candidates with a MinHash independent of the grouping's) reaches the threshold, and how many sources
-    hold half their word 10-grams in one training source}."""
+    Jaccard, LSH candidates with a MinHash independent of the grouping's) reaches the threshold, how many sources
+    hold half their word 10-grams in one training source, and how many sources, targets and items (either side) are
+    contained in one training source / target (``Containment``: half their 10-grams, or a text of 3 to 9 words
+    whole)}."""
     out = {}
     index = [NearDuplicates([it[side] for it in splits["train"]], threshold, num_perm=256, seed=2) for side in (0, 1)]
+    within = [Containment([it[side] for it in splits["train"]]) for side in (0, 1)]
     for split in ("valid", "test"):
         items = splits[split]
         near = [index[side].nearest([shingles(it[side]) for it in items]) for side in (0, 1)]
@@ -286,8 +308,10 @@ def leakage(splits, threshold):
                       "max_jaccard": max([max(a[0], b[0]) for a, b in zip(*near)], default=0.0),
                       # a stricter, grouping-independent view: sources holding half their word 10-grams in one
                       # training source (what the Jaccard grouping leaves: siblings sharing a long first paragraph)
-                      "source_10gram_containment": contained([it[0] for it in items],
-                                                             [it[0] for it in splits["train"]])}
+                      "source_10gram_containment": sum(within[0].contains(it[0], short=False) for it in items)}
+        hit = [[within[side].contains(it[side]) for it in items] for side in (0, 1)]
+        out[split]["containment"] = {"source": sum(hit[0]), "target": sum(hit[1]),
+                                     "either": sum(a or b for a, b in zip(*hit))}
     return out
 
 
@@ -296,24 +320,48 @@ def seeded_hash(seed, key):
     return int.from_bytes(hashlib.sha256(f"{seed}\0{key}".encode()).digest()[:8], "big")
 
 
-def split_items(items, seed, valid_size, test_size, near_dup=0.5):
+def split_items(items, seed, valid_size, test_size, near_dup=0.5, containment=0.0):
     """items -> {'train'|'valid'|'test': [item, ...]} keeping whole groups together.
     Groups are visited in seeded-hash order and fill valid, then test, up to their sizes;
-    groups larger than max(10, 5% of a held-out target) stay in train so no family dominates it."""
+    groups larger than max(10, 5% of a held-out target) stay in train so no family dominates it.
+    ``containment`` (0: off): a held-out group with an item whose source or target is contained in a training
+    item's (``Containment`` at this share) goes to train for good, and the held-out splits are filled again in the
+    same order, until no held-out item is contained."""
     if valid_size + test_size > len(items) // 3:
         log.warning("held-out sizes %d+%d are large for %d items", valid_size, test_size, len(items))
     gids = group_ids(items, near_dup)
     members = {}
     for item, g in zip(items, gids):
         members.setdefault(g, []).append(item)
-    need = {"valid": valid_size, "test": test_size}
-    where = {}
-    for g in sorted(members, key=lambda g: (seeded_hash(seed, g), g)):
-        size, where[g] = len(members[g]), "train"
-        for split in ("valid", "test"):
-            if size <= need[split] and size <= max(10, (valid_size if split == "valid" else test_size) // 20):
-                where[g], need[split] = split, need[split] - size
+    sizes = {"valid": valid_size, "test": test_size}
+    need = dict(sizes)
+    order = sorted(members, key=lambda g: (seeded_hash(seed, g), g))
+    where, barred = {g: "train" for g in order}, set()
+
+    def fill():
+        for g in order:
+            if where[g] != "train" or g in barred:
+                continue
+            size = len(members[g])
+            for split in ("valid", "test"):
+                if size <= need[split] and size <= max(10, sizes[split] // 20):
+                    where[g], need[split] = split, need[split] - size
+                    break
+    fill()
+    if containment:
+        index = [Containment([it[side] for it in items]) for side in (0, 1)]
+        in_train = lambda j: where[gids[j]] == "train"  # noqa: E731
+        while True:
+            bad = {gids[i] for i, it in enumerate(items) if where[gids[i]] != "train" and any(
+                index[side].contains(it[side], containment, in_train) for side in (0, 1))}
+            if not bad:
                 break
+            for g in sorted(bad):
+                need[where[g]] += len(members[g])
+                where[g] = "train"
+                barred.add(g)
+            fill()
+        log.info("containment: %d held-out groups moved to train", len(barred))
     out = {s: [] for s in SPLITS}
     for item, g in zip(items, gids):
         out[where[g]].append(item)
@@ -395,6 +443,10 @@ def parse_args(argv=None):
                    help="truncate summarization sources / skip translation pairs longer than this (0: no limit)")
     p.add_argument("--near-dup", type=float, default=0.5,
                    help="group items whose source or target word 5-gram Jaccard reaches this (0: off; default: %(default)s)")
+    p.add_argument("--containment", type=float, default=0.0,
+                   help="keep out of valid/test every group with an item whose source or target holds this share of "
+                        "its word 10-grams in one training source / target (3 to 9 words: occurs whole in one); "
+                        "0: off, the split of the committed data (default: %(default)s)")
     p.add_argument("--subset", type=int, default=0, help="cap train pairs per task at N, seeded sample (0: all)")
     p.add_argument("--spm-vocab", type=int, default=8000, help="sentencepiece vocab size per task (default: %(default)s)")
     p.add_argument("--no-spm", action="store_true", help="skip sentencepiece and fairseq-preprocess")
@@ -419,6 +471,8 @@ def main(argv=None):
         return fail(f"output path {args.out} exists and is not a directory")
     if not 0 <= args.near_dup <= 1:
         return fail(f"--near-dup must be a Jaccard similarity in [0, 1] (0: off), got {args.near_dup}")
+    if not 0 <= args.containment <= 1:
+        return fail(f"--containment must be a share of word 10-grams in [0, 1] (0: off), got {args.containment}")
 
     missing = lambda: [lang for lang in ("en", "de") if not find_lists(args.lists_dir, lang)]  # noqa: E731
     if missing() and os.path.abspath(args.lists_dir) == DEFAULT_LISTS:
@@ -440,12 +494,15 @@ def main(argv=None):
     for task, (items, default_size) in tasks.items():
         exts = TASKS[task]
         splits = split_items(items, args.seed, args.valid_size if args.valid_size is not None else default_size,
-                             args.test_size if args.test_size is not None else default_size, args.near_dup)
+                             args.test_size if args.test_size is not None else default_size, args.near_dup,
+                             args.containment)
         splits["train"] = subset(splits["train"], args.subset, args.seed)
         if args.near_dup:
             leaks[task] = leakage(splits, args.near_dup)
-            log.info("%s: held-out items with a training near-duplicate: %s", task,
-                     ", ".join(f"{s} {v['leaking']}/{v['items']}" for s, v in leaks[task].items()))
+            log.info("%s: held-out items with a training near-duplicate: %s; contained in a training source / "
+                     "target: %s", task, ", ".join(f"{s} {v['leaking']}/{v['items']}" for s, v in leaks[task].items()),
+                     ", ".join(f"{s} {v['containment']['source']} / {v['containment']['target']}"
+                               for s, v in leaks[task].items()))
         for split, part in splits.items():
             write_split(os.path.join(args.out, task), split, part, exts)
             written += [f"{task}/{split}.{e}" for e in exts + ("pkg",)]
