@@ -26,19 +26,44 @@ def device_flags(args):
     return ["--fp16"] if "--fp16" in STUDENT_TRAIN[args.size] else ["--cpu"]
 
 
+# the validation metric of ``--select-on metric`` per task (what --eval-metric logs: valid_bleu, valid_rougeL)
+VALID_METRIC = {"translation": "bleu", "summarization": "rougeL"}
+
+
+def selection_flags(args):
+    """How a student's checkpoint is chosen and its training stopped: validation nll (``--select-on nll``), or the
+    task's metric of beam-search hypotheses of the valid split with the test generation's flags (``metric``)."""
+    if getattr(args, "select_on", "nll") == "nll":
+        return ["--best-checkpoint-metric", "nll_loss"]
+    from makd_fairseq.validation import generation_args
+
+    metric = VALID_METRIC[args.task]
+    return ["--eval-metric", metric,
+            "--eval-metric-args", generation_args([*GENERATE[args.task], *shlex.split(args.generate_args)]),
+            *(["--eval-metric-remove-bpe", args.remove_bpe] if args.remove_bpe != "none" else []),
+            "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric"]
+
+
 def train_command(args, teacher, init, method_flags, save_dir, data=None):
     """fairseq-train distilling ``init`` from ``teacher`` on ``data`` (default: the benchmark's data)."""
     from makd_fairseq.student import distill_command
 
     return distill_command(data or args.data, teacher, init, [
         *common_flags(args.size), *STUDENT_TRAIN[args.size], "--keep-interval-updates", "1",
-        "--best-checkpoint-metric", "nll_loss", "--save-dir", save_dir, *method_flags])
+        *selection_flags(args), "--save-dir", save_dir, *method_flags])
+
+
+def seq_kd_splits(args):
+    """The splits whose targets sequence-level KD replaces by the teacher's outputs: train and valid, so that the nll
+    rule validates a seq-KD student on what it is trained to produce; train alone under ``--select-on metric``, whose
+    rule scores the valid split's references (the quality that is measured)."""
+    return "train" if getattr(args, "select_on", "nll") == "metric" else "train,valid"
 
 
 def teacher_data_command(args, teacher, out):
-    """makd-teacher-data: train and valid with the teacher's beam outputs as targets (sequence-level KD)."""
+    """makd-teacher-data: the ``seq_kd_splits`` with the teacher's beam outputs as targets (sequence-level KD)."""
     return ["makd-teacher-data", "--teacher", teacher, "--data", args.data, "--out", out,
-            "--splits", "train,valid", *GENERATE[args.task], "--batch-size", str(args.batch_size),
+            "--splits", seq_kd_splits(args), *GENERATE[args.task], "--batch-size", str(args.batch_size),
             *(["--cpu"] if device_flags(args) == ["--cpu"] else [])]
 
 

@@ -11,13 +11,17 @@
    fewer copied layers, as in shrink-and-fine-tune).
 3. Sequence-level KD data, if a ``sizes.SEQ_KD_METHODS`` method runs: ``makd-teacher-data --splits train,valid``
    writes WORK/seq_kd_data, the data with every train and valid target replaced by the teacher's beam output (the
-   generation flags of step 5).
+   generation flags of step 5; ``--splits train`` with ``--select-on metric``).
 4. ``sizes.QUALITY_METHODS``: every trained method starts from its student and runs ``fairseq-train`` with the same
    flags and seed until it converges (``sizes.until_converged``: validation every N updates, ``--patience``
    validations without a lower ``nll_loss``, a cap on updates); ``--best-checkpoint-metric nll_loss`` (the one number
    every criterion logs alike) picks the checkpoint. Each method is validated on the targets it is trained on: the
    references, or for the seq-KD methods the teacher's outputs for the valid sources (on the references their nll
    rises while their own objective still falls, and the rule would stop them after a few hundred updates).
+   ``--select-on metric`` chooses and stops on the task's metric instead (BLEU, ROUGE-L of beam-search hypotheses of
+   the valid split with step 5's generation flags: ``--eval-metric``, makd_fairseq/validation.py), for every method
+   on the references (the seq-KD data then replaces the train targets only); either way every validation's nll and
+   metric (when logged) are kept in each seed's record as its ``curve``.
    ``--jobs`` runs that many at once, one thread each.
 5. ``fairseq-generate`` with beam search on the test set, sentencepiece removed; summarization is scored with
    ``rouge-score`` (ROUGE-1/2/L F1, Porter stemming), translation with sacreBLEU (BLEU and chrF, signatures kept).
@@ -42,7 +46,8 @@ from makd_fairseq.files import git_state, write_json, write_text
 
 from . import RESULTS
 from .archive import reusable_seeds
-from .commands import flag_value, generate_command, teacher_command, teacher_data_command
+from .commands import (flag_value, generate_command, selection_flags, seq_kd_splits, teacher_command,
+                       teacher_data_command)
 from .provenance import command, hardware
 from .records import method_entries, seq_kd_manifest, teacher_arch
 from .report import plot, table
@@ -85,6 +90,10 @@ def parse(argv):
                                              "benchmarks/results/hypotheses/<task> next to --out)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per job")
+    parser.add_argument("--select-on", choices=("nll", "metric"), default="nll",
+                        help="students' checkpoint choice and stopping: validation nll (default), or the task's "
+                             "metric by beam search on the valid split (translation BLEU, summarization ROUGE-L; "
+                             "the teacher's recipe is unchanged)")
     parser.add_argument("--init", choices=("whiten", "svd"), default="whiten",
                         help="makd-init's factors for every low-rank student: whitened on the train split's inputs "
                              "(default; benchmarks/results/sweep.json) or the plain truncated SVD")
@@ -102,6 +111,8 @@ def parse(argv):
     args.methods = args.methods or list(LM_METHODS if lm else QUALITY_METHODS)
     if lm and "dense_sft_kd" in args.methods:
         parser.error("dense_sft_kd (makd-shrink) is for encoder-decoder models, not --task language_modeling")
+    if lm and args.select_on == "metric":
+        parser.error("--select-on metric is for encoder-decoder tasks: a language model's perplexity is its nll")
     if lm and set(SEQ_KD_METHODS) & set(args.methods):
         parser.error(f"{', '.join(SEQ_KD_METHODS)} decode sources with the teacher: encoder-decoder models only, "
                      "not --task language_modeling")
@@ -149,6 +160,12 @@ def main(argv=None):
 
     models, inits_of, jobs = plan(run, teacher, reused)
     seq_kd_data, seq_kd_lock = run.path("seq_kd_data"), threading.Lock()
+    built = os.path.join(seq_kd_data, "teacher_data.json")
+    if set(SEQ_KD_METHODS) & set(args.methods) and os.path.isfile(built) \
+            and ",".join(json.load(open(built))["splits"]) != seq_kd_splits(args):
+        raise SystemExit(f"benchmarks.quality: {seq_kd_data} holds the teacher's outputs for "
+                         f"{','.join(json.load(open(built))['splits'])}; --select-on {args.select_on} needs them for "
+                         f"{seq_kd_splits(args)}: use another --work")
 
     def train(name, cmd, log, done, needs_seq_kd):
         if needs_seq_kd and not done():
@@ -184,6 +201,7 @@ def main(argv=None):
         "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size]),
         "stopping": {name.strip("-").replace("-", "_"): int(flag_value(STUDENT_TRAIN[args.size], name))
                      for name in ("--max-update", "--patience", "--validate-interval-updates")},
+        "checkpoint_selection": " ".join(selection_flags(args)),
         "seq_kd_data": seq_kd_manifest(seq_kd_data),
         "generation": "greedy continuations, 40 new tokens" if lm else " ".join(GENERATE[args.task]),
         "speed": None if not speeds else "fairseq-generate's sentences/s on the test set, one model at a time, "

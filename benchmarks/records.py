@@ -1,29 +1,35 @@
 """What a quality results file says of each model: per seed its scores and training record (best validation nll,
-updates, early stop, resumptions, the commits it trained at), per method and budget the mean and sd over seeds."""
+updates, early stop, resumptions, the validation curve, the commits it trained at), per method and budget the mean
+and sd over seeds."""
 import json
 import os
 import statistics
 
 from makd_fairseq import fairseq_logs
 
+from .commands import VALID_METRIC
 from .runner import first_seed
 
 
-def training_record(log):
-    """Best validation nll, updates, early stop and resumptions of a json-format fairseq-train log (None, None,
-    False, None when there is no log: a teacher given with --teacher)."""
+def training_record(log, metric=None):
+    """Best validation nll, updates, early stop, resumptions and the validation curve (``[updates, valid nll, valid
+    metric]`` per validation; the metric None where --eval-metric did not log it) of a json-format fairseq-train log
+    (None, None, False, None, None when there is no log: a teacher given with --teacher)."""
     if not os.path.isfile(log):
-        return {"valid_nll": None, "updates": None, "early_stopped": False, "resumed_at": None}
+        return {"valid_nll": None, "updates": None, "early_stopped": False, "resumed_at": None, "curve": None}
     text = fairseq_logs.read(log)
     return {"valid_nll": fairseq_logs.best_valid_nll(text), "updates": fairseq_logs.last_updates(text),
-            "early_stopped": fairseq_logs.early_stopped(text), "resumed_at": fairseq_logs.resumed_at(text)}
+            "early_stopped": fairseq_logs.early_stopped(text), "resumed_at": fairseq_logs.resumed_at(text),
+            "curve": fairseq_logs.valid_curve(text, ("nll_loss", metric)) if metric
+            else [row + [None] for row in fairseq_logs.valid_curve(text)]}
 
 
 def seed_record(run, method, seed, checkpoint, metrics):
-    """One trained model: its scores, best validation nll, updates, and the commit(s) it was trained at."""
+    """One trained model: its scores, best validation nll, updates, validation curve, and the commit(s) it was
+    trained at."""
     log = run.path("teacher.log") if method == "teacher" else os.path.join(os.path.dirname(checkpoint), "train.log")
     prov = log + ".provenance.json"
-    return {"seed": seed, "metrics": metrics, **training_record(log),
+    return {"seed": seed, "metrics": metrics, **training_record(log, VALID_METRIC.get(run.args.task)),
             "checkpoint": os.path.relpath(checkpoint, run.work),
             "trained_at": [{k: r[k] for k in ("commit", "dirty", "started")} for r in json.load(open(prov))]
             if os.path.isfile(prov) else None}

@@ -8,7 +8,9 @@ Stages, each reused when its output exists (an interrupted training continues fr
 2. ``train``: ``fairseq-train`` with the method's criterion (``student.distill_command``); fairseq's lines kept in
    DIR/train.log as they come (and shown live unless ``--quiet``), a progress bar over the update cap with the last
    validation; validation every ``--validate-interval-updates``, stop after ``--patience`` validations without a
-   lower nll, at most ``--max-update``; the best validation nll is kept: DIR/student.pt.
+   better value, at most ``--max-update``; the checkpoint with the best value is kept: DIR/student.pt. The value is
+   the validation nll (``--select-on nll``), or with ``--select-on metric`` the main metric of beam-search
+   hypotheses of the valid split (``validation.py``: ``--eval-metric``; the test generation's beam and lengths).
 3. ``evaluate``: ``fairseq-generate`` on the test split for teacher and student with the same beam, batch and
    threads (``fairseq-eval-lm`` for language models), scored with ``score``'s functions; the generation speed is
    fairseq's own sentences/s (tokens/s for language models) of those runs.
@@ -28,6 +30,7 @@ import sys
 from . import fairseq_logs
 from .files import USER_DIR, copy_file, git_commit, save_torch, write_json, write_text
 from .student import OPTIMIZATION, distill_command
+from .validation import FOR_SCORE_METRIC, generation_args
 
 MANIFEST = "compress.json"
 METRICS = ("rouge", "bleu", "chrf", "ppl")
@@ -87,6 +90,24 @@ def init_student(args, state):
     return student, ranks_table(rows, totals)
 
 
+def selection(args) -> str:
+    """The validation value that chooses the checkpoint and stops training: nll_loss, or the main metric's key as
+    ``--eval-metric`` logs it (bleu, chrf, rougeL)."""
+    return "nll_loss" if args.select_on == "nll" else FOR_SCORE_METRIC[args.metric]
+
+
+def selection_flags(args) -> list:
+    """fairseq-train's flags choosing the checkpoint on ``selection(args)`` (the metric: validated by generation with
+    the test generation's beam and lengths, BPE removed as for scoring)."""
+    if args.select_on == "nll":
+        return ["--best-checkpoint-metric", "nll_loss"]
+    metric = selection(args)
+    generation = generation_args(["--beam", str(args.beam), *shlex.split(args.eval_args)])
+    return ["--eval-metric", metric, "--eval-metric-args", generation,
+            *(["--eval-metric-remove-bpe", args.remove_bpe] if args.remove_bpe != "none" else []),
+            "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric"]
+
+
 def train_flags(args, lm) -> list:
     """fairseq-train's flags after ``distill_command``'s: task settings, method, optimisation, schedule, output."""
     every = str(args.validate_interval_updates)
@@ -94,18 +115,19 @@ def train_flags(args, lm) -> list:
             "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update),
             "--validate-interval-updates", every, "--save-interval-updates", every,
             "--validate-interval", "1000000", "--save-interval", "1000000", "--patience", str(args.patience),
-            "--keep-interval-updates", "1", "--best-checkpoint-metric", "nll_loss",
+            "--keep-interval-updates", "1", *selection_flags(args),
             "--save-dir", os.path.join(args.out, "train"), *([] if args.gpu else ["--cpu"]),
             *shlex.split(args.fairseq_args), *([] if lm else ["--skip-invalid-size-inputs-valid-test"])]
 
 
 class TrainProgress:
     """A tqdm bar over the update cap, fed with fairseq-train's ``--log-format json`` lines as they come: the updates
-    reached and the last validation ("valid nll 3.21 @ 400")."""
+    reached and the last validation ("valid nll 3.21 @ 400", "valid nll 3.21 @ 400, bleu 12.3" with a metric)."""
 
-    def __init__(self, total: int, initial: int = 0, file=None):
+    def __init__(self, total: int, initial: int = 0, file=None, metric: str = None):
         from tqdm import tqdm
 
+        self.metric = metric
         file = file or sys.stderr
         self.bar = tqdm(total=total, initial=min(initial, total), unit="update", desc="[makd-compress] train",
                         file=file, mininterval=0.5 if file.isatty() else 30, dynamic_ncols=True)
@@ -118,7 +140,10 @@ class TrainProgress:
             if updates > self.bar.n:
                 self.bar.update(min(updates, self.bar.total) - self.bar.n)
             if "valid_nll_loss" in record:
-                self.bar.set_postfix_str(f"valid nll {float(record['valid_nll_loss']):.2f} @ {updates}")
+                text = f"valid nll {float(record['valid_nll_loss']):.2f} @ {updates}"
+                if self.metric and f"valid_{self.metric}" in record:
+                    text += f", {self.metric} {float(record[f'valid_{self.metric}']):.2f}"
+                self.bar.set_postfix_str(text)
 
     def close(self) -> None:
         self.bar.close()
@@ -146,8 +171,11 @@ def run_logged(cmd, log, live=True, progress=None):
 
 
 def train(args, lm, student_path: str, log: str) -> None:
-    """Distill until validation nll stops falling (resumes from DIR/train/checkpoint_last.pt)."""
-    progress = TrainProgress(args.max_update, fairseq_logs.last_updates(fairseq_logs.read(log)) or 0)
+    """Distill until the validation value (``selection``) stops improving (resumes from
+    DIR/train/checkpoint_last.pt)."""
+    metric = selection(args)
+    progress = TrainProgress(args.max_update, fairseq_logs.last_updates(fairseq_logs.read(log)) or 0,
+                             metric=None if metric == "nll_loss" else metric)
     try:
         run_logged(distill_command(args.data, args.teacher, student_path, train_flags(args, lm)), log,
                    live=not args.quiet, progress=progress)
@@ -218,7 +246,9 @@ def report_markdown(r):
               f"Main metric: {main_metric}, student keeps {100 * r['metric_ratio']:.1f}% of the teacher's "
               "(for perplexity: teacher / student)." if r["metric_ratio"] is not None else "",
               f"Training: {r['training']['updates']} updates, best validation nll {r['training']['best_valid_nll']} "
-              f"bits, {r['training']['seconds']} s.", "", "Ranks (makd-init):", "", "```", r["ranks_table"].rstrip(),
+              f"bits, {r['training']['seconds']} s.",
+              f"Checkpoint chosen and training stopped on validation {r['training']['selected_on']}: best "
+              f"{r['training']['best_valid']}.", "", "Ranks (makd-init):", "", "```", r["ranks_table"].rstrip(),
               "```", "", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
 
@@ -231,6 +261,7 @@ def report(args, lm, manifest, results, wall_s) -> dict:
     path = lambda *p: os.path.join(args.out, *p)  # noqa: E731
     init_state = load_checkpoint(path("init.pt"))
     train_log = fairseq_logs.read(path("train.log"))
+    selected_on = selection(args)
     (t_scores, signatures, t_speed), (s_scores, _, s_speed) = results["teacher"], results["student"]
     main_metric = {"rouge": "rougeL", "bleu": "bleu", "chrf": "chrf", "ppl": "ppl"}[args.metric]
     ratio = (t_scores[main_metric] / s_scores[main_metric] if main_metric == "ppl"
@@ -247,6 +278,7 @@ def report(args, lm, manifest, results, wall_s) -> dict:
         "metric_ratio": ratio, "speedup": s_speed[speed_key] / t_speed[speed_key], "signatures": signatures,
         "training": {"updates": fairseq_logs.last_updates(train_log),
                      "best_valid_nll": fairseq_logs.best_valid_nll(train_log),
+                     "selected_on": selected_on, "best_valid": fairseq_logs.best_valid(train_log, selected_on),
                      "seconds": fairseq_logs.training_seconds(train_log),
                      "early_stopped": fairseq_logs.early_stopped(train_log)},
         "ranks_table": table, "arguments": manifest["arguments"], "command": manifest["command"],
@@ -276,7 +308,7 @@ def write_report(args, r) -> None:
 
 
 def keep_best(args) -> None:
-    """DIR/student.pt: the checkpoint with the best validation nll."""
+    """DIR/student.pt: the checkpoint with the best validation value (``selection``)."""
     if not os.path.isfile(os.path.join(args.out, "student.pt")):
         copy_file(os.path.join(args.out, "train", "checkpoint_best.pt"), os.path.join(args.out, "student.pt"))
 

@@ -66,6 +66,30 @@ def best_valid_nll(text: str) -> Optional[float]:
     return min(values) if values else None
 
 
+def best_valid(text: str, key: str = "nll_loss") -> Optional[float]:
+    """The best validation ``valid_<key>``: the lowest nll or loss, the highest of anything else (a metric, e.g. the
+    bleu or rougeL of ``--eval-metric``); None when no validation logged it."""
+    values = valid_values(text, key)
+    if not values:
+        return None
+    return min(values) if key in ("nll_loss", "loss", "ppl") else max(values)
+
+
+def valid_curve(text: str, keys=("nll_loss",)) -> List[list]:
+    """``[updates, valid_<key>, ...]`` for every validation in order (None where a validation lacks a key; nll_loss
+    falls back to valid_loss as in ``valid_values``)."""
+    rows = []
+    for r in records(text):
+        if "valid_num_updates" not in r:
+            continue
+        row = [int(float(r["valid_num_updates"]))]
+        for key in keys:
+            value = r.get(f"valid_{key}", r.get("valid_loss") if key == "nll_loss" else None)
+            row.append(None if value is None else float(value))
+        rows.append(row)
+    return rows
+
+
 def last_updates(text: str) -> Optional[int]:
     """The number of updates the log reached (its last ``*num_updates``)."""
     found = [v for r in records(text) for k, v in r.items() if k.endswith("num_updates")]

@@ -1,7 +1,8 @@
 """``makd-compress``: teacher + data + budget -> a distilled low-rank student and a report, in one command.
 
     makd-compress --teacher T.pt --data BIN --param-budget 0.5 --out DIR
-                  [--method makd|word_kd|ce] [--max-update N] [--metric rouge|bleu|chrf|ppl] [--fairseq-args "..."]
+                  [--method makd|word_kd|ce] [--max-update N] [--metric rouge|bleu|chrf|ppl] [--select-on nll|metric]
+                  [--fairseq-args "..."]
 
 The stages (init, train, evaluate, report), each reused when its output exists: ``makd_fairseq.compress``.
 """
@@ -34,7 +35,12 @@ def get_parser():
     parser.add_argument("--calibration-tokens", type=int, default=32768)
     parser.add_argument("--max-update", type=int, default=3000, help="cap on training updates")
     parser.add_argument("--validate-interval-updates", type=int, default=100)
-    parser.add_argument("--patience", type=int, default=3, help="validations without a lower nll before stopping")
+    parser.add_argument("--patience", type=int, default=3,
+                        help="validations without a better value (--select-on) before stopping")
+    parser.add_argument("--select-on", choices=("nll", "metric"), default="nll",
+                        help="choose the checkpoint and stop on the validation nll, or on --metric of beam-search "
+                             "hypotheses of the valid split (--beam, the lengths in --eval-args; logged as "
+                             "valid_bleu / valid_chrf / valid_rougeL)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--metric", choices=METRICS, help="default: ppl for language models, else rouge")
@@ -56,6 +62,8 @@ def main(argv=None) -> int:
         logging.getLogger().setLevel(logging.WARNING)
     started = time.time()
     arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet")}
+    if args.select_on == "nll":  # the default, as before --select-on existed: a run started then resumes
+        del arguments["select_on"]
     arguments.update(teacher=os.path.abspath(args.teacher), data=os.path.abspath(args.data))
     manifest = {"arguments": arguments,
                 "command": shlex.join(["makd-compress", *(argv if argv is not None else sys.argv[1:])])}
@@ -73,6 +81,9 @@ def main(argv=None) -> int:
         if (args.metric == "ppl") != lm:
             raise CompressError(f"--metric {args.metric} does not fit a {'decoder-only' if lm else 'sequence-to-sequence'}"
                                 " teacher (ppl is for language models)")
+        if lm and args.select_on == "metric":
+            raise CompressError("--select-on metric is for sequence-to-sequence teachers: a language model's metric "
+                                "(perplexity) is its validation nll already")
         start_over = compress.check_out_dir(args, manifest)
         if start_over or not os.path.isfile(path("init.pt")):
             print(f"[makd-compress] init: --init {args.init} factors at uniform ranks, --param-budget "

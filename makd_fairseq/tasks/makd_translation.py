@@ -2,16 +2,20 @@
 
 The teacher's life cycle is ``TeacherMixin``'s (see ``tasks/teacher.py``); this task adds the check that the
 teacher was trained on the data's source and target dictionaries. A resume keeps ``--patience``'s state
-(``tasks/patience.py``).
+(``tasks/patience.py``). ``--eval-metric bleu|chrf|rougeL`` validates on the task's metric by generation as well
+(``validation.py``), for ``--best-checkpoint-metric`` and ``--patience`` to choose and stop on.
 """
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Optional
 
 from fairseq.data import data_utils
+from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from ..validation import EVAL_METRICS, MetricValidationMixin
 from .patience import PatienceStateMixin
 from .teacher import TeacherMixin, check_data_dirs, teacher_path_field
 
@@ -19,10 +23,19 @@ from .teacher import TeacherMixin, check_data_dirs, teacher_path_field
 @dataclass
 class MakdTranslationConfig(TranslationConfig):
     teacher_path: str = teacher_path_field()
+    eval_metric: ChoiceEnum(EVAL_METRICS) = field(default="none", metadata={
+        "help": "also validate on this metric of beam-search hypotheses (makd-score's, logged as valid_<metric>), "
+                "e.g. for --best-checkpoint-metric bleu --maximize-best-checkpoint-metric; none: nll only"})
+    eval_metric_args: str = field(default='{"beam": 4}', metadata={
+        "help": "generation args for --eval-metric as JSON (fairseq-generate's names: beam, max_len_a, max_len_b, "
+                "lenpen, ...)"})
+    eval_metric_remove_bpe: Optional[str] = field(default=None, metadata={
+        "help": "--eval-metric scores text with this BPE removed (fairseq-generate's --remove-bpe, e.g. "
+                "sentencepiece)"})
 
 
 @register_task("makd_translation", dataclass=MakdTranslationConfig)
-class MakdTranslationTask(PatienceStateMixin, TeacherMixin, TranslationTask):
+class MakdTranslationTask(MetricValidationMixin, PatienceStateMixin, TeacherMixin, TranslationTask):
     cfg: MakdTranslationConfig
 
     @classmethod
