@@ -7,7 +7,8 @@ import sys
 
 from makd_fairseq.files import USER_DIR
 
-from .sizes import GENERATE, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN, common_flags, teacher_criterion
+from .sizes import (GENERATE, STUDENT_TRAIN, TEACHER_ARCH, TEACHER_TRAIN, common_flags, teacher_criterion,
+                    until_converged)
 
 
 def flag_value(flags, name):
@@ -44,12 +45,18 @@ def selection_flags(args):
             "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric"]
 
 
+def student_training(args):
+    """A size's student training flags, with ``--stopping CAP EVERY PATIENCE`` in place of its stopping rule."""
+    stopping = getattr(args, "stopping", None)
+    return [*STUDENT_TRAIN[args.size], *(until_converged(*stopping) if stopping else [])]  # later flags win
+
+
 def train_command(args, teacher, init, method_flags, save_dir, data=None):
     """fairseq-train distilling ``init`` from ``teacher`` on ``data`` (default: the benchmark's data)."""
     from makd_fairseq.student import distill_command
 
     return distill_command(data or args.data, teacher, init, [
-        *common_flags(args.size), *STUDENT_TRAIN[args.size], "--keep-interval-updates", "1",
+        *common_flags(args.size), *student_training(args), "--keep-interval-updates", "1",
         *selection_flags(args), "--save-dir", save_dir, *method_flags])
 
 

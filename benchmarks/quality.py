@@ -46,14 +46,17 @@ from makd_fairseq.files import git_state, write_json, write_text
 
 from . import RESULTS
 from .archive import reusable_seeds
-from .commands import (flag_value, generate_command, selection_flags, seq_kd_splits, teacher_command,
-                       teacher_data_command)
+from .commands import (flag_value, generate_command, selection_flags, seq_kd_splits, student_training,
+                       teacher_command, teacher_data_command)
 from .provenance import command, hardware
-from .records import method_entries, seq_kd_manifest, teacher_arch
+from .diagnosis import collect as collect_curves
+from .diagnosis import table as diagnosis_table
+from .records import method_entries, seed_record, seq_kd_manifest, teacher_arch
 from .report import plot, table
 from .runner import Run, model_name, seeds_of
-from .scoring import METRICS, compare_with_makd
-from .sizes import GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags, is_lm_size
+from .scoring import INTERVAL, METRICS, compare_with_makd
+from .sizes import (ALL_METHODS, GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags,
+                    is_lm_size)
 from .stages import evaluations, finished, has, plan, score_models, time_generation
 
 # decoder-only students: no dense shrink-and-fine-tune baseline (makd-shrink cuts encoder-decoder models)
@@ -70,8 +73,15 @@ def parse(argv):
                                           "benchmarks.train_teacher --size SIZE into WORK/teacher)")
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/<task>.json)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
-    parser.add_argument("--methods", nargs="+", choices=list(QUALITY_METHODS),
-                        help="default: all (language modeling: " + ", ".join(LM_METHODS) + ")")
+    parser.add_argument("--methods", nargs="+", choices=list(ALL_METHODS),
+                        help="default: every method of sizes.QUALITY_METHODS (language modeling: " + ", ".join(LM_METHODS)
+                             + "); sizes.DIAGNOSIS_METHODS only when named")
+    parser.add_argument("--stopping", type=int, nargs=3, metavar=("CAP", "EVERY", "PATIENCE"),
+                        help="students validate every EVERY updates and stop after PATIENCE validations without "
+                             "improvement, at most CAP updates (default: the size's rule in sizes.STUDENT_TRAIN)")
+    parser.add_argument("--validation-only", action="store_true",
+                        help="train the students and report their validation curves only (nothing is decoded on "
+                             "test): issue 34's diagnosis, read by python3 -m benchmarks.diagnosis")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                         help="training seeds of every trained method at --seeded-budgets (default: %(default)s)")
     parser.add_argument("--seeded-budgets", type=float, nargs="*", default=[0.5],
@@ -182,6 +192,8 @@ def main(argv=None):
             raise SystemExit("benchmarks.quality: --partial: no student has finished training yet")
     else:
         run.pool(train, jobs)
+    if args.validation_only:
+        return report_validation(run, argv, models, pending, data_hash, started)
     stages, outputs = evaluations(run, models, lm)
     run.pool(run.stage, stages)
     speeds = time_generation(run, models) if args.time_generation and not lm else {}
@@ -194,14 +206,8 @@ def main(argv=None):
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures, "pending": pending,
         "seeds": {f"{b:g}": seeds_of(args, b) for b in args.budgets},
-        "paired_bootstrap": "vs_makd: metric(method) - metric(makd), 95% interval from 1,000 paired resamples of "
-                            "test items (ROUGE: item F1 averaged over seeds; BLEU/chrF: sacreBLEU's resampling, "
-                            "corpus scores averaged over seeds)",
-        "student_init": f"makd-init --init {args.init} (uniform ranks)",
-        "student_training": " ".join(common_flags(args.size) + STUDENT_TRAIN[args.size]),
-        "stopping": {name.strip("-").replace("-", "_"): int(flag_value(STUDENT_TRAIN[args.size], name))
-                     for name in ("--max-update", "--patience", "--validate-interval-updates")},
-        "checkpoint_selection": " ".join(selection_flags(args)),
+        "paired_bootstrap": INTERVAL,
+        **training_fields(args),
         "seq_kd_data": seq_kd_manifest(seq_kd_data),
         "generation": "greedy continuations, 40 new tokens" if lm else " ".join(GENERATE[args.task]),
         "speed": None if not speeds else "fairseq-generate's sentences/s on the test set, one model at a time, "
@@ -210,11 +216,7 @@ def main(argv=None):
         "reused": None if not reused else {
             "results": os.path.abspath(args.reuse), "seeds": [model_name(*m[:3]) for m in models if m[3] is None]},
         "hypotheses": os.path.relpath(hyp_dir, os.path.dirname(os.path.abspath(args.out))),  # where this file is
-        "command": command("benchmarks.quality", argv), "scored_at": git_state(), "data_sha256": data_hash,
-        "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),
-        # this invocation's wall time; the steps it reused from WORK took stage_seconds (sum: compute time)
-        "stage_seconds": run.stages, "stage_seconds_sum": round(sum(v or 0 for v in run.stages.values()), 1),
-        "wall_s": round(time.time() - started, 1),
+        **provenance(run, argv, data_hash, started),
     }
     write_json(args.out, result)
     stem = os.path.splitext(args.out)[0]
@@ -222,6 +224,42 @@ def main(argv=None):
     plot(result, stem + ".png")
     print(table(result))
     print(f"wrote {args.out}, {stem}.md and {stem}.png")
+
+
+def training_fields(args):
+    """How the students were made and trained, for a results file."""
+    return {"student_init": f"makd-init --init {args.init} (uniform ranks)",
+            "student_training": " ".join(common_flags(args.size) + student_training(args)),
+            "stopping": {name.strip("-").replace("-", "_"): int(flag_value(student_training(args), name))
+                         for name in ("--max-update", "--patience", "--validate-interval-updates")},
+            "checkpoint_selection": " ".join(selection_flags(args))}
+
+
+def provenance(run, argv, data_hash, started):
+    """The command, commit, data and machine of a results file, and the time its steps took."""
+    args = run.args
+    return {"command": command("benchmarks.quality", argv), "scored_at": git_state(), "data_sha256": data_hash,
+            "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),
+            # this invocation's wall time; the steps it reused from WORK took stage_seconds (sum: compute time)
+            "stage_seconds": run.stages, "stage_seconds_sum": round(sum(v or 0 for v in run.stages.values()), 1),
+            "wall_s": round(time.time() - started, 1)}
+
+
+def report_validation(run, argv, models, pending, data_hash, started):
+    """--validation-only: each trained student's record (validation curve, updates, the commits it trained at) and
+    the diagnosis table of its curves; nothing is decoded on test."""
+    args = run.args
+    methods = []
+    for method, budget in dict.fromkeys((m, b) for m, b, s, _ in models if s is not None):
+        seeds = [seed_record(run, m, s, c, {}) for m, b, s, c in models
+                 if (m, b) == (method, budget) and c is not None and model_name(m, b, s) not in pending]
+        methods.append({"method": method, "budget": budget, "flags": ALL_METHODS[method][1], "seeds": seeds})
+    write_json(args.out, {"task": args.task, "size": args.size, "validation_only": True, "methods": methods,
+                          "pending": pending, **training_fields(args), **provenance(run, argv, data_hash, started)})
+    text = diagnosis_table(collect_curves([args.out]))
+    write_text(os.path.splitext(args.out)[0] + ".md", text + "\n")
+    print(text)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

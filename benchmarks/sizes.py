@@ -125,6 +125,23 @@ QUALITY_METHODS = {
     "makd_seq_kd": ("svd", METHODS["makd"]),
     "makd_vocab": ("vocab", METHODS["makd"]),  # the vocabulary matrix factorized too (issue 15), same budget
 }
+# issue 34's diagnosis, on validation only (benchmarks.quality --validation-only, benchmarks/diagnose.sh): variants
+# of the KD target and of the aspects, each from the same whitened student as the methods above; not in the default set
+WORD_KD_T1 = ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0", "--kd-temperature", "1"]
+DIAGNOSIS_METHODS = {
+    "word_kd_t1": ("svd", WORD_KD_T1),  # T 1, CE + KL: the teacher was trained with label smoothing (arXiv 2206.14532)
+    "kd_alpha_0.1": ("svd", [*WORD_KD_T1, "--kd-alpha", "0.1"]),  # convex (1 - a)·CE + a·KD, fairseq's form
+    "kd_alpha_0.5": ("svd", [*WORD_KD_T1, "--kd-alpha", "0.5"]),
+    "kd_top8": ("svd", [*WORD_KD_T1, "--kd-topk", "8"]),  # the teacher's 8 most likely tokens, renormalized
+    "kd_select_0.5": ("svd", [*WORD_KD_T1, "--kd-select-ratio", "0.5"]),  # the hardest half of the tokens (2105.12967)
+    "makd_no_matrix": ("svd", [*METHODS["makd"], "--matrix-weight", "0"]),
+    "makd_no_layer": ("svd", [*METHODS["makd"], "--layer-weight", "0"]),
+    "makd_no_model": ("svd", [*METHODS["makd"], "--model-weight", "0"]),
+    # the intermediate terms linearly to 0 by half the standard cap (in case they help early and hurt late)
+    "makd_anneal": ("svd", [*METHODS["makd"], "--anneal-updates", "1500"]),
+}
+# every method a run can name: (initial student, criterion flags)
+ALL_METHODS = {**QUALITY_METHODS, **DIAGNOSIS_METHODS}
 # how each kind of initial student is made: (tool, flags); "svd" and "vocab" also take benchmarks.quality's --init
 STUDENT_KINDS = {
     "svd": ("makd-init", []),

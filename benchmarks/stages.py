@@ -11,7 +11,7 @@ from .archive import keep_text
 from .commands import continue_command, eval_lm_command, generate_command, train_command
 from .runner import model_name, seeds_of, student_paths
 from .scoring import read_continuations, read_generation, read_lm_scores, score
-from .sizes import QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_KINDS
+from .sizes import ALL_METHODS, SEQ_KD_METHODS, STUDENT_KINDS
 
 
 def finished(log):
@@ -33,16 +33,16 @@ def plan(run, teacher, reused):
     for budget in args.budgets:  # in the order given: the first budget's every seed trains before the next budget
         inits, key = student_paths(run, budget)
         for kind, (tool, kind_flags) in STUDENT_KINDS.items():
-            if any(QUALITY_METHODS[m] and QUALITY_METHODS[m][0] == kind for m in args.methods):
+            if any(ALL_METHODS[m] and ALL_METHODS[m][0] == kind for m in args.methods):
                 init_flags = ["--init", args.init, "--data", args.data] if tool == "makd-init" else []
                 run.stage(f"{key}/{kind}", [tool, "--teacher", teacher, "--param-budget", str(budget), *init_flags,
                                             *kind_flags, "--out", inits[kind]], run.path(key, f"{kind}.log"),
                           lambda p=inits[kind]: os.path.isfile(p))
-        models += [(m, budget, None, inits[QUALITY_METHODS[m][0]]) for m in args.methods[1:]
-                   if QUALITY_METHODS[m][1] is None]
+        models += [(m, budget, None, inits[ALL_METHODS[m][0]]) for m in args.methods[1:]
+                   if ALL_METHODS[m][1] is None]
         for seed in seeds_of(args, budget):
             for method in args.methods[1:]:
-                init, flags = QUALITY_METHODS[method]
+                init, flags = ALL_METHODS[method]
                 if flags is None:
                     continue
                 save = run.path(key, method, f"seed{seed}")

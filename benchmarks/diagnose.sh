@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Issue 34's diagnosis, on validation only, with the teachers of benchmarks/results (not retrained):
+#
+#   bash benchmarks/diagnose.sh WORK [translation|summarization]    # default translation (en→de first); resumable
+#
+# 1. WORK/data: prepare.py's data from the apt lists of 2026-11-29 (docs/benchmarks.md, "Data"); refused when the
+#    lists' sha256 differ from benchmarks/results/data_manifest.json's inputs (another split: the teachers would not fit).
+# 2. WORK/teachers/TASK.pt: the run's teacher, from git history (1f2f84e:benchmarks/run_state/TASK/teacher/).
+# 3. (a, b) svd_ce, svd_word_kd and makd at 50%, seed 1, trained as long as their teacher (cap 15,000, validation
+#    every 250 updates, patience 4: the teachers' rule), stopping and choosing on the task's metric; every
+#    validation's nll and metric kept: one curve answers both the checkpoint choice and the training length.
+# 4. (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) at the standard rule, on the metric.
+# 5. benchmarks/results/diagnosis.{json,md,png} from every curve so far (python3 -m benchmarks.diagnosis).
+# Two jobs of one thread. Nothing is decoded on test. Re-running resumes every training from its checkpoint_last.pt.
+set -euo pipefail
+work=${1:?usage: diagnose.sh WORK [translation|summarization]} task=${2:-translation}
+root=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+case $task in translation|summarization) ;; *) echo "diagnose.sh: task must be translation or summarization" >&2; exit 2 ;; esac
+mkdir -p "$work/teachers"
+
+if [ ! -f "$work/data/manifest.json" ]; then
+  lists="$work/lists"
+  mkdir -p "$lists"
+  ls /var/lib/apt/lists/*_i18n_Translation-*.lz4 >/dev/null 2>&1 || apt-get update -o Acquire::Languages=en,de
+  cp /var/lib/apt/lists/*_i18n_Translation-*.lz4 "$lists/"
+  cp "$root"/examples/debian_descriptions/apt_lists_2026-11-29/*.lz4 "$lists/"
+  python3 - "$lists" "$root/benchmarks/results/data_manifest.json" <<'EOF'
+import hashlib, json, os, sys
+lists, manifest = sys.argv[1:]
+want = json.load(open(manifest))["inputs"]
+have = {name: hashlib.sha256(open(os.path.join(lists, name), "rb").read()).hexdigest() for name in want
+        if os.path.isfile(os.path.join(lists, name))}
+differ = sorted(name for name in want if have.get(name) != want[name])
+if differ:
+    sys.exit(f"diagnose.sh: these apt lists differ from the benchmark's (data_manifest.json inputs): {differ}; "
+             "the split, the vocabulary and so the teachers would not fit")
+EOF
+  python3 "$root/examples/debian_descriptions/prepare.py" --out "$work/data" --spm-vocab 1000 --max-source-words 120 \
+    --lists-dir "$lists"
+fi
+teacher="$work/teachers/$task.pt"
+[ -f "$teacher" ] || git -C "$root" show "1f2f84e:benchmarks/run_state/$task/teacher/checkpoint_best.pt" > "$teacher"
+
+quality() {  # NAME [benchmarks.quality flags]
+  local name=$1
+  shift
+  python3 -m benchmarks.quality --task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" \
+    --budgets 0.5 --seeds 1 --select-on metric --validation-only --jobs 2 --threads 1 \
+    --work "$work/$task" --out "$work/$task.$name.json" "$@" >> "$work/$task.$name.log" 2>&1 \
+    || { echo "diagnose.sh: $task $name failed, see $work/$task.$name.log" >&2; return 1; }
+}
+# (a, b): as long as the teacher; another WORK subdirectory so that the standard-rule students stay apart
+quality long --methods svd_ce svd_word_kd makd --stopping 15000 250 4 --work "$work/$task.long"
+# (c, d)
+quality target --methods svd_ce svd_word_kd word_kd_t1 kd_alpha_0.1 kd_alpha_0.5 kd_top8 kd_select_0.5 makd \
+  makd_no_matrix makd_no_layer makd_no_model makd_anneal
+python3 -m benchmarks.diagnosis "$work"/*.long.json "$work"/*.target.json --out "$root/benchmarks/results/diagnosis"

@@ -1,0 +1,132 @@
+"""Issue 34's diagnosis report: validation curves of students, read from quality results files, side by side.
+
+    python3 -m benchmarks.diagnosis WORK/translation_long.json WORK/translation_target.json ... \
+        --out benchmarks/results/diagnosis
+
+Each input is a ``benchmarks.quality --validation-only`` results file (nothing decoded on test). For every trained
+student (method, budget, seed) its curve — ``[updates, valid nll, valid metric]`` at every validation — gives:
+
+- the checkpoint the project's rule picks today (lowest nll) and the metric there;
+- the checkpoint chosen on the metric (highest), and the metric there;
+- ``stopped on nll``: where today's stopping rule (``--patience`` validations without a lower nll) would have ended
+  this very training, and the metric of its best-nll checkpoint up to there. Training is deterministic (one seed, one
+  data order), so the curve's prefix is what a run stopped on nll would have logged: one long run answers both
+  "which checkpoint" (a) and "how long" (b).
+
+Writes OUT.json (every curve and summary, with the commits the students trained at), OUT.md (the table) and OUT.png
+(metric and nll against updates).
+"""
+
+import argparse
+import json
+import os
+
+from makd_fairseq.files import git_state, write_json, write_text
+
+from .provenance import command
+
+
+def stopped_on_nll(curve, patience):
+    """(the validation index today's rule stops at, the index of the lowest nll up to there) for ``curve``."""
+    best, since = 0, 0
+    for i in range(1, len(curve)):
+        if curve[i][1] < curve[best][1]:
+            best, since = i, 0
+        else:
+            since += 1
+            if since >= patience:
+                return i, best
+    return len(curve) - 1, best
+
+
+def summarize(curve, patience):
+    """The three choices of one curve (see the module docstring); metric values None where none was logged."""
+    by_nll = min(range(len(curve)), key=lambda i: (curve[i][1], curve[i][0]))
+    with_metric = [i for i, row in enumerate(curve) if row[2] is not None]
+    by_metric = max(with_metric, key=lambda i: (curve[i][2], -curve[i][0])) if with_metric else None
+    stop, chosen = stopped_on_nll(curve, patience)
+    point = lambda i: None if i is None else {"updates": curve[i][0], "nll": curve[i][1], "metric": curve[i][2]}  # noqa: E731
+    return {"best_nll": point(by_nll), "best_metric": point(by_metric),
+            "stopped_on_nll": {**point(chosen), "stopped_at": curve[stop][0]}}
+
+
+def collect(paths):
+    """Every trained student of the given results files, with its summary."""
+    rows = []
+    for path in paths:
+        result = json.load(open(path))
+        patience = result["stopping"]["patience"]
+        for m in result["methods"]:
+            for seed in m.get("seeds") or []:
+                if not seed.get("curve"):
+                    continue
+                rows.append({"task": result["task"], "results": os.path.relpath(path), "method": m["method"],
+                             "budget": m["budget"], "seed": seed["seed"], "flags": m.get("flags"),
+                             "stopping": result["stopping"], "selection": result.get("checkpoint_selection"),
+                             "updates": seed["updates"], "early_stopped": seed["early_stopped"],
+                             "trained_at": seed.get("trained_at"), "curve": seed["curve"],
+                             **summarize(seed["curve"], patience)})
+    return rows
+
+
+def fmt(value, digits=2):
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def table(rows):
+    lines = ["| task | method | budget | seed | cap / every / patience | updates | lowest nll (at) | metric there | "
+             "best metric (at) | stopped on nll: at, metric |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s, n, b, o = r["stopping"], r["best_nll"], r["best_metric"], r["stopped_on_nll"]
+        lines.append(
+            f"| {r['task']} | {r['method']} | {r['budget']:.0%} | {r['seed']} | {s['max_update']} / "
+            f"{s['validate_interval_updates']} / {s['patience']} | {r['updates']} | {n['nll']:.3f} ({n['updates']}) | "
+            f"{fmt(n['metric'])} | {fmt(b and b['metric'])} ({b and b['updates']}) | {o['stopped_at']}, "
+            f"{fmt(o['metric'])} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({r["task"] for r in rows})
+    fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8), squeeze=False)
+    for j, task in enumerate(tasks):
+        for r in (r for r in rows if r["task"] == task):
+            label = f"{r['method']} {r['budget']:.0%} s{r['seed']}"
+            updates = [c[0] for c in r["curve"]]
+            line, = axes[0][j].plot(updates, [c[2] for c in r["curve"]], label=label)
+            axes[1][j].plot(updates, [c[1] for c in r["curve"]], color=line.get_color())
+            axes[0][j].axvline(r["stopped_on_nll"]["stopped_at"], color=line.get_color(), ls=":", lw=0.8)
+        axes[0][j].set(title=f"{task}: validation metric (dotted: where nll stopping ends)", ylabel="metric")
+        axes[1][j].set(xlabel="updates", ylabel="validation nll (bits)")
+        axes[0][j].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python3 -m benchmarks.diagnosis", description=__doc__.splitlines()[0])
+    parser.add_argument("results", nargs="+", help="benchmarks.quality --validation-only results files")
+    parser.add_argument("--out", required=True, help="OUT.json, OUT.md and OUT.png are written")
+    args = parser.parse_args(argv)
+    missing = [p for p in args.results if not os.path.isfile(p)]
+    if missing:
+        parser.error(f"no such results file: {missing[0]}")
+    rows = collect(args.results)
+    if not rows:
+        parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
+    write_json(args.out + ".json", {"students": rows, "command": command("benchmarks.diagnosis", argv),
+                                    "reported_at": git_state()})
+    text = "\n\n".join([f"`{command('benchmarks.diagnosis', argv)}`", table(rows), ""])
+    write_text(args.out + ".md", text)
+    plot(rows, args.out + ".png")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""Issue 34's diagnosis: students trained and reported on validation only, and the three checkpoint choices read from
+one validation curve."""
+
+import json
+import sys
+
+from conftest import ROOT, run
+from benchmarks.diagnosis import stopped_on_nll, summarize
+
+# [updates, valid nll, valid metric]: nll lowest at 400, metric highest at 600
+CURVE = [[100, 5.0, 10.0], [200, 4.0, 12.0], [300, 3.5, 13.0], [400, 3.4, 14.0], [500, 3.45, 15.0],
+         [600, 3.41, 16.0], [700, 3.6, 15.5], [800, 3.7, 15.0]]
+
+
+def test_nll_stopping_rule_applied_to_a_curve_stops_where_fairseq_would():
+    # patience 2: after 400 (lowest), 500 and 600 do not go lower -> stops at 600, keeps 400
+    assert stopped_on_nll(CURVE, 2) == (5, 3)
+    # patience 3: 500, 600, 700 -> stops at 700, keeps 400
+    assert stopped_on_nll(CURVE, 3) == (6, 3)
+    # patience past the curve: runs to its end
+    assert stopped_on_nll(CURVE, 10) == (7, 3)
+
+
+def test_a_curve_gives_the_checkpoint_of_each_rule_and_its_metric():
+    s = summarize(CURVE, 2)
+    assert s["best_nll"] == {"updates": 400, "nll": 3.4, "metric": 14.0}
+    assert s["best_metric"] == {"updates": 600, "nll": 3.41, "metric": 16.0}
+    assert s["stopped_on_nll"] == {"updates": 400, "nll": 3.4, "metric": 14.0, "stopped_at": 600}
+    no_metric = summarize([row[:2] + [None] for row in CURVE], 2)
+    assert no_metric["best_metric"] is None and no_metric["stopped_on_nll"]["metric"] is None
+
+
+def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_test(mt_data, tmp_path):
+    out, work = tmp_path / "diag.json", tmp_path / "work"
+    run(sys.executable, "-m", "benchmarks.quality", "--task", "translation", "--data", mt_data, "--size", "smoke",
+        "--work", work, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce", "kd_alpha_0.5", "makd_no_layer",
+        "--stopping", "6", "2", "2", "--select-on", "metric", "--validation-only", "--remove-bpe", "none",
+        "--out", out, cwd=ROOT)
+    result = json.loads(out.read_text())
+    assert result["validation_only"] and result["stopping"] == {
+        "max_update": 6, "patience": 2, "validate_interval_updates": 2}
+    assert [m["method"] for m in result["methods"]] == ["svd_ce", "kd_alpha_0.5", "makd_no_layer"]
+    assert "--kd-alpha" in result["methods"][1]["flags"] and "--eval-metric bleu" in result["checkpoint_selection"]
+    for m in result["methods"]:
+        (seed,) = m["seeds"]
+        assert [row[0] for row in seed["curve"]] == list(range(2, seed["updates"] + 1, 2)), m["method"]
+        assert all(row[2] is not None for row in seed["curve"])  # the BLEU of every validation
+        assert seed["trained_at"]
+    assert not (work / "generate").exists()  # nothing decoded on test
+    report = tmp_path / "diagnosis"
+    run(sys.executable, "-m", "benchmarks.diagnosis", out, "--out", report, cwd=ROOT)
+    students = json.loads((tmp_path / "diagnosis.json").read_text())["students"]
+    assert [s["method"] for s in students] == ["svd_ce", "kd_alpha_0.5", "makd_no_layer"]
+    assert all(s["stopped_on_nll"]["stopped_at"] <= s["updates"] for s in students)
+    assert "| translation | kd_alpha_0.5 | 50% | 1 | 6 / 2 / 2 |" in (tmp_path / "diagnosis.md").read_text()
+    assert (tmp_path / "diagnosis.png").stat().st_size > 0
