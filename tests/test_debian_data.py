@@ -19,6 +19,18 @@ sys.path.insert(0, EXAMPLE)
 import prepare  # noqa: E402
 
 
+def ddtp_dir(tmp_path, en_blocks):
+    """A DDTP lists directory: these English stanzas, and the committed German translations."""
+    import lz4.frame
+
+    d = tmp_path / "ddtp"
+    d.mkdir()
+    with lz4.frame.open(d / "Translation-en.lz4", "wt", encoding="utf-8") as f:
+        f.write("\n\n".join(en_blocks) + "\n")
+    (d / "Translation-de.lz4").write_bytes(open(os.path.join(DDTP, "Translation-de.lz4"), "rb").read())
+    return d
+
+
 def run_prepare(out, *extra, lists_dir=DDTP):
     """Run prepare.py (no spm unless extra overrides) -> CompletedProcess with text output."""
     cmd = [sys.executable, PREPARE, "--lists-dir", str(lists_dir), "--out", str(out),
@@ -73,8 +85,6 @@ def test_no_family_crosses_splits(out1, task):
 def planted_lists(tmp_path, n=20):
     """A DDTP directory: the fixture excerpt plus, for n long English records, a near-duplicate under an unrelated
     package name (one word of the description changed, another synopsis) -> (dir, [(original, copy) sources])."""
-    import lz4.frame
-
     blocks = prepare.read_blocks(os.path.join(DDTP, "Translation-en.lz4"))
     recs = [(b, prepare.parse_record(b)) for b in blocks]
     long = [(b, r) for b, r in recs if r and len(" ".join(r["paragraphs"]).split()) >= 40][:n]
@@ -89,12 +99,7 @@ def planted_lists(tmp_path, n=20):
                                    f"Description-en: planted synopsis number {i}"] + body))
         copy = prepare.parse_record(planted[-1])
         pairs.append((" ".join(rec["paragraphs"]), " ".join(copy["paragraphs"])))
-    d = tmp_path / "ddtp"
-    d.mkdir()
-    with lz4.frame.open(d / "Translation-en.lz4", "wt", encoding="utf-8") as f:
-        f.write("\n\n".join(blocks + planted) + "\n")
-    (d / "Translation-de.lz4").write_bytes(open(os.path.join(DDTP, "Translation-de.lz4"), "rb").read())
-    return d, pairs
+    return ddtp_dir(tmp_path, blocks + planted), pairs
 
 
 def split_of_sources(out):
@@ -200,8 +205,6 @@ def planted_targets(tmp_path, n=30):
     """A DDTP directory: the fixture excerpt plus, for n English records, a record of an unrelated package whose
     synopsis is the original's without its first word and whose description shares no word with any other ->
     (dir, {planted synopsis: original synopsis})."""
-    import lz4.frame
-
     blocks = prepare.read_blocks(os.path.join(DDTP, "Translation-en.lz4"))
     recs = [prepare.parse_record(b) for b in blocks]
     chosen = [r for r in recs if r and 4 <= len(r["synopsis"].split()) <= 9][:n]
@@ -213,12 +216,7 @@ def planted_targets(tmp_path, n=30):
         planted.append("\n".join([f"Package: plantedtarget{i}q", f"Description-md5: {i + 1000:032x}",
                                   f"Description-en: {synopsis}", body]))
         pairs[synopsis] = rec["synopsis"]
-    d = tmp_path / "ddtp"
-    d.mkdir()
-    with lz4.frame.open(d / "Translation-en.lz4", "wt", encoding="utf-8") as f:
-        f.write("\n\n".join(blocks + planted) + "\n")
-    (d / "Translation-de.lz4").write_bytes(open(os.path.join(DDTP, "Translation-de.lz4"), "rb").read())
-    return d, pairs
+    return ddtp_dir(tmp_path, blocks + planted), pairs
 
 
 def contained_targets(out, split):
