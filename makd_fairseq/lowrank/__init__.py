@@ -6,7 +6,8 @@ whitened by its inputs; ranks are chosen to meet a parameter budget. One concept
 - ``layers``: ``LowRankLinear`` / ``LowRankEmbedding``, the factors with the contract of the layer they replace;
 - ``factorization``: the factors of one matrix (SVD, whitening) and the ranks of many (``allocate_ranks``);
 - ``surgery``: finding a model's targets by name and swapping them for their factors (``factorize_``);
-- ``inference``: preparing a factorized model for generation (merge past break-even, shared down-projections).
+- ``inference``: preparing a factorized model for generation (merge past break-even, shared down-projections, the
+  latent self-attention cache).
 """
 
 from .factorization import (
@@ -20,7 +21,14 @@ from .factorization import (
     svd_matrices,
     whitening,
 )
-from .inference import SharedDown, SharedInputLowRankLinear, merge_past_break_even_, share_inputs_
+from .inference import (
+    LatentSelfAttention,
+    SharedDown,
+    SharedInputLowRankLinear,
+    latent_cache_,
+    merge_past_break_even_,
+    share_inputs_,
+)
 from .layers import LowRankEmbedding, LowRankLinear
 from .surgery import (
     DEFAULT_TARGETS,
@@ -37,5 +45,6 @@ __all__ = [
     "LowRankLinear", "LowRankEmbedding", "past_break_even",
     "Factorization", "Matrix", "RankError", "allocate_ranks", "relative_error", "svd_matrices", "whitening",
     "count_params", "dumps_ranks", "factorize_", "find_targets", "shared_uses",
-    "SharedDown", "SharedInputLowRankLinear", "merge_past_break_even_", "share_inputs_",
+    "SharedDown", "SharedInputLowRankLinear", "merge_past_break_even_", "share_inputs_", "LatentSelfAttention",
+    "latent_cache_",
 ]

@@ -35,6 +35,7 @@ from ..lowrank import (
     dumps_ranks,
     factorize_,
     find_targets,
+    latent_cache_,
     merge_past_break_even_,
     share_inputs_,
     svd_matrices,
@@ -69,6 +70,10 @@ class LowRankConfig(RankConfig):
 
     lowrank_ranks: Optional[str] = field(default=None, metadata={
         "help": "per-matrix ranks: JSON text, a .json file, or a student checkpoint"})
+    no_latent_cache: bool = field(default=False, metadata={
+        "help": "inference: keep fairseq's self-attention cache of keys and values (d wide each) instead of the "
+                "factorized keys' and values' latents (r wide), e.g. fairseq-generate --model-overrides "
+                "\"{'no_latent_cache': True}\""})
 
 
 def add_rank_args(parser):
@@ -121,11 +126,14 @@ class LowRankMixin:
         ranks = choose_ranks(args, model)
         factorize_(model, ranks)
         args.lowrank_ranks = dumps_ranks(ranks)  # saved with every checkpoint: it rebuilds itself
+        model.latent_cache = not getattr(args, "no_latent_cache", False)  # read by make_generation_fast_
         return model
 
     def make_generation_fast_(self, **kwargs):
         """Inference only (fairseq-generate/-interactive/eval-lm and the hub call it once, through
-        ``prepare_for_inference_``): factors at or past break-even become dense matrices again."""
+        ``prepare_for_inference_``): factors at or past break-even become dense matrices again; the projections
+        reading one input share one down-projection product; decoder self-attention caches the latents of factorized
+        keys and values (``latent_cache_``) unless the model was built with ``no_latent_cache``."""
         if not self._is_generation_fast:
             merged = merge_past_break_even_(self)
             if merged:
@@ -135,6 +143,10 @@ class LowRankMixin:
             if shared:
                 logger.info(f"inference: one down-projection product for the projections sharing an input in "
                             f"{len(shared)} attention modules")
+            latent = latent_cache_(self) if getattr(self, "latent_cache", True) else []
+            if latent:
+                logger.info(f"inference: {len(latent)} decoder self-attention modules cache the latents of their "
+                            "factorized keys and values")
         super().make_generation_fast_(**kwargs)
 
 

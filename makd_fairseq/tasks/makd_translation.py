@@ -3,7 +3,8 @@
 The teacher's life cycle is ``TeacherMixin``'s (see ``tasks/teacher.py``); this task adds the check that the
 teacher was trained on the data's source and target dictionaries. A resume keeps ``--patience``'s state
 (``tasks/patience.py``). ``--eval-metric bleu|chrf|rougeL`` validates on the task's metric by generation as well
-(``validation.py``), for ``--best-checkpoint-metric`` and ``--patience`` to choose and stop on.
+(``validation.py``), for ``--best-checkpoint-metric`` and ``--patience`` to choose and stop on. Its generators keep
+encoder states once per source sentence (``generation.py``; ``--encoder-states-per-beam`` for fairseq's own way).
 """
 
 import os
@@ -15,6 +16,7 @@ from fairseq.dataclass import ChoiceEnum
 from fairseq.tasks import register_task
 from fairseq.tasks.translation import TranslationConfig, TranslationTask
 
+from ..generation import PerSentenceGeneratorMixin
 from ..validation import EVAL_METRICS, MetricValidationMixin
 from .patience import PatienceStateMixin
 from .teacher import TeacherMixin, check_data_dirs, teacher_path_field
@@ -32,10 +34,14 @@ class MakdTranslationConfig(TranslationConfig):
     eval_metric_remove_bpe: Optional[str] = field(default=None, metadata={
         "help": "--eval-metric scores text with this BPE removed (fairseq-generate's --remove-bpe, e.g. "
                 "sentencepiece)"})
+    encoder_states_per_beam: bool = field(default=False, metadata={
+        "help": "beam search as fairseq does it: the encoder output and the cross-attention keys and values copied "
+                "for every beam and reordered at every step (default: once per source sentence, the same "
+                "hypotheses; see makd_fairseq/generation.py)"})
 
 
 @register_task("makd_translation", dataclass=MakdTranslationConfig)
-class MakdTranslationTask(MetricValidationMixin, PatienceStateMixin, TeacherMixin, TranslationTask):
+class MakdTranslationTask(PerSentenceGeneratorMixin, MetricValidationMixin, PatienceStateMixin, TeacherMixin, TranslationTask):
     cfg: MakdTranslationConfig
 
     @classmethod

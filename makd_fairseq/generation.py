@@ -1,0 +1,83 @@
+"""Encoder states once per source sentence during beam search, for any fairseq encoder-decoder model.
+
+fairseq's ``SequenceGenerator`` copies the encoder output and its padding mask for every beam, and every decoder
+layer's cross-attention computes and caches its keys and values per beam; all of them are reordered
+(``index_select``) at every step although the beams of one sentence share them. ``PerSentenceEnsemble`` keeps them
+once per sentence:
+
+- the encoder output and padding mask are not expanded to the beams, and are gathered by sentence only when the
+  batch shrinks (finished sentences leave it);
+- each decoder layer's cross-attention then reads keys of ``sentences`` rows for queries of ``sentences·beam`` rows
+  (fairseq's attention supports it: BART's beamable cross-attention): keys and values are computed once per sentence;
+  its cache is gathered by sentence only when the batch shrinks (fairseq's ``reorder_incremental_state`` with the
+  beam size set for that call only: the models are left as they were).
+
+The tasks of this plugin build their generators with it (``PerSentenceGeneratorMixin``; ``--encoder-states-per-beam``
+restores fairseq's behaviour); hypotheses and scores are those of fairseq's generator up to float rounding.
+"""
+
+from typing import Dict, List, Optional
+
+import torch
+from fairseq.sequence_generator import EnsembleModel
+from torch import Tensor
+
+
+class PerSentenceEnsemble(EnsembleModel):
+    """fairseq's ``EnsembleModel`` keeping encoder states once per source sentence (see the module docstring)."""
+
+    beam_size = 1
+    _expanded = True  # until forward_encoder: every reorder indexes beams
+    _cross_attention = ()
+
+    def set_decoder_beam_size(self, beam_size: int):
+        self.beam_size = beam_size
+        self._cross_attention = [m for model in self.models for m in model.decoder.modules()
+                                 if getattr(m, "encoder_decoder_attention", False) and hasattr(m, "set_beam_size")]
+
+    @torch.jit.unused
+    def reorder_incremental_state(self, incremental_states, new_order: Tensor):
+        """fairseq's cross-attention keeps a cache of one row per sentence and gathers it by sentence when told the
+        beam size; told only for this call, so that the models stay as they were for any other generator."""
+        before = [m.beam_size for m in self._cross_attention]
+        for m in self._cross_attention:
+            m.set_beam_size(self.beam_size)
+        try:
+            super().reorder_incremental_state(incremental_states, new_order)
+        finally:
+            for m, size in zip(self._cross_attention, before):
+                m.set_beam_size(size)
+
+    @torch.jit.unused
+    def forward_encoder(self, net_input: Dict[str, Tensor]):
+        self._expanded = False  # the next reorder is the generator's copy of each sentence for its beams
+        return super().forward_encoder(net_input)
+
+    @torch.jit.unused
+    def reorder_encoder_out(self, encoder_outs: Optional[List[Dict[str, List[Tensor]]]], new_order: Tensor):
+        if not self._expanded:  # sentence i for each of its beams: the states stay one per sentence
+            self._expanded = True
+            return encoder_outs
+        # new_order indexes beams (sentence·beam + k) and keeps each in its sentence: the sentences kept, in order
+        sentences = new_order.view(-1, self.beam_size)[:, 0] // self.beam_size
+        rows = encoder_outs[0]["encoder_out"][0].size(1) if encoder_outs and encoder_outs[0]["encoder_out"] else -1
+        if sentences.numel() == rows and torch.equal(sentences, torch.arange(rows, device=sentences.device)):
+            return encoder_outs
+        return super().reorder_encoder_out(encoder_outs, sentences)
+
+
+def per_sentence(models, args) -> bool:
+    """Whether ``PerSentenceEnsemble`` applies: beam search over encoder-decoder models with incremental decoders
+    (fairseq's scorer and its alignment generator take their own ensembles)."""
+    return (not getattr(args, "score_reference", False) and not getattr(args, "print_alignment", False)
+            and all(getattr(m, "encoder", None) is not None and hasattr(m.decoder, "set_beam_size") for m in models))
+
+
+class PerSentenceGeneratorMixin:
+    """A fairseq task whose generators keep encoder states once per sentence unless ``cfg.encoder_states_per_beam``."""
+
+    def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
+        if (seq_gen_cls is None and not getattr(self.cfg, "encoder_states_per_beam", False)
+                and not isinstance(models, EnsembleModel) and per_sentence(models, args)):
+            models = PerSentenceEnsemble(models)
+        return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)
