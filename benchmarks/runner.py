@@ -1,10 +1,19 @@
 """The work directory of one benchmark run: its paths, its stages (logged subprocesses, reused when their output
 exists, their times in WORK/stages.json), and the names of the models it trains."""
+import functools
+import importlib
+import importlib.util
 import json
+import logging
 import os
+import queue
+import re
+import runpy
 import subprocess
+import sys
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 from makd_fairseq.files import git_state, write_json
@@ -16,6 +25,152 @@ def read_json(path, default):
     return json.load(open(path)) if os.path.isfile(path) else default
 
 
+# With MAKD_BENCHMARKS_FORK=1 (the tests set it) a stage's command runs in a process forked from a server that has
+# imported torch, fairseq and the plugin once, instead of in a new interpreter that pays those imports (~3 s) again.
+FORK = "MAKD_BENCHMARKS_FORK"
+PRELOAD = ("torch", "fairseq", "fairseq.options", "fairseq.checkpoint_utils", "fairseq.trainer",
+           "fairseq.sequence_generator", "makd_fairseq", "makd_fairseq.score")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@functools.lru_cache(maxsize=None)
+def entry_point(name):
+    """``module:function`` of an installed console script (fairseq-train, makd-init), or None."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="console_scripts", name=name))
+    return found[0].value if found else None
+
+
+def forkable(cmd):
+    """(what runs ``cmd`` in a Python process, its ``sys.argv``): a console script's ``module:function`` or
+    ``-m module`` for ``python -m module``; None for any other command (it runs as a subprocess)."""
+    if cmd[0] == sys.executable and len(cmd) > 2 and cmd[1] == "-m":
+        return "-m " + cmd[2], [cmd[2], *cmd[3:]]
+    target = entry_point(os.path.basename(cmd[0]))
+    return (target, list(cmd)) if target else None
+
+
+class ForkServer:
+    """A process that has imported ``PRELOAD`` and runs one command at a time in a fork of itself (``serve``)."""
+
+    def __init__(self, env):
+        self.proc = subprocess.Popen([sys.executable, "-c", "from benchmarks.runner import serve; serve()"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT, text=True)
+
+    def run(self, *request):
+        """The exit code of ``run_forked(*request)``."""
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline()
+        if not reply:
+            raise RuntimeError(f"benchmarks: the fork server exited ({self.proc.wait()})")
+        return int(reply)
+
+
+IDLE = queue.SimpleQueue()  # this process's fork servers not running a command
+
+
+def forked(cmd, out, err=None, append=False, env=None, cwd=None):
+    """Run ``cmd`` (strings) forked from a fork server, stdout into ``out`` and stderr into ``err`` (default: ``out``
+    too); its exit code, or None if ``cmd`` is not a Python entry point (``forkable``) and did not run."""
+    how = forkable(cmd)
+    if not how:
+        return None
+    env = dict(os.environ if env is None else env)
+    try:  # one server per command running at once (--jobs threads)
+        server = IDLE.get_nowait()
+    except queue.Empty:
+        server = ForkServer(env)  # torch reads the thread count in the environment when the server imports it
+    try:
+        return server.run(*how, out, err or out, append, env, cwd or os.getcwd())
+    finally:
+        IDLE.put(server)
+
+
+def serve():
+    """The fork server's loop: a request per line on stdin, the exit code of its command per line on stdout."""
+    replies = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything the imports print goes to stderr, not into the replies
+    for name in PRELOAD:
+        importlib.import_module(name)
+    import torch
+
+    # the children's thread count is read before any fork; this process never runs an OpenMP region
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    for line in sys.stdin:
+        request = json.loads(line)
+        sys.stdout.flush()  # nothing this process has buffered may reach a child's output
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:  # the child never returns into this loop
+            code = 1
+            try:
+                replies.close()
+                code = run_forked(*request)
+            except BaseException:  # noqa: B036  (setting up its output or directory failed)
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                os._exit(code)
+        replies.write(f"{os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}\n")
+        replies.flush()
+
+
+def configures_logging_first(module):
+    """Whether ``module`` sets up the root logger before it imports fairseq (fairseq_cli.train: its log goes to
+    stdout). In a new interpreter that wins; here the server's import of fairseq has set the logger up already (a
+    ``logging.basicConfig`` in fairseq's models), so the child clears it first."""
+    source = open(importlib.util.find_spec(module).origin, encoding="utf-8").read()
+    first = re.search(r"^(logging\.basicConfig\(|from fairseq\b|import fairseq\b)", source, re.M)
+    return bool(first) and first.group(1).startswith("logging")
+
+
+def run_forked(target, argv, out, err, append, env, cwd):
+    """In a forked child: ``target`` as a new interpreter would run it (environment, directory, threads, warnings,
+    stdin empty, stdout into ``out``, stderr into ``err``); its exit code as the interpreter would give it."""
+    os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+    for std, path in ((1, out), (2, err)):
+        if std == 2 and err == out:
+            os.dup2(1, 2)
+        else:
+            os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC), 0o644), std)
+    os.chdir(cwd)
+    os.environ.clear()
+    os.environ.update(env)
+    import atexit
+    import traceback
+
+    import torch
+
+    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
+    if env.get("PYTHONWARNINGS") == "ignore":
+        warnings.simplefilter("ignore")
+    sys.argv = argv
+    code = 0
+    try:
+        if target.startswith("-m "):
+            runpy.run_module(target[3:], run_name="__main__", alter_sys=True)
+        else:
+            module, function = target.split(":")
+            if module not in sys.modules and configures_logging_first(module):
+                logging.root.handlers.clear()  # as in a new interpreter, where its basicConfig comes first
+                logging.root.setLevel(logging.WARNING)
+            sys.exit(getattr(importlib.import_module(module), function)())  # as a console script's wrapper does
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 0 if e.code is None else 1
+        if not isinstance(e.code, (int, type(None))):
+            print(e.code, file=sys.stderr)
+    except BaseException:  # noqa: B036  (what the interpreter prints for an uncaught exception)
+        traceback.print_exc()
+        code = 1
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    return code
+
+
 class Run:
     """The work directory ``args.work`` of one run; every subprocess it starts gets ``args.threads`` threads."""
 
@@ -24,9 +179,20 @@ class Run:
         self.stages_path = os.path.join(self.work, "stages.json")
         self.stages = read_json(self.stages_path, {})
         self.lock = threading.Lock()  # --jobs threads finish stages concurrently
+        self.env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
+                        PYTHONWARNINGS="ignore")
+        self.fork = os.environ.get(FORK) == "1"
 
     def path(self, *parts):
         return os.path.join(self.work, *parts)
+
+    def execute(self, cmd, log, append):
+        """Run ``cmd`` with stdout and stderr into ``log``; its exit code."""
+        rc = forked(cmd, log, append=append, env=self.env) if self.fork else None
+        if rc is not None:
+            return rc
+        with open(log, "a" if append else "w") as f:
+            return subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=self.env).returncode
 
     def stage(self, name, cmd, log, done, resumes=False):
         """Run ``cmd`` (output to ``log``) unless ``done()`` already holds; record its time. A stage that ``resumes``
@@ -40,11 +206,8 @@ class Run:
         prov = log + ".provenance.json"
         write_json(prov, read_json(prov, []) + [
             {**git_state(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd}])
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.args.threads), MKL_NUM_THREADS=str(self.args.threads),
-                   PYTHONWARNINGS="ignore")
         start = time.time()
-        with open(log, "a" if resumes else "w") as f:
-            rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env).returncode
+        rc = self.execute([str(c) for c in cmd], log, resumes)
         if rc != 0 or not done():
             with open(log) as f:
                 tail = f.read()[-3000:]

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -32,12 +33,14 @@ TRAIN_COMMON = [
 ]
 
 
-# The files that take longest (seconds of one worker, measured with --durations on the 2-core machine: quality_seeds
-# 285, quality_benchmark 234, benchmarks 183, student 87, resume 82; the rest under 65). xdist's loadfile mode starts
-# files in order of their number of tests, which left these few-test files to the end and one worker idle for minutes;
-# starting them first lets the two workers finish together.
-LONGEST_FIRST = ("test_quality_seeds.py", "test_quality_benchmark.py", "test_benchmarks.py", "test_student.py",
-                 "test_resume.py")
+# The files that take longest, longest first. xdist's loadfile mode starts files in order of their number of tests,
+# which left these few-test files to the end and one worker idle for minutes; starting them first lets the two workers
+# finish together. Seconds of one worker (--durations of the whole suite, -n 2, on the 2-core machine with a training
+# and other tests beside it, load ~7): benchmarks 584, quality_benchmark 485, quality_seeds 365, validation_metric 305,
+# compress 187, student 176, lm 172, teacher_data 133, resume 132; the rest under 100.
+LONGEST_FIRST = ("test_benchmarks.py", "test_quality_benchmark.py", "test_quality_seeds.py",
+                 "test_validation_metric.py", "test_compress.py", "test_student.py", "test_lm.py",
+                 "test_teacher_data.py", "test_resume.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
@@ -59,10 +62,32 @@ def pytest_xdist_make_scheduler(config, log):
     return LongestFirst(config, log)
 
 
-def run(*args, check=True, **kwargs):
-    """Run a CLI; on failure show its output (the assertion message is all a CI log keeps)."""
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([str(a) for a in args], capture_output=True, text=True, env=env, **kwargs)
+def forks(args):
+    """Whether ``run`` forks ``args`` from a process that has imported fairseq and the plugin
+    (``benchmarks.runner.forked``): the commands that import the plugin anyway (makd-*, a fairseq CLI given
+    ``--user-dir``) and the benchmarks; the others (a plain fairseq CLI, ``python -m makd_fairseq.cli.X``) start a
+    new interpreter, as a user's would."""
+    name = os.path.basename(args[0])
+    return name.startswith("makd-") or (name.startswith("fairseq-") and "--user-dir" in args) or (
+        args[0] == sys.executable and args[1:2] == ["-m"] and args[2].startswith("benchmarks."))
+
+
+def run(*args, check=True, cwd=None):
+    """Run a CLI; on failure show its output (the assertion message is all a CI log keeps). A benchmark it starts
+    runs its stages' commands forked from a process that has imported fairseq once (``benchmarks.runner.FORK``)."""
+    from benchmarks.runner import forked
+
+    args = [str(a) for a in args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MAKD_BENCHMARKS_FORK="1")
+    proc = None
+    if forks(args):
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
+            code = forked(args, out, err, env=env, cwd=str(cwd or os.getcwd()))
+            if code is not None:
+                proc = subprocess.CompletedProcess(args, code, *(open(f, errors="replace").read() for f in (out, err)))
+    if proc is None:
+        proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd)
     if check and proc.returncode != 0:
         raise AssertionError(f"{args[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc

@@ -30,12 +30,12 @@ def test_a_curve_gives_the_checkpoint_of_each_rule_and_its_metric():
     assert no_metric["best_metric"] is None and no_metric["stopped_on_nll"]["metric"] is None
 
 
-def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_test(mt_data, tmp_path):
+def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_test(mt_data, teacher, tmp_path):
     out, work = tmp_path / "diag.json", tmp_path / "work"
     run(sys.executable, "-m", "benchmarks.quality", "--task", "translation", "--data", mt_data, "--size", "smoke",
-        "--work", work, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce", "kd_alpha_0.5", "makd_no_layer",
-        "--stopping", "6", "2", "2", "--select-on", "metric", "--validation-only", "--remove-bpe", "none",
-        "--out", out, cwd=ROOT)
+        "--teacher", teacher, "--work", work, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce", "kd_alpha_0.5",
+        "makd_no_layer", "--stopping", "6", "2", "2", "--select-on", "metric", "--validation-only", "--remove-bpe",
+        "none", "--out", out, cwd=ROOT)
     result = json.loads(out.read_text())
     assert result["validation_only"] and result["stopping"] == {
         "max_update": 6, "patience": 2, "validate_interval_updates": 2}

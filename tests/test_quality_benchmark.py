@@ -5,6 +5,8 @@ import lzma
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT, run
 from makd_fairseq.score import read_generation as read
 
@@ -120,3 +122,35 @@ def test_quality_benchmark_smoke_language_modeling(tmp_path):
     assert proc.returncode == 2 and "encoder-decoder models only" in proc.stderr
 
 
+
+
+def test_a_forked_stage_runs_as_its_subprocess_would(tmp_path, monkeypatch):
+    """MAKD_BENCHMARKS_FORK=1 (set for the benchmarks the tests start): a stage's command runs in a fork of a server
+    that imported fairseq once. Its log, files and exit code are the subprocess's; a resumed stage adds to its log; a
+    failing command fails the stage with its message."""
+    from argparse import Namespace
+
+    from benchmarks.runner import FORK, Run
+
+    src = ROOT / "tests" / "fixtures" / "debian" / "translation"
+    logs = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv(FORK, mode)
+        work = tmp_path / mode
+        r = Run(Namespace(work=str(work), threads=1))
+        assert r.fork == (mode == "1")
+        r.stage("preprocess", ["fairseq-preprocess", "--source-lang", "en", "--target-lang", "de", "--trainpref",
+                               f"{src}/train", "--validpref", f"{src}/valid", "--destdir", f"{work}/bin",
+                               "--joined-dictionary", "--workers", "1"], str(work / "preprocess.log"),
+                lambda w=work: (w / "bin" / "dict.en.txt").is_file())
+        logs[mode] = (work / "preprocess.log").read_text().replace(str(work), "WORK")
+        for _ in range(2):
+            with pytest.raises(SystemExit, match=r"bad failed \(exit 2\)[\s\S]*makd-init: error: .*no such"):
+                r.stage("bad", ["makd-init", "--teacher", f"{work}/nope.pt", "--rank", "4", "--out", f"{work}/s.pt"],
+                        str(work / "bad.log"), lambda: False, resumes=True)
+        assert (work / "bad.log").read_text().count("no such checkpoint file") == 2
+        with pytest.raises(SystemExit, match=r"exit 1\)[\s\S]*No module named benchmarks.nope"):
+            r.stage("missing", [sys.executable, "-m", "benchmarks.nope"], str(work / "missing.log"), lambda: False)
+    assert logs["1"] == logs["0"] and "Wrote preprocessed data to WORK/bin" in logs["1"]
+    for f in (tmp_path / "0" / "bin").glob("*.*[nxt]"):  # .bin, .idx, dict.*.txt (fairseq copies the log there)
+        assert (tmp_path / "1" / "bin" / f.name).read_bytes() == f.read_bytes(), f.name

@@ -78,12 +78,15 @@ def test_resumed_run_stops_early_where_the_uninterrupted_run_stops(mt_data, teac
     assert "1 validation(s) since without improvement" in resumed.stdout + resumed.stderr
 
 
-def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path):
+def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path, monkeypatch):
     """quality.py's training stages resume from checkpoint_last.pt after an interruption (a session's end kills
     them); their log then holds the validations of both starts, so the reported best validation nll is the best of
-    the whole training, not of its last start. A stage that does not resume starts its log afresh."""
-    from benchmarks.runner import Run
+    the whole training, not of its last start. A stage that does not resume starts its log afresh. (The trainings
+    run forked, as in the benchmarks the tests start.)"""
+    from benchmarks.runner import FORK, Run
     from makd_fairseq import fairseq_logs
+
+    monkeypatch.setenv(FORK, "1")
 
     def finished(path):
         return fairseq_logs.finished(fairseq_logs.read(path))
