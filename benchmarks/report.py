@@ -172,26 +172,68 @@ def shapes_table(result):
         result["config"]["batch_size"]) + ") | speed-up [range] | latency sentences/s (batch 1) | speed-up [range] |",
         "|---|---|---|---|---|---|---|---|---|"]
     for shape, r in result.get("shapes", {}).items():
+        to_teacher = {a: suffix for suffix, (a, b) in r.get("ratio_pairs", {}).items() if b == "teacher"}
+        flops = r["flops_per_sentence"]
         for threads, t in r["threads"].items():
-            for name in r["params"]:
-                key = name[len("student"):]
-                ratio = 1.0 if name == "teacher" else r[f"flops_ratio_{key}"]
+            for name in t["sentences_per_s"]["throughput"]:
+                ratio = f"{flops['teacher'] / flops[name]:.2f}" if name in flops else "–"
                 cells = []
                 for kind, prefix in (("throughput", "gen_speedup"), ("latency", "latency_speedup")):
-                    speed = t["sentences_per_s"][kind][name]
-                    up = "1.00" if name == "teacher" else (f"{t[f'{prefix}_{key}']:.2f} [{t[f'{prefix}_{key}_range'][0]:.2f}"
-                                                           f", {t[f'{prefix}_{key}_range'][1]:.2f}]")
-                    cells += [f"{speed:.2f}", up]
-                lines.append(f"| {shape} ({r['arch']}, {r['vocab']:,} vocab) | {threads} | {name} | {r['params'][name]:,} "
-                             f"| {ratio:.2f} | " + " | ".join(cells) + " |")
+                    key = f"{prefix}_{to_teacher.get(name)}"
+                    up = "1.00" if name == "teacher" else with_range(t, key)
+                    cells += [f"{t['sentences_per_s'][kind][name]:.2f}", up]
+                params = f"{r['params'][name]:,}" if name in r["params"] else "–"
+                lines.append(f"| {shape} ({r['arch']}, {r['vocab']:,} vocab) | {threads} | {name} | {params} "
+                             f"| {ratio} | " + " | ".join(cells) + " |")
+    lines += [""] + comparisons_table(result)
     notes = [f"{shape}, {key}%: {why}" for shape, r in result.get("shapes", {}).items()
              for key, why in r.get("unmet_budgets", {}).items()]
     memory = [f"{shape}: " + ", ".join(
         f"{m} {p / 2**20:.0f} MiB" + (f" (× {p / r['train_peak_mem_bytes']['word_kd']:.2f})" if m != "word_kd" else "")
         for m, p in r["train_peak_mem_bytes"].items())
         for shape, r in result.get("shapes", {}).items() if "train_peak_mem_bytes" in r]
+    profile = [f"{shape}: " + ", ".join(f"{name} {share:.0%}" for name, share in r["index_select_share"].items())
+               for shape, r in result.get("shapes", {}).items() if "index_select_share" in r]
     return lines + [""] + ([f"Not measured: {'; '.join(notes)}", ""] if notes else []) + (
-        [f"Peak memory of an update (50% student): {'; '.join(memory)}", ""] if memory else [])
+        [f"Peak memory of an update (50% student): {'; '.join(memory)}", ""] if memory else []) + (
+        [f"`index_select` (beam reordering of the caches), share of one profiled batch: {'; '.join(profile)}", ""]
+        if profile else []) + ct2_notes(result.get("shapes", {}).items())
+
+
+def with_range(entry, key):
+    return f"{entry[key]:.2f} [{entry[key + '_range'][0]:.2f}, {entry[key + '_range'][1]:.2f}]"
+
+
+def comparisons_table(result):
+    """Every ratio of ``measure.ratio_pairs`` other than against the teacher in plain fairseq (the table above has
+    those): against the teacher with encoder states once per sentence, the latent cache's gain, against CTranslate2."""
+    lines = ["| shape | threads | ratio | numerator / denominator | throughput [range] | latency [range] |",
+             "|---|---|---|---|---|---|"]
+    for shape, r in result.get("shapes", {}).items():
+        for threads, t in r["threads"].items():
+            for suffix, (a, b) in r["ratio_pairs"].items():
+                if b == "teacher":
+                    continue
+                cells = [with_range(t, f"{p}_{suffix}") for p in ("gen_speedup", "latency_speedup")]
+                lines.append(f"| {shape} | {threads} | {suffix} | {a} / {b} | " + " | ".join(cells) + " |")
+    return lines if len(lines) > 2 else []
+
+
+def ct2_notes(runs):
+    """One line per run: the CTranslate2 version and every converter failure, or why the part was skipped."""
+    out = []
+    for label, r in runs:
+        info = r.get("ctranslate2")
+        if not info:
+            continue
+        if "skipped" in info:
+            out.append(f"CTranslate2 ({label}): skipped, {info['skipped']}")
+            continue
+        failures = "; ".join(f"{name}: {' / '.join(notes)}" for name, notes in info["converter_failures"].items())
+        out.append(f"CTranslate2 {info['version']} ({label}): converted {', '.join(info['converted']) or 'nothing'}, "
+                   f"{info['decoder_steps']} decoder steps per hypothesis"
+                   + (f"; converter failures: {failures}" if failures else ""))
+    return [line for note in out for line in (note, "")]
 
 
 def speed_table(result):
@@ -217,15 +259,29 @@ def train_table(result):
     return lines + [""]
 
 
+DECODED_BY = {"fairseq": "fairseq (translation task)", "per_sentence": "fairseq (makd_translation)",
+              "no_latent": "fairseq (makd_translation, latent cache off)"}
+
+
 def generation_table(result):
-    lines = ["| model | params | generation FLOPs / sentence | sentences/s (median) | speed-up | FLOPs ratio "
-              "| speed-up / FLOPs ratio |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | decoded by | params | generation FLOPs / sentence | sentences/s (median) | speed-up "
+             "| FLOPs ratio | speed-up / FLOPs ratio |", "|---|---|---|---|---|---|---|---|"]
     t = result["generate"]["teacher"]
     for name, g in result["generate"].items():
-        speedup, ratio = g["sentences_per_s"] / t["sentences_per_s"], t["flops_per_sentence"] / g["flops_per_sentence"]
-        lines.append(f"| {name} | {g['params']:,} | {g['flops_per_sentence'] / 1e9:.2f} G | {g['sentences_per_s']:.2f} "
-                     f"| {speedup:.2f} | {ratio:.2f} | {speedup / ratio:.0%} |")
-    return lines
+        speedup = g["sentences_per_s"] / t["sentences_per_s"]
+        fairseq = g.get("engine", "fairseq") == "fairseq"
+        how = DECODED_BY[g["decoding"]] if fairseq else f"CTranslate2 ({g['compute']})"
+        if "flops_per_sentence" in g:
+            ratio = t["flops_per_sentence"] / g["flops_per_sentence"]
+            cells = [f"{g['params']:,}", f"{g['flops_per_sentence'] / 1e9:.2f} G", f"{g['sentences_per_s']:.2f}",
+                     f"{speedup:.2f}", f"{ratio:.2f}", f"{speedup / ratio:.0%}"]
+        else:
+            cells = ["–", "–", f"{g['sentences_per_s']:.2f}", f"{speedup:.2f}", "–", "–"]
+        lines.append(f"| {name} | {how} | " + " | ".join(cells) + " |")
+    pairs = [f"{suffix} ({a} / {b}) {result[f'gen_speedup_{suffix}']:.2f}"
+             for suffix, (a, b) in result.get("ratio_pairs", {}).items() if b != "teacher"]
+    return lines + ([""] + ["Other ratios: " + "; ".join(pairs)] if pairs else []) + [""] + ct2_notes(
+        [("data teacher", result)])
 
 
 def sweep_tables(result):

@@ -4,9 +4,11 @@ random weights (every hypothesis is forced to one length, so the work does not d
 import os
 import statistics
 
+from makd_fairseq.timing import interleaved, ratio
+
 from .measure import (
-    EXACT_MALLOC, MEMORY_METHODS, checked, gen_flags, generate, make_students, measured_env, run_worker, student_specs,
-    train_argv,
+    EXACT_MALLOC, MEMORY_METHODS, checked, ct2_models, gen_flags, generation_calls, generation_models, language_pair,
+    make_dense, make_students, progress, ratio_pairs, run_worker, student_specs, train_argv,
 )
 
 # fairseq's own presets; a joined vocabulary of this size (the data's dictionary padded with unused symbols)
@@ -26,8 +28,8 @@ def shape_data(data, out, vocab, throughput_sentences=256, latency_sentences=32,
     if os.path.isfile(os.path.join(out, "done")):
         return out
     os.makedirs(out, exist_ok=True)
-    pair = next(f.split(".")[1] for f in sorted(os.listdir(data)) if f.startswith("test.") and f.endswith(".bin"))
-    langs = pair.split("-")
+    langs = language_pair(data)
+    pair = "-".join(langs)
     dicts = [f"dict.{lang}.txt" for lang in langs]
     d = Dictionary.load(os.path.join(data, dicts[0]))
     extra = vocab - len(d)
@@ -61,18 +63,24 @@ def random_teacher(data, arch, save_dir):
 
 
 def measure_shape(shape, args):
-    """Generation of a random-weight teacher of a fairseq preset and its students: throughput (``--batch-size``) and
-    batch-1 latency, at each ``--shape-threads``, ``--repeats`` interleaved rounds; ratios per round, median and
-    range. FLOPs at the throughput setting."""
+    """Generation of a random-weight teacher of a fairseq preset, its students and their anchors
+    (``measure.generation_models``): throughput (``--batch-size``) and batch-1 latency, at each ``--shape-threads``,
+    ``--repeats`` interleaved rounds; every ratio of ``measure.ratio_pairs`` per round, median and range. FLOPs and a
+    profile of one batch per fairseq model at the throughput setting."""
     spec, work = SHAPES[shape], os.path.join(args.work, shape)
     data = shape_data(args.shape_data or args.data, os.path.join(work, "data"), spec["vocab"], args.shape_sentences,
                       max(1, args.shape_sentences // 8))
     teacher = random_teacher(data, spec["arch"], os.path.join(work, "teacher"))
     students, unmet = make_students(teacher, work, args)  # an unmet budget is reported, not fatal
-    paths = {"teacher": teacher, **{f"student{k}": p for k, p in students.items()}}
+    dense = make_dense(teacher, work, args) if args.dense else {}
+    ct2, ct2_info = ct2_models(teacher, dense, work, data, args)
+    models = generation_models(teacher, students, dense, ct2, args)
+    pairs = ratio_pairs(models)
     settings = {"throughput": ("test", args.batch_size), "latency": ("valid", 1)}
     out = {"arch": spec["arch"], "vocab": spec["vocab"], "weights": "random: every hypothesis is forced to "
-           f"{args.gen_len} tokens, so speed does not depend on them", "unmet_budgets": unmet, "threads": {}}
+           f"{args.gen_len} tokens, so speed does not depend on them", "unmet_budgets": unmet,
+           "models": {name: list(m[::2]) for name, m in models.items()}, "ratio_pairs": pairs,
+           "ctranslate2": ct2_info, "threads": {}}
     first = student_specs(args)[0][0]
     if "train" in args.parts and first in students:  # peak memory of an update (CPU), as for the data's teacher
         peaks = {m: max(run_worker("train", {"argv": train_argv(args, students[first], m, os.path.join(work, "save"),
@@ -84,37 +92,34 @@ def measure_shape(shape, args):
             out[f"{m}_over_wordkd_peak_mem"] = round(peaks[m] / peaks["word_kd"], 4)
         print(f"{shape}: peak memory of an update " + ", ".join(f"{m} {p / 2**20:.0f} MiB" for m, p in peaks.items()),
               flush=True)
-    for name, path in paths.items():  # untimed: the first reader of data and models pays the cache
-        generate(path, args, measured_env(1), data, "valid", 1)
-    for threads in args.shape_threads:
-        env = measured_env(threads)
-        runs = {(kind, name): [] for kind in settings for name in paths}
-        for r in range(args.repeats):
-            for kind, (subset, batch) in settings.items():
-                for name, path in paths.items():
-                    runs[(kind, name)].append(generate(path, args, env, data, subset, batch)["sentences_per_s"])
-            print(f"{shape} {threads} thread(s) round {r + 1}/{args.repeats}: " + ", ".join(
-                f"{kind} {name} {runs[(kind, name)][-1]:.2f}/s" for kind in settings for name in paths), flush=True)
-        entry = {"sentences_per_s": {kind: {name: statistics.median(runs[(kind, name)]) for name in paths}
-                                     for kind in settings}, "rounds": {f"{k}/{n}": v for (k, n), v in runs.items()}}
-        for key in students:
+    for i, threads in enumerate(args.shape_threads):
+        calls = generation_calls(models, args, threads, settings, data)
+        # untimed first (the first reader of data and models pays the cache): each model once at batch 1
+        runs = interleaved(calls, args.repeats, {c: int(i == 0 and c.startswith("latency/")) for c in calls},
+                           progress(f"{shape} {threads} thread(s) ", args.repeats))
+        sps = {c: [r["sentences_per_s"] for r in rs] for c, rs in runs.items()}
+        entry = {"sentences_per_s": {kind: {name: statistics.median(sps[f"{kind}/{name}"]) for name in models}
+                                     for kind in settings}, "rounds": sps}
+        for suffix, (a, b) in pairs.items():
             for kind, prefix in (("throughput", "gen_speedup"), ("latency", "latency_speedup")):
-                per_round = [a / b for a, b in zip(runs[(kind, f"student{key}")], runs[(kind, "teacher")])]
-                entry[f"{prefix}_{key}"] = round(statistics.median(per_round), 4)
-                entry[f"{prefix}_{key}_range"] = [round(min(per_round), 4), round(max(per_round), 4)]
+                r = ratio(sps[f"{kind}/{a}"], sps[f"{kind}/{b}"])
+                entry[f"{prefix}_{suffix}"] = round(r["median"], 4)
+                entry[f"{prefix}_{suffix}_range"] = [round(v, 4) for v in r["range"]]
         out["threads"][str(threads)] = entry
-    flops = {name: run_worker("flops", {"path": path, "data": data, "gen_args": gen_flags(args),
-                                        "batch_size": args.batch_size, "profile": 12},
-                              max(args.shape_threads)) for name, path in paths.items()}
+    flops = {name: run_worker("flops", {"path": path, "data": data, "gen_args": gen_flags(args, decoding=how),
+                                        "batch_size": args.batch_size, "profile": 12}, max(args.shape_threads))
+             for name, (engine, path, how) in models.items() if engine == "fairseq"}
     out["profile"] = {name: f["profile"] for name, f in flops.items()}  # one generation batch, headline threads
+    out["index_select_share"] = {name: p["index_select_share"] for name, p in out["profile"].items()}
     out["flops_per_sentence"] = {name: f["flops_per_sentence"] for name, f in flops.items()}
     out["params"] = {name: f["params"] for name, f in flops.items()}
     headline = out["threads"][str(max(args.shape_threads))]
+    for suffix in pairs:
+        for prefix in ("gen_speedup", "latency_speedup"):
+            out[f"{prefix}_{suffix}"] = headline[f"{prefix}_{suffix}"]
     for key in students:
         out[f"flops_ratio_{key}"] = round(flops["teacher"]["flops_per_sentence"] / flops[f"student{key}"][
             "flops_per_sentence"], 4)
-        for prefix in ("gen_speedup", "latency_speedup"):
-            out[f"{prefix}_{key}"] = headline[f"{prefix}_{key}"]
         out[f"gen_speedup_over_flops_ratio_{key}"] = round(out[f"gen_speedup_{key}"] / out[f"flops_ratio_{key}"], 4)
     out["headline_threads"] = max(args.shape_threads)
     return out

@@ -14,10 +14,18 @@
    blocks at once so the resident size follows the live tensors; GPU: ``torch.cuda.max_memory_allocated``);
    the maximum over updates is reported. Methods are interleaved over ``--repeats`` rounds; the reported step
    time is the median over all timed updates.
-3. Generation: ``fairseq-generate`` (beam, batch size, threads all fixed) on the test set for the teacher and
-   both students. Every hypothesis is forced to exactly ``--gen-len`` tokens (``--min-len = --max-len-b``), so
-   the models do the same work whatever their quality; throughput is fairseq's own sentences/s, median over
-   ``--repeats`` runs.
+3. Generation: ``fairseq-generate`` (beam, batch size, threads all fixed) on the test set for the teacher as
+   fairseq decodes it (``--task translation``: encoder states repeated per beam) and with encoder states once per
+   source sentence (``--task makd_translation``), each student as the plugin decodes it (``makd_translation``,
+   latent self-attention cache) and with the latent cache off (``--model-overrides "{'no_latent_cache': True}"``),
+   the dense fewer-layer students of ``makd-shrink``, and the teacher (and the dense students, where the converter
+   takes them) in CTranslate2, fp32 and int8, on the same token ids. Every hypothesis is forced to exactly
+   ``--gen-len`` tokens (``--min-len = --max-len-b``; CTranslate2: ``--gen-len`` + 1 decoder steps, fairseq's forced
+   </s> included), so the models do the same work whatever their quality; throughput is each engine's own
+   sentences/s, median over ``--repeats`` interleaved rounds after ``--gen-warmup`` untimed passes
+   (``makd_fairseq.timing``, the timing makd-compress's report uses). The ratios are named by
+   ``measure.ratio_pairs`` (``gen_speedup_50`` against the teacher in plain fairseq, ``_vs_per_sentence``,
+   ``_no_latent``, ``_latent_gain``, ``_vs_ct2_fp32``/``_int8``), the pairs recorded in the JSON (``ratio_pairs``).
 4. FLOPs: the same generation on one batch under ``torch.utils.flop_counter.FlopCounterMode``, after fairseq's
    ``prepare_for_inference_`` (factors past break-even merged); the teacher/student ratio is the speed-up a
    student could reach if time followed FLOPs.
@@ -26,7 +34,9 @@
    presets with a joined vocabulary of 10k and 32k (the data's dictionary padded with unused symbols), teachers with
    random weights (hypotheses are forced to one length, so the work does not depend on them): throughput at
    ``--batch-size`` and latency at batch 1, each ``--shape-threads``, interleaved rounds with the per-round speed-up's
-   range; JSON ``shapes: {iwslt|wmt: {gen_speedup_50, flops_ratio_50, latency_speedup_50, ...}}``.
+   range, every model and ratio of 3.; JSON ``shapes: {iwslt|wmt: {gen_speedup_50, flops_ratio_50,
+   latency_speedup_50, gen_speedup_50_vs_per_sentence, gen_speedup_50_latent_gain, gen_speedup_50_vs_ct2_int8, ...}}``
+   and a ``torch.profiler`` breakdown of one batch per fairseq model (``profile``, ``index_select_share``).
 
 Writes ``--out`` (JSON, every ratio from this run) and the same path with ``.md`` (a table).
 """
@@ -38,10 +48,12 @@ import sys
 import time
 
 from makd_fairseq.files import git_state, write_text
+from makd_fairseq.timing import interleaved
 
 from . import RESULTS
 from .measure import (
-    EXACT_MALLOC, TRAIN_METHODS, gen_flags, generate, make_students, measured_env, run_worker, train_argv,
+    EXACT_MALLOC, TRAIN_METHODS, ct2_models, gen_flags, generation_calls, generation_models, make_dense,
+    make_students, progress, ratio_pairs, run_worker, train_argv,
 )
 from .provenance import command, hardware
 from .report import speed_table
@@ -59,6 +71,8 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=20, help="timed updates per training run")
     parser.add_argument("--warmup", type=int, default=3, help="untimed updates first")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of every measurement (median reported)")
+    parser.add_argument("--gen-warmup", type=int, default=1,
+                        help="untimed generation passes of every model before the rounds (the data teacher's)")
     parser.add_argument("--max-tokens", type=int, default=4096)
     parser.add_argument("--beam", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -78,6 +92,14 @@ def main(argv=None):
     parser.add_argument("--vocabulary", action=argparse.BooleanOptionalAction, default=True,
                         help="also time students whose vocabulary matrix (embeddings and output projection) is "
                              "factorized and counted in the budget (keys 50_vocab, 25_vocab)")
+    parser.add_argument("--latent-off", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time each student (not the _vocab ones: the same attention) with its latent "
+                             "self-attention cache off (fairseq's k/v cache; keys 50_no_latent, 50_latent_gain)")
+    parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the dense fewer-layer students of makd-shrink at each budget (dense50, ...)")
+    parser.add_argument("--ctranslate2", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the teacher and the dense students in CTranslate2 (fp32 and int8), converted "
+                             "by its fairseq converter (skipped, with the reason in the results, if not installed)")
     parser.add_argument("--profile", choices=list(TRAIN_METHODS), metavar="METHOD",
                         help="instead of the benchmark: profile --steps updates of METHOD with torch.profiler")
     args = parser.parse_args(argv)
@@ -104,35 +126,32 @@ def main(argv=None):
         print(f"{args.profile}: median {statistics.median(out['step_s']):.3f} s/update, teacher forward "
               f"{sum(out['teacher_s']) / sum(out['step_s']):.0%} (profiler overhead included)")
         return
-    env = measured_env(args.threads)
-
     shapes = {shape: measure_shape(shape, args) for shape in args.shapes}
     parts = set(args.parts)
-    paths = {"teacher": args.teacher, **{f"student{k}": students[k] for k in keys}}
-    runs = {m: [] for m in TRAIN_METHODS} if "train" in parts else {}
-    memory = {}  # method -> per-update peaks (CPU); on GPU the timed runs' allocator statistics
-    gens = {name: [] for name in paths} if "generate" in parts else {}
-    for path in paths.values() if gens else ():  # untimed: the first reader of data and models pays the cache
-        generate(path, args, env)
-    for r in range(args.repeats):  # interleaved rounds: slow drifts of the machine hit every method alike
-        for m in runs:
-            argv_m = train_argv(args, students[keys[0]], m, os.path.join(args.work, "save"))
-            runs[m].append(run_worker("train", {"argv": argv_m, "steps": args.steps, "warmup": args.warmup},
-                                      args.threads))
-            print(f"round {r + 1}/{args.repeats} train {m}: median "
-                  f"{statistics.median(runs[m][-1]['step_s']):.3f} s/update", flush=True)
-        for m in runs if r == 0 and not args.fp16 else ():  # CPU peak memory: separate, untimed runs
-            argv_m = train_argv(args, students[keys[0]], m, os.path.join(args.work, "save"))
-            memory[m] = run_worker("train", {"argv": argv_m, "steps": args.steps, "warmup": args.warmup},
-                                   args.threads, EXACT_MALLOC)["step_peak_bytes"]
-        for name in gens:
-            gens[name].append(generate(paths[name], args, env))
-            print(f"round {r + 1}/{args.repeats} generate {name}: {gens[name][-1]['sentences_per_s']:.2f} "
-                  "sentences/s", flush=True)
+    models, ct2_info = {}, None
+    if "generate" in parts:
+        dense = make_dense(args.teacher, args.work, args) if args.dense else {}
+        ct2, ct2_info = ct2_models(args.teacher, dense, args.work, args.data, args)
+        models = generation_models(args.teacher, {k: students[k] for k in keys}, dense, ct2, args)
+    methods = list(TRAIN_METHODS) if "train" in parts else []
+    memory = {}  # method -> per-update peaks (CPU): separate, untimed runs; GPU: the timed runs' allocator statistics
+    for m in methods if not args.fp16 else ():
+        argv_m = train_argv(args, students[keys[0]], m, os.path.join(args.work, "save"))
+        memory[m] = run_worker("train", {"argv": argv_m, "steps": args.steps, "warmup": args.warmup}, args.threads,
+                               EXACT_MALLOC)["step_peak_bytes"]
+    calls = {f"train/{m}": (lambda m=m: run_worker("train", {
+        "argv": train_argv(args, students[keys[0]], m, os.path.join(args.work, "save")), "steps": args.steps,
+        "warmup": args.warmup}, args.threads)) for m in methods}
+    calls.update(generation_calls(models, args, args.threads, {"generate": ("test", args.batch_size)}))
+    # interleaved rounds: slow drifts of the machine hit every method alike; generation warmed up once, untimed
+    # (the first reader of data and models pays the cache)
+    warmup = {name: args.gen_warmup * name.startswith("generate/") for name in calls}
+    measured = interleaved(calls, args.repeats, warmup, progress("", args.repeats))
 
     result, ratios = {"train": {}, "generate": {}}, {}
     tr, ge = result["train"], result["generate"]
-    for m, rs in runs.items():
+    for m in methods:
+        rs = measured[f"train/{m}"]
         steps = [s for r in rs for s in r["step_s"]]
         teacher = [s for r in rs for s in r["teacher_s"]]
         tr[m] = {
@@ -151,16 +170,23 @@ def main(argv=None):
             "layerkd_over_wordkd_step": tr["layer_kd"]["step_s_median"] / tr["word_kd"]["step_s_median"],
             "wordkd_over_ce_step": tr["word_kd"]["step_s_median"] / tr["ce"]["step_s_median"],
         })
-    for name in gens:
-        flops = run_worker("flops", {"path": paths[name], "data": args.data, "gen_args": gen_flags(args),
-                                     "batch_size": args.batch_size}, args.threads)
-        ge[name] = {"sentences_per_s": statistics.median(g["sentences_per_s"] for g in gens[name]),
-                    "runs": gens[name], **flops}
+    for name, (engine, path, how) in models.items():
+        rs = measured[f"generate/{name}"]
+        ge[name] = {"engine": engine, "decoding" if engine == "fairseq" else "compute": how,
+                    "sentences_per_s": statistics.median(g["sentences_per_s"] for g in rs), "runs": rs}
+        if engine == "fairseq" and name != "teacher_per_sentence":  # FLOPs (and which cache a student decodes with)
+            ge[name].update(run_worker("flops", {"path": path, "data": args.data, "batch_size": args.batch_size,
+                                                 "gen_args": gen_flags(args, decoding=how)}, args.threads))
+    pairs = ratio_pairs(models)
+    for suffix, (a, b) in pairs.items():  # every ratio: the quotient of the two medians reported beside it
+        ratios[f"gen_speedup_{suffix}"] = ge[a]["sentences_per_s"] / ge[b]["sentences_per_s"]
     for key in keys if ge else ():
         s = ge[f"student{key}"]
-        ratios[f"gen_speedup_{key}"] = s["sentences_per_s"] / ge["teacher"]["sentences_per_s"]
         ratios[f"flops_ratio_{key}"] = ge["teacher"]["flops_per_sentence"] / s["flops_per_sentence"]
         ratios[f"gen_speedup_over_flops_ratio_{key}"] = ratios[f"gen_speedup_{key}"] / ratios[f"flops_ratio_{key}"]
+    if ge:
+        result["ratio_pairs"] = pairs
+        result["ctranslate2"] = ct2_info
     if shapes:
         result["shapes"] = shapes
     result = {**{k: round(v, 4) for k, v in ratios.items()}, **result, "config": {

@@ -12,8 +12,10 @@ Stages, each reused when its output exists (an interrupted training continues fr
    the validation nll (``--select-on nll``), or with ``--select-on metric`` the main metric of beam-search
    hypotheses of the valid split (``validation.py``: ``--eval-metric``; the test generation's beam and lengths).
 3. ``evaluate``: ``fairseq-generate`` on the test split for teacher and student with the same beam, batch and
-   threads (``fairseq-eval-lm`` for language models), scored with ``score``'s functions; the generation speed is
-   fairseq's own sentences/s (tokens/s for language models) of those runs.
+   threads (``fairseq-eval-lm`` for language models), scored with ``score``'s functions. The speed is then timed as
+   the speed benchmark times it (``timing.interleaved``): after a warm-up, ``--speed-rounds`` rounds of teacher and
+   student in turn (``--quiet``), fairseq's own sentences/s (tokens/s for language models), median and range; the
+   speed-up is the median of the per-round ratios (DIR/generate/speed.json, reused).
 4. DIR/report.md and DIR/report.json: parameters, the ranks table, teacher and student metric and their ratio,
    speed-up, training time and updates, the command and the commit.
 
@@ -27,7 +29,7 @@ import shutil
 import subprocess
 import sys
 
-from . import fairseq_logs
+from . import fairseq_logs, timing
 from .files import USER_DIR, copy_file, git_commit, save_torch, write_json, write_text
 from .student import OPTIMIZATION, distill_command
 from .validation import FOR_SCORE_METRIC, generation_args
@@ -185,10 +187,12 @@ def train(args, lm, student_path: str, log: str) -> None:
 
 def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",)):
     """fairseq-generate on the test split (``flags``: beam, batch, lengths, ...): the command makd-compress and the
-    quality benchmark evaluate encoder-decoder models with."""
+    quality benchmark evaluate encoder-decoder models with; ``makd_translation``'s generator keeps encoder states once
+    per source sentence (fairseq's hypotheses, faster)."""
     # --required-batch-size-multiple 1: fairseq main's default of 8 drops the last batch's remainder, i.e. up to 7
     # test sentences (fairseq#5036)
-    return ["fairseq-generate", data, "--user-dir", USER_DIR, "--path", checkpoint, "--gen-subset", "test", *flags,
+    return ["fairseq-generate", data, "--user-dir", USER_DIR, "--task", "makd_translation", "--path", checkpoint,
+            "--gen-subset", "test", *flags,
             "--required-batch-size-multiple", "1", "--num-workers", "0",
             *(["--remove-bpe", remove_bpe] if remove_bpe != "none" else []),
             "--skip-invalid-size-inputs-valid-test", *device]
@@ -200,14 +204,15 @@ def eval_lm_command(data, checkpoint, flags, device=("--cpu",)):
             "--num-workers", "0", *device]
 
 
-def evaluate_command(args, lm, checkpoint):
+def evaluate_command(args, lm, checkpoint, quiet=False):
+    """The evaluation of ``checkpoint``; ``quiet``: without the hypotheses (the timed passes)."""
     device = [] if args.gpu else ["--cpu"]
     if lm:
         return eval_lm_command(args.data, checkpoint, [*args.task_flags, "--max-tokens", "4096",
                                                        *shlex.split(args.eval_args)], device)
     return generate_command(args.data, checkpoint, [*args.task_flags, "--beam", str(args.beam), "--batch-size",
-                                                    str(args.batch_size), *shlex.split(args.eval_args)],
-                            args.remove_bpe, device)
+                                                    str(args.batch_size), *shlex.split(args.eval_args),
+                                                    *(["--quiet"] if quiet else [])], args.remove_bpe, device)
 
 
 def evaluate(args, lm, log):
@@ -235,10 +240,13 @@ def report_markdown(r):
     for name in t["scores"]:
         ratio = s["scores"][name] / t["scores"][name] if t["scores"][name] else float("nan")
         lines.append(f"| {name} (test) | {t['scores'][name]:.2f} | {s['scores'][name]:.2f} | {ratio:.3f} |")
-    for key in ("sentences_per_s", "tokens_per_s"):
-        if key in t["speed"]:
-            lines.append(f"| {key.replace('_per_s', '/s')} (generation) | {t['speed'][key]:.2f} | "
-                         f"{s['speed'][key]:.2f} | {s['speed'][key] / t['speed'][key]:.2f}x |")
+    timing_ = r["speed_timing"]
+    key = timing_["unit"]
+    lines.append(f"| {key.replace('_per_s', '/s')} (generation; median [range] of {timing_['rounds']} interleaved "
+                 f"rounds, {warmed_up(timing_['warmup'])}) | {t['speed'][key]:.2f} [{t['speed']['range'][0]:.2f}, "
+                 f"{t['speed']['range'][1]:.2f}] | {s['speed'][key]:.2f} [{s['speed']['range'][0]:.2f}, "
+                 f"{s['speed']['range'][1]:.2f}] | {r['speedup']:.2f}x [{r['speedup_range'][0]:.2f}, "
+                 f"{r['speedup_range'][1]:.2f}] |")
     if "tokens" in t["speed"]:
         lines.append(f"| tokens generated | {t['speed']['tokens']:,} | {s['speed']['tokens']:,} | "
                      f"{s['speed']['tokens'] / max(t['speed']['tokens'], 1):.2f} |")
@@ -253,8 +261,8 @@ def report_markdown(r):
     return "\n".join(lines)
 
 
-def report(args, lm, manifest, results, wall_s) -> dict:
-    """report.json's content from DIR's files and the two evaluations."""
+def report(args, lm, manifest, results, timed, wall_s) -> dict:
+    """report.json's content from DIR's files, the two evaluations and their timing (``time_both``)."""
     from .checkpoint import build_model_from_state, load_checkpoint
     from .lowrank import count_params
 
@@ -263,10 +271,14 @@ def report(args, lm, manifest, results, wall_s) -> dict:
     train_log = fairseq_logs.read(path("train.log"))
     selected_on = selection(args)
     (t_scores, signatures, t_speed), (s_scores, _, s_speed) = results["teacher"], results["student"]
+    speed_key = timed["unit"]
+    # the evaluation pass's counts; the speed itself from the timed rounds (median, range)
+    t_speed, s_speed = ({**{k: speed[k] for k in ("sentences", "tokens") if k in speed},
+                         speed_key: timed[name]["median"], "range": timed[name]["range"], "runs": timed[name]["runs"]}
+                        for name, speed in (("teacher", t_speed), ("student", s_speed)))
     main_metric = {"rouge": "rougeL", "bleu": "bleu", "chrf": "chrf", "ppl": "ppl"}[args.metric]
     ratio = (t_scores[main_metric] / s_scores[main_metric] if main_metric == "ppl"
              else s_scores[main_metric] / t_scores[main_metric] if t_scores[main_metric] else None)
-    speed_key = "tokens_per_s" if lm else "sentences_per_s"
     with open(path("init.txt"), encoding="utf-8") as f:
         table = f.read()
     return {
@@ -275,7 +287,10 @@ def report(args, lm, manifest, results, wall_s) -> dict:
         "student": {"params": count_params(build_model_from_state(load_checkpoint(path("student.pt")))),
                     "inference_params": init_state["makd"]["inference_params"],
                     "scores": s_scores, "speed": s_speed, "checkpoint": path("student.pt")},
-        "metric_ratio": ratio, "speedup": s_speed[speed_key] / t_speed[speed_key], "signatures": signatures,
+        "metric_ratio": ratio, "speedup": timed["speedup"]["median"], "speedup_range": timed["speedup"]["range"],
+        "speed_timing": {"unit": speed_key, "rounds": timed["rounds"], "warmup": timed["warmup"],
+                         "per_round": timed["speedup"]["per_round"]},
+        "signatures": signatures,
         "training": {"updates": fairseq_logs.last_updates(train_log),
                      "best_valid_nll": fairseq_logs.best_valid_nll(train_log),
                      "selected_on": selected_on, "best_valid": fairseq_logs.best_valid(train_log, selected_on),
@@ -287,19 +302,64 @@ def report(args, lm, manifest, results, wall_s) -> dict:
     }
 
 
-def evaluate_both(args, lm) -> dict:
-    """{"teacher" | "student": evaluate(...)} on the test split with the same flags (a finished log is reused)."""
+def models(args):
+    return {"teacher": args.teacher, "student": os.path.join(args.out, "student.pt")}
+
+
+def evaluate_both(args, lm):
+    """({"teacher" | "student": evaluate(...)} on the test split with the same flags, whether both were run now; a
+    finished log is reused)."""
     os.makedirs(os.path.join(args.out, "generate"), exist_ok=True)
-    results = {}
-    for name, checkpoint in (("teacher", args.teacher), ("student", os.path.join(args.out, "student.pt"))):
+    results, ran = {}, []
+    for name, checkpoint in models(args).items():
         log = os.path.join(args.out, "generate", f"{name}.txt")
         if ("Perplexity:" if lm else "Generate test with beam") not in fairseq_logs.read(log):
             print(f"[makd-compress] evaluate {name}", flush=True)
             if os.path.exists(log):
                 os.remove(log)
             run_logged(evaluate_command(args, lm, checkpoint), log, live=False)
+            ran.append(name)
         results[name] = evaluate(args, lm, log)
-    return results
+    return results, len(ran) == len(results)
+
+
+def time_both(args, lm, warmup=1) -> dict:
+    """The report's speed, measured as ``benchmarks.speed`` measures it (``timing.interleaved``): ``warmup`` untimed
+    passes of each model (0 right after ``evaluate_both`` ran both: those were the warm-up), then
+    ``args.speed_rounds`` rounds of teacher and student in turn, each pass a fresh
+    ``evaluate_command(quiet=True)`` whose own sentences/s (tokens/s) is read from DIR/generate/timing_<name>.txt.
+    {"teacher" | "student": {"runs", "median", "range"}, "speedup": {"median", "range", "per_round"}, "rounds",
+    "warmup", "unit"}; kept in DIR/generate/speed.json and reused while it has as many rounds."""
+    path = os.path.join(args.out, "generate", "speed.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            kept = json.load(f)
+        if kept["rounds"] == args.speed_rounds:
+            return kept
+    unit = "tokens_per_s" if lm else "sentences_per_s"
+
+    def timed(name, checkpoint):
+        def one_pass():
+            log = os.path.join(args.out, "generate", f"timing_{name}.txt")
+            if os.path.exists(log):
+                os.remove(log)
+            run_logged(evaluate_command(args, lm, checkpoint, quiet=True), log, live=False)
+            text = fairseq_logs.read(log)
+            return (fairseq_logs.eval_lm_result(text, log) if lm else fairseq_logs.generation_speed(text, log))[unit]
+        return one_pass
+
+    print(f"[makd-compress] time teacher and student ({warmed_up(warmup)}, {args.speed_rounds} interleaved rounds)",
+          flush=True)
+    runs = timing.interleaved({name: timed(name, c) for name, c in models(args).items()}, args.speed_rounds, warmup)
+    result = {**{name: {"runs": r, **timing.spread(r)} for name, r in runs.items()},
+              "speedup": timing.ratio(runs["student"], runs["teacher"]), "rounds": args.speed_rounds,
+              "warmup": warmup, "unit": unit}
+    write_json(path, result)
+    return result
+
+
+def warmed_up(warmup: int) -> str:
+    return "the evaluation passes as warm-up" if warmup == 0 else f"{warmup} warm-up pass(es) each"
 
 
 def write_report(args, r) -> None:

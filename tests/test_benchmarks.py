@@ -2,14 +2,18 @@
 it reports is the quotient of the two measurements it reports beside it."""
 
 import json
+import math
 import statistics
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT, run
 
 SPEED = ["-m", "benchmarks.speed"]  # run from the repository root (cwd=ROOT)
 STUDENTS = ("50", "50_vocab")  # --budgets 0.5, without and with the vocabulary factorized (one budget: the test's time)
+GEN_LEN = 5
 TRAIN_RATIOS = {  # ratio -> (numerator, denominator, measurement)
     "makd_over_wordkd_step": ("makd", "word_kd", "step_s_median"),
     "makd_over_wordkd_peak_mem": ("makd", "word_kd", "peak_mem_bytes"),
@@ -20,16 +24,47 @@ TRAIN_RATIOS = {  # ratio -> (numerator, denominator, measurement)
 }
 
 
-def test_speed_benchmark_reports_every_ratio_as_the_quotient_of_its_measurements(teacher, mt_data, tmp_path):
-    out = tmp_path / "speed.json"
-    run(sys.executable, *SPEED, "--data", mt_data, "--teacher", teacher, "--work", tmp_path / "work",
-        "--out", out, "--budgets", "0.5", "--steps", "2", "--warmup", "1", "--repeats", "1",
-        "--batch-size", "8", "--gen-len", "5", cwd=ROOT)
-    result = json.loads(out.read_text())
-    generation_ratios = {f"{prefix}_{key}" for key in STUDENTS
-                         for prefix in ("gen_speedup", "flops_ratio", "gen_speedup_over_flops_ratio")}
-    assert {k for k in result if k not in ("train", "generate", "config", "command", "git_commit", "git_dirty",
-                                           "hardware", "wall_s")} == set(TRAIN_RATIOS) | generation_ratios
+@pytest.fixture(scope="module")
+def speed_run(teacher, mt_data, tmp_path_factory):
+    """One smoke-size run of the whole benchmark (training and generation; CTranslate2 when installed)."""
+    tmp = tmp_path_factory.mktemp("speed")
+    out = tmp / "speed.json"
+    run(sys.executable, *SPEED, "--data", mt_data, "--teacher", teacher, "--work", tmp / "work",
+        "--out", out, "--budgets", "0.5", "--steps", "2", "--warmup", "1", "--repeats", "1", "--gen-warmup", "0",
+        "--batch-size", "8", "--gen-len", str(GEN_LEN), cwd=ROOT)
+    return json.loads(out.read_text()), tmp
+
+
+def expected_pairs(ct2, dense_converted):
+    """The ratios a run with STUDENTS, the dense 50% student and (when installed) CTranslate2 reports."""
+    pairs = {"per_sentence": ("teacher_per_sentence", "teacher"),
+             "50": ("student50", "teacher"), "50_vs_per_sentence": ("student50", "teacher_per_sentence"),
+             "50_no_latent": ("student50_no_latent", "teacher"), "50_latent_gain": ("student50", "student50_no_latent"),
+             "50_vocab": ("student50_vocab", "teacher"),
+             "50_vocab_vs_per_sentence": ("student50_vocab", "teacher_per_sentence"),
+             "dense50": ("dense50", "teacher")}
+    if ct2:
+        for c in ("fp32", "int8"):
+            pairs[f"ct2_{c}"] = (f"ct2_teacher_{c}", "teacher")
+            for key, name in (("50", "student50"), ("50_vocab", "student50_vocab"), ("dense50", "dense50")):
+                pairs[f"{key}_vs_ct2_{c}"] = (name, f"ct2_teacher_{c}")
+            if dense_converted:
+                pairs[f"ct2_dense50_{c}"] = (f"ct2_dense50_{c}", "teacher")
+                pairs[f"ct2_dense50_{c}_vs_ct2_{c}"] = (f"ct2_dense50_{c}", f"ct2_teacher_{c}")
+    return pairs
+
+
+def test_speed_benchmark_reports_every_ratio_as_the_quotient_of_its_measurements(speed_run):
+    result, tmp = speed_run
+    info = result["ctranslate2"]
+    pairs = expected_pairs("skipped" not in info, "dense50" in info.get("converted", ()))
+    assert {k: tuple(v) for k, v in result["ratio_pairs"].items()} == pairs
+    generation_ratios = {f"gen_speedup_{suffix}" for suffix in pairs} | {
+        f"{prefix}_{key}" for key in STUDENTS for prefix in ("flops_ratio", "gen_speedup_over_flops_ratio")}
+    assert {k for k in result if k not in ("train", "generate", "ratio_pairs", "ctranslate2", "config", "command",
+                                           "git_commit", "git_dirty", "hardware", "wall_s")} == set(
+        TRAIN_RATIOS) | generation_ratios
+    assert all(math.isfinite(result[k]) and result[k] > 0 for k in set(TRAIN_RATIOS) | generation_ratios)
     # training: every method timed over --steps updates; the median and the teacher's share are of those updates
     train = result["train"]
     assert set(train) == {"ce", "word_kd", "layer_kd", "makd", "makd_recompute"}
@@ -43,29 +78,85 @@ def test_speed_benchmark_reports_every_ratio_as_the_quotient_of_its_measurements
     assert train["ce"]["teacher_share"] == 0 < train["makd"]["teacher_share"] < 1  # ce runs no teacher
     for ratio, (a, b, measured) in TRAIN_RATIOS.items():
         assert result[ratio] == round(train[a][measured] / train[b][measured], 4), ratio
-    # generation: the median over rounds of fairseq's sentences/s; ratios against the teacher
+    # generation: every model named in a ratio, each decoded as its name says; the median over rounds of its own
+    # sentences/s; every ratio the quotient of two of them
     gen = result["generate"]
-    assert set(gen) == {"teacher", *(f"student{key}" for key in STUDENTS)}
+    assert set(gen) == {name for pair in pairs.values() for name in pair}
+    decoding = {"teacher": "fairseq", "teacher_per_sentence": "per_sentence", "student50": "per_sentence",
+                "student50_vocab": "per_sentence", "student50_no_latent": "no_latent", "dense50": "per_sentence"}
+    assert {name: g.get("decoding") for name, g in gen.items() if g["engine"] == "fairseq"} == decoding
     for name, g in gen.items():
         assert len(g["runs"]) == 1, name  # --repeats 1
         assert g["sentences_per_s"] == statistics.median(r["sentences_per_s"] for r in g["runs"]), name
-    assert len({r["sentences"] for g in gen.values() for r in g["runs"]}) == 1  # every model the whole test set
+        # every model the whole test set and the same work: --gen-len tokens and </s> (CTranslate2: as many steps)
+        assert all(r["tokens"] == r["sentences"] * (GEN_LEN + 1) for r in g["runs"]), name
+    assert len({r["sentences"] for g in gen.values() for r in g["runs"]}) == 1
+    for suffix, (a, b) in pairs.items():
+        quotient = gen[a]["sentences_per_s"] / gen[b]["sentences_per_s"]
+        assert result[f"gen_speedup_{suffix}"] == round(quotient, 4), suffix
     for key in STUDENTS:
         student, teacher_gen = gen[f"student{key}"], gen["teacher"]
-        speedup = student["sentences_per_s"] / teacher_gen["sentences_per_s"]
         flops = teacher_gen["flops_per_sentence"] / student["flops_per_sentence"]
-        assert result[f"gen_speedup_{key}"] == round(speedup, 4), key
         assert result[f"flops_ratio_{key}"] == round(flops, 4), key
-        assert result[f"gen_speedup_over_flops_ratio_{key}"] == round(speedup / flops, 4), key
-    # every model does the same work: hypotheses forced to --gen-len tokens plus </s>
-    assert all(g["hypothesis_lengths"] == [6] for g in gen.values())
+        assert result[f"gen_speedup_over_flops_ratio_{key}"] == round(
+            gen[f"student{key}"]["sentences_per_s"] / teacher_gen["sentences_per_s"] / flops, 4), key
+    # FLOPs of one batch per fairseq model, hypotheses forced to one length; the switch reaches the student
+    assert {name for name, g in gen.items() if "flops_per_sentence" in g} == {
+        "teacher", "dense50", "student50_no_latent", *(f"student{k}" for k in STUDENTS)}
+    assert gen["student50"]["latent_cache"] is True and gen["student50_no_latent"]["latent_cache"] is False
+    assert all(g["hypothesis_lengths"] == [GEN_LEN + 1] for g in gen.values() if "flops_per_sentence" in g)
     assert gen["teacher"]["params"] > gen["student50"]["params"]
+    assert gen["teacher"]["params"] > gen["dense50"]["params"]
     assert gen["teacher"]["flops_per_sentence"] > gen["student50"]["flops_per_sentence"]
     assert result["flops_ratio_50"] > 1
     # the same budget spent with the vocabulary matrix factorized too: another model, other FLOPs
     assert gen["student50_vocab"]["flops_per_sentence"] != gen["student50"]["flops_per_sentence"]
     assert result["command"].startswith("python3 -m benchmarks.speed --data ")
-    assert (tmp_path / "speed.md").read_text().startswith("| training method (50% student)")
+    md = (tmp / "speed.md").read_text()
+    assert md.startswith("| training method (50% student)")
+    assert "| student50_no_latent | fairseq (makd_translation, latent cache off) |" in md
+
+
+def test_speed_benchmark_times_the_teacher_in_ctranslate2_on_the_same_work(speed_run):
+    """The anchor a user would pick instead: the teacher converted by CTranslate2's fairseq converter, fp32 and int8,
+    the same sentences, beam, batch and threads; a converter step that fails is recorded, one line, not fatal."""
+    result, tmp = speed_run
+    try:
+        import ctranslate2
+    except ImportError as e:
+        assert result["ctranslate2"]["skipped"].startswith("ctranslate2 is not importable")
+        pytest.skip(f"ctranslate2 is not importable ({e}): pip install ctranslate2")
+    info, gen = result["ctranslate2"], result["generate"]
+    assert info["version"] == ctranslate2.__version__ and "teacher" in info["converted"]
+    assert info["decoder_steps"] == GEN_LEN + 1 and info["compute_types"] == {"fp32": "float32", "int8": "int8"}
+    for compute in ("fp32", "int8"):
+        g = gen[f"ct2_teacher_{compute}"]
+        assert g["engine"] == "ctranslate2" and g["compute"] == compute
+        assert g["runs"][0]["compute_type"] == info["compute_types"][compute]
+        assert g["runs"][0]["sentences"] == gen["teacher"]["runs"][0]["sentences"]
+        assert g["runs"][0]["hypothesis_lengths"] == [GEN_LEN + 1]
+    for name, notes in info["converter_failures"].items():  # e.g. torch's weights_only refusing fairseq's Namespace
+        assert name in ("teacher", "dense50") and all(n.startswith("ct2-fairseq-converter") and "\n" not in n
+                                                      for n in notes), notes
+    assert (tmp / "work" / "ct2" / "teacher" / "model.bin").is_file()
+    assert "CTranslate2 " + info["version"] in (tmp / "speed.md").read_text()
+
+
+def test_ratio_pairs_name_each_comparison_once():
+    """The ratios of a --shapes run (the same function names them there): a student without a latent variant or a
+    CTranslate2 anchor gets only its own ratios."""
+    from benchmarks.measure import ratio_pairs
+
+    models = {name: None for name in ("teacher", "teacher_per_sentence", "student25", "student25_no_latent",
+                                      "student25_vocab", "ct2_teacher_int8")}
+    assert ratio_pairs(models) == {
+        "per_sentence": ("teacher_per_sentence", "teacher"), "ct2_int8": ("ct2_teacher_int8", "teacher"),
+        "25_vs_per_sentence": ("student25", "teacher_per_sentence"), "25_no_latent": ("student25_no_latent", "teacher"),
+        "25_latent_gain": ("student25", "student25_no_latent"), "25": ("student25", "teacher"),
+        "25_vs_ct2_int8": ("student25", "ct2_teacher_int8"),
+        "25_vocab_vs_per_sentence": ("student25_vocab", "teacher_per_sentence"),
+        "25_vocab": ("student25_vocab", "teacher"),
+        "25_vocab_vs_ct2_int8": ("student25_vocab", "ct2_teacher_int8")}
 
 
 def test_speed_benchmark_rejects_missing_inputs(tmp_path):

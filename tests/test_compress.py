@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import statistics
 import sys
 
 import pytest
@@ -13,9 +14,10 @@ from makd_fairseq.cli.compress import main
 from makd_fairseq.compress import run_logged
 from makd_fairseq.fairseq_logs import records
 from makd_fairseq.score import read_generation, score
+from makd_fairseq.timing import interleaved, ratio
 
 ARGS = ["--param-budget", "0.5", "--max-update", "6", "--validate-interval-updates", "2", "--metric", "bleu",
-        "--remove-bpe", "none", "--calibration-tokens", "2000", "--batch-size", "16"]
+        "--remove-bpe", "none", "--calibration-tokens", "2000", "--batch-size", "16", "--speed-rounds", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +37,10 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     for name in ("teacher", "student"):
         text = (out / "generate" / f"{name}.txt").read_text()
         assert report[name]["scores"] == score("bleu", *read_generation(text.splitlines()))[0]
-        speed = float(re.search(r"\(([\d.]+) sentences/s", text).group(1))
-        assert report[name]["speed"]["sentences_per_s"] == speed
-    assert report["speedup"] == pytest.approx(report["student"]["speed"]["sentences_per_s"]
-                                              / report["teacher"]["speed"]["sentences_per_s"])
+        assert report[name]["speed"]["sentences"] == len(read_generation(text.splitlines())[0])
+    timed = "(the evaluation passes as warm-up, 2 interleaved rounds)"
+    assert f"[makd-compress] time teacher and student {timed}" in proc.stdout
+    assert "median [range] of 2 interleaved rounds, the evaluation passes as warm-up" in (out / "report.md").read_text()
     assert report["metric_ratio"] == pytest.approx(report["student"]["scores"]["bleu"]
                                                    / report["teacher"]["scores"]["bleu"])
     assert report["student"]["params"] <= 0.5 * report["teacher"]["params"]
@@ -50,6 +52,39 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     md = (out / "report.md").read_text()
     assert f"{report['teacher']['scores']['bleu']:.2f}" in md and report["commit"] in md
     assert "distill it with" not in report["ranks_table"] and report["ranks_table"] == (out / "init.txt").read_text()
+
+
+def test_the_speed_line_is_timed_as_the_speed_benchmark_times_it(compressed):
+    """After the evaluation passes (the warm-up), --speed-rounds rounds of teacher and student in turn, each a fresh
+    fairseq-generate whose own sentences/s is kept; the speed-up is the median of the per-round ratios."""
+    out, _ = compressed
+    report = json.loads((out / "report.json").read_text())
+    kept = json.loads((out / "generate" / "speed.json").read_text())
+    assert kept["rounds"] == 2 and kept["warmup"] == 0 and kept["unit"] == "sentences_per_s"
+    runs = {name: report[name]["speed"]["runs"] for name in ("teacher", "student")}
+    for name, r in runs.items():
+        assert len(r) == 2 and r == kept[name]["runs"], name
+        assert report[name]["speed"]["sentences_per_s"] == statistics.median(r)
+        assert report[name]["speed"]["range"] == [min(r), max(r)]
+        last = (out / "generate" / f"timing_{name}.txt").read_text()  # the last timed pass: --quiet, no hypotheses
+        assert r[-1] == float(re.search(r"\(([\d.]+) sentences/s", last).group(1)) and "\nH-" not in last
+    per_round = [s / t for s, t in zip(runs["student"], runs["teacher"])]
+    assert report["speed_timing"]["per_round"] == per_round
+    assert report["speedup"] == statistics.median(per_round) and report["speedup_range"] == [min(per_round),
+                                                                                                max(per_round)]
+
+
+def test_interleaved_rounds_warm_up_first_then_take_every_measurement_in_turn():
+    calls = []
+    measure = {name: (lambda name=name: calls.append(name) or len(calls)) for name in ("teacher", "student")}
+    runs = interleaved(measure, rounds=3, warmup={"teacher": 1})
+    assert calls == ["teacher", "teacher", "student", "teacher", "student", "teacher", "student"]
+    assert runs == {"teacher": [2, 4, 6], "student": [3, 5, 7]}
+    assert ratio(runs["student"], runs["teacher"]) == {"median": 5 / 4, "range": [7 / 6, 3 / 2],
+                                                      "per_round": [3 / 2, 5 / 4, 7 / 6]}
+    with pytest.raises(ValueError, match="same rounds"):
+        ratio([1.0], [1.0, 2.0])
+
 
 
 def test_training_shows_a_progress_bar_over_the_update_cap_with_the_last_validation(compressed):
@@ -72,12 +107,14 @@ def test_the_log_holds_each_line_as_soon_as_it_is_printed(tmp_path):
 
 def test_a_second_run_reuses_every_stage(compressed, teacher, mt_data, capsys):
     out, _ = compressed
-    watched = ["init.pt", "student.pt", "train.log", "generate/teacher.txt", "generate/student.txt"]
+    watched = ["init.pt", "student.pt", "train.log", "generate/teacher.txt", "generate/student.txt",
+               "generate/speed.json"]
     before = {p: os.stat(out / p).st_mtime_ns for p in watched}
     assert main(["--teacher", str(teacher), "--data", str(mt_data), "--out", str(out), *ARGS, "--quiet"]) == 0
     assert {p: os.stat(out / p).st_mtime_ns for p in watched} == before
     printed = capsys.readouterr().out
     assert "[makd-compress] train" not in printed and "[makd-compress] evaluate" not in printed
+    assert "[makd-compress] time" not in printed
 
 
 def _files(path):

@@ -49,6 +49,9 @@ def get_parser():
     parser.add_argument("--remove-bpe", default="sentencepiece", help="fairseq-generate's --remove-bpe ('none': off)")
     parser.add_argument("--fairseq-args", default="", help="more fairseq-train flags, one quoted string")
     parser.add_argument("--eval-args", default="", help="more fairseq-generate / fairseq-eval-lm flags")
+    parser.add_argument("--speed-rounds", type=int, default=3, metavar="N",
+                        help="the report's speed: after the evaluation passes (the warm-up), N interleaved rounds of "
+                             "teacher and student generation, median and range (as benchmarks.speed times it)")
     parser.add_argument("--gpu", action="store_true", help="train and decode on the GPU (default: --cpu)")
     parser.add_argument("--quiet", action="store_true",
                         help="do not echo fairseq's output (still in DIR/*.log); the progress bar stays")
@@ -61,7 +64,8 @@ def main(argv=None) -> int:
     if args.quiet:  # fairseq's INFO lines from the in-process init (subprocess output goes to DIR/*.log anyway)
         logging.getLogger().setLevel(logging.WARNING)
     started = time.time()
-    arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet")}
+    # the speed rounds time the result, they do not change it: DIR/generate/speed.json is redone when they differ
+    arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet", "speed_rounds")}
     if args.select_on == "nll":  # the default, as before --select-on existed: a run started then resumes
         del arguments["select_on"]
     arguments.update(teacher=os.path.abspath(args.teacher), data=os.path.abspath(args.data))
@@ -73,6 +77,8 @@ def main(argv=None) -> int:
     try:
         if not os.path.isdir(args.data):
             raise CompressError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
+        if args.speed_rounds < 1:
+            raise CompressError(f"--speed-rounds must be at least 1, got {args.speed_rounds}")
         if not 0 < args.param_budget < 1:
             raise CompressError(f"--param-budget must be in (0, 1), got {args.param_budget}")
         state = load_checkpoint(args.teacher)
@@ -106,8 +112,9 @@ def main(argv=None) -> int:
         print("[makd-compress] train", flush=True)
         compress.train(args, lm, path("init.pt"), path("train.log"))
     compress.keep_best(args)
-    results = compress.evaluate_both(args, lm)
-    report = compress.report(args, lm, manifest, results, round(time.time() - started, 1))
+    results, warmed_up = compress.evaluate_both(args, lm)  # both evaluated just now: the timing's warm-up
+    report = compress.report(args, lm, manifest, results, compress.time_both(args, lm, warmup=0 if warmed_up else 1),
+                             round(time.time() - started, 1))
     compress.write_report(args, report)
     print(compress.report_markdown(report))
     print(f"wrote {path('student.pt')}, {path('report.md')} and {path('report.json')}")
