@@ -24,7 +24,9 @@ setup(
         "matplotlib",
         "tensorboardX",  # fairseq-train --tensorboard-logdir; without it fairseq prints a notice at every import
     ],
-    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.6,<4"]},
+    extras_require={"test": ["pytest>=7", "pytest-xdist>=3.6,<4"],
+                    # the speed benchmark's anchor: the teacher served by CTranslate2
+                    "benchmarks": ["ctranslate2>=4.8,<5"]},
     entry_points={"console_scripts": ["makd-init = makd_fairseq.cli.init:main",
                                       "makd-shrink = makd_fairseq.cli.shrink:main",
                                       "makd-teacher-data = makd_fairseq.cli.teacher_data:main",

@@ -74,6 +74,7 @@ def student_checkpoint(teacher_state: dict, sargs: argparse.Namespace, model_sta
     cfg["model"] = sargs
     return {
         "cfg": cfg,
+        "args": None,  # as fairseq's own checkpoints: readers such as CTranslate2's converter look for the key
         "model": model_state,
         # fresh training state in fairseq's own layout: fairseq-train starts at update 0, epoch 1
         "optimizer_history": [{"criterion_name": None, "optimizer_name": None,

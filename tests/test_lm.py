@@ -179,7 +179,7 @@ def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teach
     out = tmp_path / "run"
     assert main(["--teacher", str(lm_teacher), "--data", str(lm_data), "--param-budget", "0.6", "--out", str(out),
                  "--max-update", "4", "--validate-interval-updates", "2", "--calibration-tokens", "2000",
-                 "--quiet"]) == 0
+                 "--speed-rounds", "1", "--quiet"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert report["main_metric"] == "ppl" and report["training"]["updates"] == 4
     # --quiet: no fairseq lines, but the progress bar over the update cap with the last validation

@@ -149,7 +149,8 @@ def test_generation_args_carry_the_test_generations_flags():
 
 
 COMPRESS = ["--param-budget", "0.5", "--max-update", "4", "--validate-interval-updates", "2", "--metric", "bleu",
-            "--remove-bpe", "none", "--calibration-tokens", "2000", "--batch-size", "16", "--select-on", "metric"]
+            "--remove-bpe", "none", "--calibration-tokens", "2000", "--batch-size", "16", "--select-on", "metric",
+            "--speed-rounds", "1"]
 
 
 def test_makd_compress_selects_on_the_metric_and_reports_it(teacher, mt_data, tmp_path):

@@ -247,13 +247,14 @@ class LatentSelfAttention(MultiheadAttention):
         else:
             q = self.q_proj(x) * self.scaling
             qt = torch.einsum("lbhd,hdr->bhlr", q.view(L, B, H, self.head_dim), w["uk"])
-        scores = torch.matmul(qt, zk.unsqueeze(1).transpose(-1, -2))  # B x H x L x S
+        # one batched product per sentence over its heads and steps: B x (H·L) x r_k by B x r_k x S
+        scores = torch.bmm(qt.reshape(B, H * L, r_k), zk.transpose(1, 2)).view(B, H, L, S)
         if attn_mask is not None:
             scores = scores + attn_mask
         if key_padding_mask is not None:
             scores = scores.masked_fill(key_padding_mask.view(B, 1, 1, S).to(torch.bool), float("-inf"))
         probs = F.softmax(scores.float(), dim=-1).type_as(scores)
-        c = torch.matmul(self.dropout_module(probs), zv.unsqueeze(1))  # B x H x L x r_v
+        c = torch.bmm(self.dropout_module(probs).view(B, H * L, S), zv).view(B, H, L, r_v)
         if "o_fold" in w:
             first = F.linear(c.permute(2, 0, 1, 3).reshape(L, B, H * r_v), w["o_fold"], w.get("o_fold_bias"))
             out = self._out_rest(first)
