@@ -9,5 +9,5 @@ if [ -z "${MAKD_KEEP_TORCH:-}" ]; then
   # an unpinned torch would pull a multi-GB CUDA build on a CPU machine
   python3 -m pip install "${find_links[@]}" "torch==2.13.0"
 fi
-python3 -m pip install "${find_links[@]}" -e ".[test]"
+python3 -m pip install "${find_links[@]}" -e ".[test,benchmarks]"  # benchmarks: CTranslate2, tested too
 python3 -c "import fairseq, torch, makd_fairseq; print('fairseq', fairseq.__version__, 'torch', torch.__version__, 'makd_fairseq', makd_fairseq.__version__)"
