@@ -13,16 +13,23 @@ student (method, budget, seed) its curve — ``[updates, valid nll, valid metric
   data order), so the curve's prefix is what a run stopped on nll would have logged: one long run answers both
   "which checkpoint" (a) and "how long" (b).
 
+``--in-progress TASK=WORK`` adds the students still training in a ``benchmarks.quality`` work directory (no results
+file yet): their curves so far, read from each ``train.log``, with the stopping rule and commit of the command that
+started them (``train.log.provenance.json``); the table marks them "in progress" (their rows can still change).
+
 Writes OUT.json (every curve and summary, with the commits the students trained at), OUT.md (the table) and OUT.png
 (metric and nll against updates).
 """
 
 import argparse
+import glob
 import json
 import os
 
+from makd_fairseq import fairseq_logs
 from makd_fairseq.files import git_state, write_json, write_text
 
+from .commands import flag_value
 from .provenance import command
 
 
@@ -69,6 +76,32 @@ def collect(paths):
     return rows
 
 
+def in_progress(task, work, known):
+    """The students under ``work`` (WORK/b<budget>/<method>/seed<k>/train.log) not in ``known`` (task, method, budget,
+    seed), with their curves so far and the stopping rule of the command that started them."""
+    rows = []
+    for log in sorted(glob.glob(os.path.join(work, "b*", "*", "seed*", "train.log"))):
+        budget_dir, method, seed_dir = log.split(os.sep)[-4:-1]
+        budget, seed = int(budget_dir[1:]) / 100, int(seed_dir[4:])
+        started = json.load(open(log + ".provenance.json"))
+        cmd = [str(c) for c in started[-1]["command"]]
+        metric = flag_value(cmd, "--eval-metric") if "--eval-metric" in cmd else None
+        text = fairseq_logs.read(log)
+        curve = fairseq_logs.valid_curve(text, ("nll_loss", metric)) if metric else [
+            row + [None] for row in fairseq_logs.valid_curve(text)]
+        if (task, method, budget, seed) in known or not curve:
+            continue
+        stopping = {"max_update": int(flag_value(cmd, "--max-update")),
+                    "validate_interval_updates": int(flag_value(cmd, "--validate-interval-updates")),
+                    "patience": int(flag_value(cmd, "--patience"))}
+        rows.append({"task": task, "results": None, "in_progress": True, "method": method, "budget": budget,
+                     "seed": seed, "flags": None, "stopping": stopping,
+                     "selection": "metric" if metric else "nll", "updates": curve[-1][0], "early_stopped": False,
+                     "trained_at": [s["commit"] for s in started], "curve": curve,
+                     **summarize(curve, stopping["patience"])})
+    return rows
+
+
 def fmt(value, digits=2):
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -80,7 +113,8 @@ def table(rows):
         s, n, b, o = r["stopping"], r["best_nll"], r["best_metric"], r["stopped_on_nll"]
         lines.append(
             f"| {r['task']} | {r['method']} | {r['budget']:.0%} | {r['seed']} | {s['max_update']} / "
-            f"{s['validate_interval_updates']} / {s['patience']} | {r['updates']} | {n['nll']:.3f} ({n['updates']}) | "
+            f"{s['validate_interval_updates']} / {s['patience']} | {r['updates']}"
+            f"{' (in progress)' if r.get('in_progress') else ''} | {n['nll']:.3f} ({n['updates']}) | "
             f"{fmt(n['metric'])} | {fmt(b and b['metric'])} ({b and b['updates']}) | {o['stopped_at']}, "
             f"{fmt(o['metric'])} |")
     return "\n".join(lines)
@@ -111,13 +145,21 @@ def plot(rows, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m benchmarks.diagnosis", description=__doc__.splitlines()[0])
-    parser.add_argument("results", nargs="+", help="benchmarks.quality --validation-only results files")
+    parser.add_argument("results", nargs="*", help="benchmarks.quality --validation-only results files")
+    parser.add_argument("--in-progress", action="append", default=[], metavar="TASK=WORK",
+                        help="also the students still training in this benchmarks.quality --work directory")
     parser.add_argument("--out", required=True, help="OUT.json, OUT.md and OUT.png are written")
     args = parser.parse_args(argv)
     missing = [p for p in args.results if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such results file: {missing[0]}")
+    work = dict(spec.split("=", 1) for spec in args.in_progress if "=" in spec)
+    if len(work) != len(args.in_progress) or any(not os.path.isdir(w) for w in work.values()):
+        parser.error("--in-progress takes TASK=WORK, WORK a benchmarks.quality --work directory")
     rows = collect(args.results)
+    known = {(r["task"], r["method"], r["budget"], r["seed"]) for r in rows}
+    for task, directory in work.items():
+        rows += in_progress(task, directory, known)
     if not rows:
         parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
     write_json(args.out + ".json", {"students": rows, "command": command("benchmarks.diagnosis", argv),

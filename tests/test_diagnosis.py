@@ -54,3 +54,14 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
     assert all(s["stopped_on_nll"]["stopped_at"] <= s["updates"] for s in students)
     assert "| translation | kd_alpha_0.5 | 50% | 1 | 6 / 2 / 2 |" in (tmp_path / "diagnosis.md").read_text()
     assert (tmp_path / "diagnosis.png").stat().st_size > 0
+
+    # the same work directory read as if the students were still training (no results file): the same curves
+    partial = tmp_path / "in_progress"
+    run(sys.executable, "-m", "benchmarks.diagnosis", "--in-progress", f"translation={work}", "--out", partial, cwd=ROOT)
+    rows = json.loads((tmp_path / "in_progress.json").read_text())["students"]
+    assert sorted(r["method"] for r in rows) == sorted(s["method"] for s in students)
+    by_method = {s["method"]: s for s in students}
+    for r in rows:
+        assert r["in_progress"] and r["curve"] == by_method[r["method"]]["curve"]
+        assert r["stopping"] == result["stopping"] and r["best_metric"] == by_method[r["method"]]["best_metric"]
+    assert "(in progress)" in (tmp_path / "in_progress.md").read_text()
