@@ -126,7 +126,10 @@ def main(argv=None):
         print(f"{args.profile}: median {statistics.median(out['step_s']):.3f} s/update, teacher forward "
               f"{sum(out['teacher_s']) / sum(out['step_s']):.0%} (profiler overhead included)")
         return
-    shapes = {shape: measure_shape(shape, args) for shape in args.shapes}
+    shapes = {}
+    for shape in args.shapes:  # each kept in WORK/SHAPE/measured.json as it finishes (a later failure loses none)
+        shapes[shape] = measure_shape(shape, args)
+        write_text(os.path.join(args.work, shape, "measured.json"), json.dumps(shapes[shape], indent=1))
     parts = set(args.parts)
     models, ct2_info = {}, None
     if "generate" in parts:
@@ -177,7 +180,7 @@ def main(argv=None):
         if engine == "fairseq" and name != "teacher_per_sentence":  # FLOPs (and which cache a student decodes with)
             ge[name].update(run_worker("flops", {"path": path, "data": args.data, "batch_size": args.batch_size,
                                                  "gen_args": gen_flags(args, decoding=how)}, args.threads))
-    pairs = ratio_pairs(models)
+    pairs = ratio_pairs(models) if ge else {}  # --parts without generate: the shapes only
     for suffix, (a, b) in pairs.items():  # every ratio: the quotient of the two medians reported beside it
         ratios[f"gen_speedup_{suffix}"] = ge[a]["sentences_per_s"] / ge[b]["sentences_per_s"]
     for key in keys if ge else ():
