@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import FIXTURES, TINY_ARCH, TRAIN_COMMON, USER_DIR, load, makd_init, run, shared, valid_batch
+from conftest import TINY_ARCH, TRAIN_COMMON, USER_DIR, load, makd_init, run, shared, valid_batch
 from makd_fairseq.generation import PerSentenceEnsemble
 from makd_fairseq.lowrank import DEFAULT_TARGETS, VOCABULARY_TARGETS, LatentSelfAttention
 
@@ -17,20 +17,10 @@ BEAM = argparse.Namespace(beam=4, max_len_a=1.2, max_len_b=10)
 
 
 @pytest.fixture(scope="module")
-def sum_data(tmp_path_factory):
-    """The summarization fixture (long description -> synopsis), binarized with its own joined dictionary."""
-    src = FIXTURES / "summarization"
-    return shared(tmp_path_factory, "sum", lambda d: run(
-        "fairseq-preprocess", "--source-lang", "src", "--target-lang", "tgt", "--trainpref", src / "train",
-        "--validpref", src / "valid", "--destdir", d / "bin", "--joined-dictionary", "--nwordssrc", "1000",
-        "--workers", "1")) / "bin"
-
-
-@pytest.fixture(scope="module")
-def sum_teacher(sum_data, tmp_path_factory):
-    """A small summarization teacher trained by fairseq-train (once per test run)."""
+def sum_teacher(other_vocab_data, tmp_path_factory):
+    """A small summarization teacher (conftest's summarization data) trained by fairseq-train (once per test run)."""
     return shared(tmp_path_factory, "sum_teacher", lambda d: run(
-        "fairseq-train", sum_data, "--arch", "transformer", *TINY_ARCH, *TRAIN_COMMON,
+        "fairseq-train", other_vocab_data, "--arch", "transformer", *TINY_ARCH, *TRAIN_COMMON,
         "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1", "--truncate-source",
         "--max-source-positions", "256", "--skip-invalid-size-inputs-valid-test",
         "--max-update", "40", "--save-dir", d)) / "checkpoint_last.pt"
@@ -41,10 +31,10 @@ STUDENTS = [("translation", 0.5, None), ("translation", 0.25, VOCAB), ("translat
 
 
 @pytest.fixture(scope="module", params=STUDENTS, ids=lambda s: f"{s[0]}-{s[1]}{'-vocab' if s[2] else ''}")
-def student(request, teacher, mt_data, sum_teacher, sum_data, tmp_path_factory):
+def student(request, teacher, mt_data, sum_teacher, other_vocab_data, tmp_path_factory):
     """(student checkpoint, its data) made by makd-init from the task's fixture teacher."""
     task, budget, targets = request.param
-    source, data = (teacher, mt_data) if task == "translation" else (sum_teacher, sum_data)
+    source, data = (teacher, mt_data) if task == "translation" else (sum_teacher, other_vocab_data)
     name = f"latent_{task}_{budget}_{'vocab' if targets else 'default'}"
     flags = ["--targets", targets] if targets else []
     path = shared(tmp_path_factory, name, lambda d: makd_init(
