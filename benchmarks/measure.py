@@ -14,6 +14,7 @@ import time
 from makd_fairseq.fairseq_logs import LogError, generation_speed
 from makd_fairseq.files import USER_DIR, write_json
 
+from .runner import captured
 from .sizes import METHODS, TRAIN_COMMON
 
 # the training methods timed: the benchmark's methods and makd trading time for memory (--recompute-teacher)
@@ -199,15 +200,15 @@ def measured_env(threads, extra_env=None):
 
 
 def run_worker(kind, payload, threads, extra_env=None):
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.measure", kind, json.dumps(payload)],
-                          capture_output=True, text=True, env=measured_env(threads, extra_env))
+    proc = captured([sys.executable, "-m", "benchmarks.measure", kind, json.dumps(payload)],
+                    env=measured_env(threads, extra_env))
     if proc.returncode != 0:
         sys.exit(f"benchmarks.speed: {kind} worker failed:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def checked(cmd, env=None):
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = captured(cmd, env=env)
     if proc.returncode != 0:
         sys.exit(f"benchmarks.speed: {' '.join(cmd[:2])} failed:\n{proc.stderr[-4000:]}")
     return proc
@@ -228,9 +229,8 @@ def make_students(teacher, work, args):
     paths, unmet = {}, {}
     for key, budget, targets in student_specs(args):
         path = os.path.join(work, f"student{key}.pt")
-        proc = None if os.path.exists(path) else subprocess.run(
-            ["makd-init", "--teacher", teacher, "--param-budget", str(budget), "--targets", targets, "--out", path],
-            capture_output=True, text=True)
+        proc = None if os.path.exists(path) else captured(
+            ["makd-init", "--teacher", teacher, "--param-budget", str(budget), "--targets", targets, "--out", path])
         if proc is not None and proc.returncode != 0:
             unmet[key] = (proc.stderr.strip().splitlines() or ["makd-init failed"])[-1]
             print(f"student {key}: {unmet[key]}", flush=True)
@@ -296,6 +296,7 @@ def convert_ct2(checkpoint, data, out_dir, attempts=([], USER_DIR_ATTEMPT)):
            "--source_lang", src, "--target_lang", tgt, "--output_dir", out_dir, "--force"]
     notes = []
     for extra in attempts:
+        # a new interpreter always (never forked): what a user runs, without the plugin's allow-list imported
         proc = subprocess.run(cmd + extra, capture_output=True, text=True, env=measured_env(1))
         if proc.returncode == 0:
             write_json(record, notes)
@@ -330,8 +331,7 @@ def make_dense(teacher, work, args):
         if key.endswith("_vocab"):
             continue
         if not os.path.exists(path):
-            proc = subprocess.run(["makd-shrink", "--teacher", teacher, "--param-budget", str(budget), "--out", path],
-                                  capture_output=True, text=True)
+            proc = captured(["makd-shrink", "--teacher", teacher, "--param-budget", str(budget), "--out", path])
             if proc.returncode != 0:
                 print(f"dense {key}: {(proc.stderr.strip().splitlines() or ['makd-shrink failed'])[-1]}", flush=True)
                 continue

@@ -11,6 +11,7 @@ import re
 import runpy
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import warnings
@@ -86,6 +87,22 @@ def forked(cmd, out, err=None, append=False, env=None, cwd=None):
         return server.run(*how, out, err or out, append, env, cwd or os.getcwd())
     finally:
         IDLE.put(server)
+
+
+def captured(cmd, env=None):
+    """``subprocess.run(cmd, capture_output=True, text=True, env=env)``; with MAKD_BENCHMARKS_FORK=1 forked from a
+    fork server when ``cmd`` is a Python entry point and ``env`` sets nothing a process reads only when it starts
+    (glibc's ``MALLOC_*`` tunables: those commands still start an interpreter)."""
+    env = dict(os.environ if env is None else env)
+    start_only = any(k.startswith("MALLOC_") and env[k] != os.environ.get(k) for k in env)
+    if os.environ.get(FORK) == "1" and not start_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
+            rc = forked([str(c) for c in cmd], out, err, env=env)
+            if rc is not None:
+                with open(out) as o, open(err) as e:
+                    return subprocess.CompletedProcess(cmd, rc, o.read(), e.read())
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 def serve():
