@@ -6,10 +6,11 @@
 # 1. WORK/data: prepare.py's data from the apt lists of 2026-11-29 (docs/benchmarks.md, "Data"); refused when the
 #    lists' sha256 differ from benchmarks/results/data_manifest.json's inputs (another split: the teachers would not fit).
 # 2. WORK/teachers/TASK.pt: the run's teacher, from git history (1f2f84e:benchmarks/run_state/TASK/teacher/).
-# 3. (a, b) svd_ce, svd_word_kd and makd at 50%, seed 1, trained as long as their teacher (cap 15,000, validation
+# 3. (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) and makd at the standard cap
+#    (3,000) on the long runs' validation grid, stopping and choosing on the metric.
+# 4. (a, b) svd_ce, svd_word_kd and makd at 50%, seed 1, trained as long as their teacher (cap 15,000, validation
 #    every 250 updates, patience 4: the teachers' rule), stopping and choosing on the task's metric; every
 #    validation's nll and metric kept: one curve answers both the checkpoint choice and the training length.
-# 4. (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) at the standard rule, on the metric.
 # 5. benchmarks/results/diagnosis.{json,md,png} from every curve so far (python3 -m benchmarks.diagnosis).
 # Two jobs of one thread. Nothing is decoded on test. Re-running resumes every training from its checkpoint_last.pt.
 set -euo pipefail
@@ -50,9 +51,10 @@ quality() {  # NAME [benchmarks.quality flags]
     --work "$work/$task" --out "$work/$task.$name.json" "$@" >> "$work/$task.$name.log" 2>&1 \
     || { echo "diagnose.sh: $task $name failed, see $work/$task.$name.log" >&2; return 1; }
 }
-# (a, b): as long as the teacher; another WORK subdirectory so that the standard-rule students stay apart
+# (c, d) first, on the long runs' validation grid (every 250 updates, patience 4) at the standard cap, so that every
+# curve compares at the same updates; svd_ce's and svd_word_kd's first 3,000 updates are the long runs' own
+quality target --methods word_kd_t1 kd_alpha_0.5 makd makd_no_model kd_select_0.5 kd_alpha_0.1 kd_top8 \
+  makd_no_layer makd_no_matrix makd_anneal --stopping 3000 250 4
+# (a, b): as long as the teacher; another WORK subdirectory so that the standard-cap students stay apart
 quality long --methods svd_ce svd_word_kd makd --stopping 15000 250 4 --work "$work/$task.long"
-# (c, d)
-quality target --methods svd_ce svd_word_kd word_kd_t1 kd_alpha_0.1 kd_alpha_0.5 kd_top8 kd_select_0.5 makd \
-  makd_no_matrix makd_no_layer makd_no_model makd_anneal
 python3 -m benchmarks.diagnosis "$work"/*.long.json "$work"/*.target.json --out "$root/benchmarks/results/diagnosis"
