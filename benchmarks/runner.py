@@ -6,9 +6,11 @@ import importlib.util
 import json
 import logging
 import os
-import queue
 import re
 import runpy
+import select
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
@@ -52,24 +54,34 @@ def forkable(cmd):
     return (target, list(cmd)) if target else None
 
 
+SOCKET = "MAKD_FORK_SERVER"  # the fork server a forked command was forked from: its own commands go there too
+
+
 class ForkServer:
-    """A process that has imported ``PRELOAD`` and runs one command at a time in a fork of itself (``serve``)."""
+    """A process that has imported ``PRELOAD`` and runs each command it is sent in a fork of itself (``serve``), as
+    many at once as are sent, over a Unix socket; it ends when the process that started it does (its stdin closes)."""
 
     def __init__(self, env):
-        self.proc = subprocess.Popen([sys.executable, "-c", "from benchmarks.runner import serve; serve()"],
+        self.path = os.path.join(tempfile.mkdtemp(prefix="makd-fork-"), "socket")
+        self.proc = subprocess.Popen([sys.executable, "-c", "from benchmarks.runner import serve; serve()", self.path],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=ROOT, text=True)
-
-    def run(self, *request):
-        """The exit code of ``run_forked(*request)``."""
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        reply = self.proc.stdout.readline()
-        if not reply:
-            raise RuntimeError(f"benchmarks: the fork server exited ({self.proc.wait()})")
-        return int(reply)
+        if self.proc.stdout.readline().strip() != "ready":
+            raise RuntimeError(f"benchmarks: the fork server did not start ({self.proc.wait()})")
 
 
-IDLE = queue.SimpleQueue()  # this process's fork servers not running a command
+SERVER, SERVER_LOCK = [], threading.Lock()  # this process's own fork server, started on first use
+
+
+def server_socket(env):
+    """The socket of the fork server that runs this process's commands: the one this process was forked from (all
+    the commands of a test share one server, a benchmark's stages included), else one started here."""
+    inherited = os.environ.get(SOCKET)
+    if inherited and os.path.exists(inherited):
+        return inherited
+    with SERVER_LOCK:
+        if not SERVER:
+            SERVER.append(ForkServer(env))  # torch reads the thread count in the environment when the server imports it
+        return SERVER[0].path
 
 
 def forked(cmd, out, err=None, append=False, env=None, cwd=None):
@@ -79,14 +91,14 @@ def forked(cmd, out, err=None, append=False, env=None, cwd=None):
     if not how:
         return None
     env = dict(os.environ if env is None else env)
-    try:  # one server per command running at once (--jobs threads)
-        server = IDLE.get_nowait()
-    except queue.Empty:
-        server = ForkServer(env)  # torch reads the thread count in the environment when the server imports it
-    try:
-        return server.run(*how, out, err or out, append, env, cwd or os.getcwd())
-    finally:
-        IDLE.put(server)
+    env[SOCKET] = server_socket(env)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(env[SOCKET])
+        conn.sendall((json.dumps([*how, out, err or out, append, env, cwd or os.getcwd()]) + "\n").encode())
+        reply = conn.makefile().readline()
+    if not reply:
+        raise RuntimeError(f"benchmarks: the fork server gave no exit code for {cmd[:3]}")
+    return int(reply)
 
 
 def captured(cmd, env=None):
@@ -106,33 +118,59 @@ def captured(cmd, env=None):
 
 
 def serve():
-    """The fork server's loop: a request per line on stdin, the exit code of its command per line on stdout."""
-    replies = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)  # anything the imports print goes to stderr, not into the replies
+    """The fork server's loop (socket path in ``sys.argv[1]``): each connection sends one request line and gets the
+    exit code of its command back; it runs in a fork that forks the command and waits for it, so the server takes the
+    next connection at once and a command that dies by a signal still answers (with a negative code, as
+    ``subprocess`` would). Ends when its stdin closes."""
+    path = sys.argv[1]
+    ready = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)  # anything the imports print goes to stderr
     for name in PRELOAD:
         importlib.import_module(name)
     import torch
 
     # the children's thread count is read before any fork; this process never runs an OpenMP region
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    for line in sys.stdin:
-        request = json.loads(line)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(64)
+    ready.write("ready\n")
+    ready.close()
+    while True:
+        readable, _, _ = select.select([listener, 0], [], [], 1.0)
+        while True:  # reap the connections that have finished
+            try:
+                if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                    break
+            except ChildProcessError:
+                break
+        if 0 in readable and not os.read(0, 4096):
+            break
+        if listener not in readable:
+            continue
+        conn, _ = listener.accept()
         sys.stdout.flush()  # nothing this process has buffered may reach a child's output
         sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:  # the child never returns into this loop
-            code = 1
-            try:
-                replies.close()
-                code = run_forked(*request)
-            except BaseException:  # noqa: B036  (setting up its output or directory failed)
-                import traceback
+        if os.fork() == 0:  # the connection's process: forks the command, answers its exit code
+            listener.close()
+            request = json.loads(conn.makefile().readline())
+            pid = os.fork()
+            if pid == 0:  # the command's process never returns into this loop
+                code = 1
+                try:
+                    conn.close()
+                    code = run_forked(*request)
+                except BaseException:  # noqa: B036  (setting up its output or directory failed)
+                    import traceback
 
-                traceback.print_exc()
-            finally:
-                os._exit(code)
-        replies.write(f"{os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}\n")
-        replies.flush()
+                    traceback.print_exc()
+                finally:
+                    os._exit(code)
+            conn.sendall(f"{os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])}\n".encode())
+            os._exit(0)
+        conn.close()
+    listener.close()
+    shutil.rmtree(os.path.dirname(path), ignore_errors=True)
 
 
 def configures_logging_first(module):

@@ -35,12 +35,13 @@ TRAIN_COMMON = [
 
 # The files that take longest, longest first. xdist's loadfile mode starts files in order of their number of tests,
 # which left these few-test files to the end and one worker idle for minutes; starting them first lets the two workers
-# finish together. Seconds of one worker (--durations of the whole suite, -n 2, on the 2-core machine with a training
-# and other tests beside it, load ~7): benchmarks 584, quality_benchmark 485, quality_seeds 365, validation_metric 305,
-# compress 187, student 176, lm 172, teacher_data 133, resume 132; the rest under 100.
-LONGEST_FIRST = ("test_benchmarks.py", "test_quality_benchmark.py", "test_quality_seeds.py",
-                 "test_validation_metric.py", "test_compress.py", "test_student.py", "test_lm.py",
-                 "test_teacher_data.py", "test_resume.py")
+# finish together. Seconds of one file (--durations of the whole suite, -n 2, nothing else running): benchmarks 137,
+# validation_metric 112, quality_benchmark 112, lm 82, quality_seeds 77, compress ~60, teacher_data 67, latent_cache 45,
+# student 42, distributed 38, resume 33, debian_data 28, bootstrap 24, diagnosis 20; the rest under 20.
+LONGEST_FIRST = ("test_benchmarks.py", "test_validation_metric.py", "test_quality_benchmark.py", "test_lm.py",
+                 "test_quality_seeds.py", "test_teacher_data.py", "test_compress.py", "test_latent_cache.py",
+                 "test_student.py", "test_distributed.py", "test_resume.py", "test_debian_data.py",
+                 "test_bootstrap.py", "test_diagnosis.py")
 
 
 def pytest_xdist_make_scheduler(config, log):

@@ -154,3 +154,28 @@ def test_a_forked_stage_runs_as_its_subprocess_would(tmp_path, monkeypatch):
     assert logs["1"] == logs["0"] and "Wrote preprocessed data to WORK/bin" in logs["1"]
     for f in (tmp_path / "0" / "bin").glob("*.*[nxt]"):  # .bin, .idx, dict.*.txt (fairseq copies the log there)
         assert (tmp_path / "1" / "bin" / f.name).read_bytes() == f.read_bytes(), f.name
+
+
+def test_forked_commands_run_at_once_and_share_one_server(tmp_path):
+    """Commands forked at once run at once (a benchmark's --jobs): two that each wait for the other both finish; a
+    command forked from a forked command (a benchmark's stage) goes to the server it came from, not to a new one."""
+    import threading
+
+    from benchmarks.runner import forked
+
+    probe = [sys.executable, "-m", "tests.fork_probe"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    codes = {}
+    threads = [threading.Thread(target=lambda k=k, mine=mine, theirs=theirs: codes.__setitem__(
+        k, forked([*probe, "meet", mine, theirs], str(tmp_path / f"{k}.log"), cwd=str(ROOT))))
+        for k, mine, theirs in (("a", a, b), ("b", b, a))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert codes == {"a": 0, "b": 0}, [(tmp_path / f"{k}.log").read_text() for k in "ab"]
+    out = tmp_path / "socket"
+    assert forked([*probe, "nest", str(out)], str(tmp_path / "nest.log"), cwd=str(ROOT)) == 0, (
+        tmp_path / "nest.log").read_text()
+    assert out.read_text() == (tmp_path / "socket.inner").read_text() != ""
+

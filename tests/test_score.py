@@ -48,8 +48,8 @@ def test_the_console_command_scores_and_bad_input_is_one_line_exit_2(generation,
     assert proc.stdout.startswith("rouge1 ") and " pairs; rouge-score F1, use_stemmer=True)" in proc.stdout
     empty = tmp_path / "train.log"
     empty.write_text("2026-01-01 | INFO | fairseq_cli.train | done\n")
-    for path in (empty, tmp_path / "missing.out"):
-        proc = run(sys.executable, "-m", "makd_fairseq.cli.score", path, check=False)
+    for cmd, path in (([sys.executable, "-m", "makd_fairseq.cli.score"], empty), (["makd-score"], tmp_path / "x.out")):
+        proc = run(*cmd, path, check=False)  # a new interpreter as a user's, then forked (conftest.forks)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
         assert proc.stderr.startswith("makd-score: error:")
     with pytest.raises(ScoreError, match="2 hypotheses"):
