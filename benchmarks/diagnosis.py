@@ -13,7 +13,10 @@ student (method, budget, seed) its curve — ``[updates, valid nll, valid metric
   data order), so the curve's prefix is what a run stopped on nll would have logged: one long run answers both
   "which checkpoint" (a) and "how long" (b).
 
-``--in-progress TASK=WORK`` adds the students still training in a ``benchmarks.quality`` work directory (no results
+``--cap N`` (default 3,000, the benchmark's standard cap) adds each curve's best metric up to N updates: a long run's
+value where the standard-cap runs end, so that both compare at the same training length.
+
+``--in-progress TASK=WORK`` (repeatable: a task's standard-cap and long runs live in two work directories) adds the students still training in a ``benchmarks.quality`` work directory (no results
 file yet): their curves so far, read from each ``train.log``, with the stopping rule and commit of the command that
 started them (``train.log.provenance.json``); the table marks them "in progress" (their rows can still change).
 
@@ -46,18 +49,27 @@ def stopped_on_nll(curve, patience):
     return len(curve) - 1, best
 
 
-def summarize(curve, patience):
-    """The three choices of one curve (see the module docstring); metric values None where none was logged."""
+def best_on_metric(curve, until=None):
+    """The index of the highest metric (the earliest of equals) among the validations up to ``until`` updates."""
+    with_metric = [i for i, row in enumerate(curve) if row[2] is not None and (until is None or row[0] <= until)]
+    return max(with_metric, key=lambda i: (curve[i][2], -curve[i][0])) if with_metric else None
+
+
+def summarize(curve, patience, cap=None):
+    """The three choices of one curve (see the module docstring), and with ``cap`` the metric's best up to ``cap``
+    updates (what the curve gives at the standard cap: long runs compare there with the standard-cap ones); metric
+    values None where none was logged."""
     by_nll = min(range(len(curve)), key=lambda i: (curve[i][1], curve[i][0]))
-    with_metric = [i for i, row in enumerate(curve) if row[2] is not None]
-    by_metric = max(with_metric, key=lambda i: (curve[i][2], -curve[i][0])) if with_metric else None
     stop, chosen = stopped_on_nll(curve, patience)
     point = lambda i: None if i is None else {"updates": curve[i][0], "nll": curve[i][1], "metric": curve[i][2]}  # noqa: E731
-    return {"best_nll": point(by_nll), "best_metric": point(by_metric),
-            "stopped_on_nll": {**point(chosen), "stopped_at": curve[stop][0]}}
+    summary = {"best_nll": point(by_nll), "best_metric": point(best_on_metric(curve)),
+               "stopped_on_nll": {**point(chosen), "stopped_at": curve[stop][0]}}
+    if cap is not None:
+        summary["best_metric_at_cap"] = {"cap": cap, **(point(best_on_metric(curve, cap)) or {})}
+    return summary
 
 
-def collect(paths):
+def collect(paths, cap=None):
     """Every trained student of the given results files, with its summary."""
     rows = []
     for path in paths:
@@ -72,13 +84,14 @@ def collect(paths):
                              "stopping": result["stopping"], "selection": result.get("checkpoint_selection"),
                              "updates": seed["updates"], "early_stopped": seed["early_stopped"],
                              "trained_at": seed.get("trained_at"), "curve": seed["curve"],
-                             **summarize(seed["curve"], patience)})
+                             **summarize(seed["curve"], patience, cap)})
     return rows
 
 
-def in_progress(task, work, known):
+def in_progress(task, work, known, cap=None):
     """The students under ``work`` (WORK/b<budget>/<method>/seed<k>/train.log) not in ``known`` (task, method, budget,
-    seed), with their curves so far and the stopping rule of the command that started them."""
+    seed, cap: a long run and a standard-cap run of one method are two students), with their curves so far and the
+    stopping rule of the command that started them."""
     rows = []
     for log in sorted(glob.glob(os.path.join(work, "b*", "*", "seed*", "train.log"))):
         budget_dir, method, seed_dir = log.split(os.sep)[-4:-1]
@@ -89,16 +102,16 @@ def in_progress(task, work, known):
         text = fairseq_logs.read(log)
         curve = fairseq_logs.valid_curve(text, ("nll_loss", metric)) if metric else [
             row + [None] for row in fairseq_logs.valid_curve(text)]
-        if (task, method, budget, seed) in known or not curve:
-            continue
         stopping = {"max_update": int(flag_value(cmd, "--max-update")),
                     "validate_interval_updates": int(flag_value(cmd, "--validate-interval-updates")),
                     "patience": int(flag_value(cmd, "--patience"))}
+        if (task, method, budget, seed, stopping["max_update"]) in known or not curve:
+            continue
         rows.append({"task": task, "results": None, "in_progress": True, "method": method, "budget": budget,
                      "seed": seed, "flags": None, "stopping": stopping,
                      "selection": "metric" if metric else "nll", "updates": curve[-1][0], "early_stopped": False,
                      "trained_at": [s["commit"] for s in started], "curve": curve,
-                     **summarize(curve, stopping["patience"])})
+                     **summarize(curve, stopping["patience"], cap)})
     return rows
 
 
@@ -107,16 +120,20 @@ def fmt(value, digits=2):
 
 
 def table(rows):
+    capped = rows and "best_metric_at_cap" in rows[0]
     lines = ["| task | method | budget | seed | cap / every / patience | updates | lowest nll (at) | metric there | "
-             "best metric (at) | stopped on nll: at, metric |", "|---|---|---|---|---|---|---|---|---|---|"]
+             "best metric (at) | stopped on nll: at, metric |"
+             + (f" best metric up to {rows[0]['best_metric_at_cap']['cap']} (at) |" if capped else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "")]
     for r in rows:
         s, n, b, o = r["stopping"], r["best_nll"], r["best_metric"], r["stopped_on_nll"]
+        c = r.get("best_metric_at_cap") or {}
         lines.append(
             f"| {r['task']} | {r['method']} | {r['budget']:.0%} | {r['seed']} | {s['max_update']} / "
             f"{s['validate_interval_updates']} / {s['patience']} | {r['updates']}"
             f"{' (in progress)' if r.get('in_progress') else ''} | {n['nll']:.3f} ({n['updates']}) | "
             f"{fmt(n['metric'])} | {fmt(b and b['metric'])} ({b and b['updates']}) | {o['stopped_at']}, "
-            f"{fmt(o['metric'])} |")
+            f"{fmt(o['metric'])} |" + (f" {fmt(c.get('metric'))} ({c.get('updates')}) |" if capped else ""))
     return "\n".join(lines)
 
 
@@ -148,18 +165,22 @@ def main(argv=None):
     parser.add_argument("results", nargs="*", help="benchmarks.quality --validation-only results files")
     parser.add_argument("--in-progress", action="append", default=[], metavar="TASK=WORK",
                         help="also the students still training in this benchmarks.quality --work directory")
+    parser.add_argument("--cap", type=int, default=3000,
+                        help="also each curve's best metric up to this many updates (default: the benchmark's "
+                             "standard cap, where long runs compare with the standard-cap ones; 0: not reported)")
     parser.add_argument("--out", required=True, help="OUT.json, OUT.md and OUT.png are written")
     args = parser.parse_args(argv)
     missing = [p for p in args.results if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such results file: {missing[0]}")
-    work = dict(spec.split("=", 1) for spec in args.in_progress if "=" in spec)
-    if len(work) != len(args.in_progress) or any(not os.path.isdir(w) for w in work.values()):
+    work = [spec.split("=", 1) for spec in args.in_progress if "=" in spec]
+    if len(work) != len(args.in_progress) or any(not os.path.isdir(w) for _, w in work):
         parser.error("--in-progress takes TASK=WORK, WORK a benchmarks.quality --work directory")
-    rows = collect(args.results)
-    known = {(r["task"], r["method"], r["budget"], r["seed"]) for r in rows}
-    for task, directory in work.items():
-        rows += in_progress(task, directory, known)
+    cap = args.cap or None
+    rows = collect(args.results, cap)
+    for task, directory in work:  # a TASK may have several (standard-cap and long runs)
+        known = {(r["task"], r["method"], r["budget"], r["seed"], r["stopping"]["max_update"]) for r in rows}
+        rows += in_progress(task, directory, known, cap)
     if not rows:
         parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
     write_json(args.out + ".json", {"students": rows, "command": command("benchmarks.diagnosis", argv),

@@ -26,6 +26,10 @@ def test_a_curve_gives_the_checkpoint_of_each_rule_and_its_metric():
     assert s["best_nll"] == {"updates": 400, "nll": 3.4, "metric": 14.0}
     assert s["best_metric"] == {"updates": 600, "nll": 3.41, "metric": 16.0}
     assert s["stopped_on_nll"] == {"updates": 400, "nll": 3.4, "metric": 14.0, "stopped_at": 600}
+    # up to a cap (a long run where the standard-cap runs end): the best metric among the validations until then
+    assert summarize(CURVE, 2, cap=500)["best_metric_at_cap"] == {"cap": 500, "updates": 500, "nll": 3.45,
+                                                                  "metric": 15.0}
+    assert "best_metric_at_cap" not in s and summarize(CURVE, 2, cap=50)["best_metric_at_cap"] == {"cap": 50}
     no_metric = summarize([row[:2] + [None] for row in CURVE], 2)
     assert no_metric["best_metric"] is None and no_metric["stopped_on_nll"]["metric"] is None
 
@@ -65,3 +69,11 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
         assert r["in_progress"] and r["curve"] == by_method[r["method"]]["curve"]
         assert r["stopping"] == result["stopping"] and r["best_metric"] == by_method[r["method"]]["best_metric"]
     assert "(in progress)" in (tmp_path / "in_progress.md").read_text()
+    # the same task from two work directories (standard-cap and long runs): both read, each student once
+    twice = tmp_path / "twice"
+    run(sys.executable, "-m", "benchmarks.diagnosis", "--in-progress", f"translation={work}", "--in-progress",
+        f"translation={work}", "--cap", "4", "--out", twice, cwd=ROOT)
+    rows = json.loads((tmp_path / "twice.json").read_text())["students"]
+    assert sorted(r["method"] for r in rows) == sorted(s["method"] for s in students)
+    assert all(r["best_metric_at_cap"]["updates"] <= 4 for r in rows)
+    assert "best metric up to 4 (at)" in (tmp_path / "twice.md").read_text()
