@@ -69,19 +69,27 @@ class ForkServer:
             raise RuntimeError(f"benchmarks: the fork server did not start ({self.proc.wait()})")
 
 
-SERVER, SERVER_LOCK = [], threading.Lock()  # this process's own fork server, started on first use
+SERVERS, SERVERS_LOCK = {}, threading.Lock()  # this process's own fork servers, started on first use
+
+
+def start_only(env):
+    """What of ``env`` a process reads only when it starts (glibc's ``MALLOC_*`` tunables): a command whose
+    environment sets them needs a server started with them (its forks inherit the allocator's settings)."""
+    return tuple(sorted((k, v) for k, v in env.items() if k.startswith("MALLOC_")))
 
 
 def server_socket(env):
-    """The socket of the fork server that runs this process's commands: the one this process was forked from (all
-    the commands of a test share one server, a benchmark's stages included), else one started here."""
+    """The socket of the fork server that runs a command with ``env``: the one this process was forked from (all
+    the commands of a test share one server, a benchmark's stages included) when it was started with the same
+    ``start_only`` settings, else one started here for them."""
     inherited = os.environ.get(SOCKET)
-    if inherited and os.path.exists(inherited):
+    if inherited and os.path.exists(inherited) and start_only(os.environ) == start_only(env):
         return inherited
-    with SERVER_LOCK:
-        if not SERVER:
-            SERVER.append(ForkServer(env))  # torch reads the thread count in the environment when the server imports it
-        return SERVER[0].path
+    with SERVERS_LOCK:
+        key = start_only(env)
+        if key not in SERVERS:  # torch reads the thread count in the environment when the server imports it
+            SERVERS[key] = ForkServer(env)
+        return SERVERS[key].path
 
 
 def forked(cmd, out, err=None, append=False, env=None, cwd=None):
@@ -103,11 +111,9 @@ def forked(cmd, out, err=None, append=False, env=None, cwd=None):
 
 def captured(cmd, env=None):
     """``subprocess.run(cmd, capture_output=True, text=True, env=env)``; with MAKD_BENCHMARKS_FORK=1 forked from a
-    fork server when ``cmd`` is a Python entry point and ``env`` sets nothing a process reads only when it starts
-    (glibc's ``MALLOC_*`` tunables: those commands still start an interpreter)."""
+    fork server when ``cmd`` is a Python entry point."""
     env = dict(os.environ if env is None else env)
-    start_only = any(k.startswith("MALLOC_") and env[k] != os.environ.get(k) for k in env)
-    if os.environ.get(FORK) == "1" and not start_only:
+    if os.environ.get(FORK) == "1":
         with tempfile.TemporaryDirectory() as tmp:
             out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
             rc = forked([str(c) for c in cmd], out, err, env=env)

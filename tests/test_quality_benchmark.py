@@ -2,6 +2,7 @@
 
 import json
 import lzma
+import os
 import subprocess
 import sys
 
@@ -178,4 +179,12 @@ def test_forked_commands_run_at_once_and_share_one_server(tmp_path):
     assert forked([*probe, "nest", str(out)], str(tmp_path / "nest.log"), cwd=str(ROOT)) == 0, (
         tmp_path / "nest.log").read_text()
     assert out.read_text() == (tmp_path / "socket.inner").read_text() != ""
+    # glibc reads its MALLOC_* tunables when a process starts: a command that sets them goes to a server started
+    # with them (the speed benchmark's memory runs), the others to the one without
+    env = dict(os.environ, MALLOC_ARENA_MAX="1")
+    for name, extra in (("malloc", env), ("plain", None)):
+        assert forked([*probe, "startenv", "MALLOC_ARENA_MAX", str(tmp_path / name)], str(tmp_path / f"{name}.log"),
+                      env=extra, cwd=str(ROOT)) == 0, (tmp_path / f"{name}.log").read_text()
+    assert (tmp_path / "malloc").read_text() == "1" and (tmp_path / "plain").read_text() == os.environ.get(
+        "MALLOC_ARENA_MAX", "")
 
