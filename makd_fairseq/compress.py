@@ -11,6 +11,10 @@ Stages, each reused when its output exists (an interrupted training continues fr
    better value, at most ``--max-update``; the checkpoint with the best value is kept: DIR/student.pt. The value is
    the validation nll (``--select-on nll``), or with ``--select-on metric`` the main metric of beam-search
    hypotheses of the valid split (``validation.py``: ``--eval-metric``; the test generation's beam and lengths).
+   With ``--race N`` the method and plain cross-entropy fine-tuning (``ce``) first train N updates each from the same
+   init (DIR/race/METHOD, DIR/race/METHOD.log); the one with the better validation value continues from its own
+   checkpoint to the cap (DIR/train), and DIR/race.json and the report say what was chosen and on what values: a
+   student worse than plain fine-tuning on validation is never returned unannounced.
 3. ``evaluate``: ``fairseq-generate`` on the test split for teacher and student with the same beam, batch and
    threads (``fairseq-eval-lm`` for language models), scored with ``score``'s functions. The speed is then timed as
    the speed benchmark times it (``timing.interleaved``): after a warm-up, ``--speed-rounds`` rounds of teacher and
@@ -45,7 +49,9 @@ METHODS = {
     "ce": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
 }
 # what makd-compress writes in DIR (--force replaces these and nothing else)
-OWN_FILES = ("init.pt", "init.txt", "student.pt", "train", "train.log", "generate", "report.md", "report.json")
+OWN_FILES = ("init.pt", "init.txt", "student.pt", "race", "race.json", "train", "train.log", "generate", "report.md",
+             "report.json")
+RACE_BASELINE = "ce"  # what --race runs the method against
 
 
 class CompressError(ValueError):
@@ -110,15 +116,16 @@ def selection_flags(args) -> list:
             "--best-checkpoint-metric", metric, "--maximize-best-checkpoint-metric"]
 
 
-def train_flags(args, lm) -> list:
-    """fairseq-train's flags after ``distill_command``'s: task settings, method, optimisation, schedule, output."""
+def train_flags(args, lm, method=None, max_update=None, save_dir=None) -> list:
+    """fairseq-train's flags after ``distill_command``'s: task settings, method, optimisation, schedule, output
+    (``method``, ``max_update``, ``save_dir``: a race's run instead of ``args``' method, cap and DIR/train)."""
     every = str(args.validate_interval_updates)
-    return [*args.task_flags, *METHODS[args.method], *OPTIMIZATION, "--log-interval", "50", "--lr", str(args.lr),
-            "--max-tokens", str(args.max_tokens), "--max-update", str(args.max_update),
+    return [*args.task_flags, *METHODS[method or args.method], *OPTIMIZATION, "--log-interval", "50",
+            "--lr", str(args.lr), "--max-tokens", str(args.max_tokens), "--max-update", str(max_update or args.max_update),
             "--validate-interval-updates", every, "--save-interval-updates", every,
             "--validate-interval", "1000000", "--save-interval", "1000000", "--patience", str(args.patience),
             "--keep-interval-updates", "1", *selection_flags(args),
-            "--save-dir", os.path.join(args.out, "train"), *([] if args.gpu else ["--cpu"]),
+            "--save-dir", save_dir or os.path.join(args.out, "train"), *([] if args.gpu else ["--cpu"]),
             *shlex.split(args.fairseq_args), *([] if lm else ["--skip-invalid-size-inputs-valid-test"])]
 
 
@@ -172,17 +179,62 @@ def run_logged(cmd, log, live=True, progress=None):
         raise SystemExit(f"makd-compress: {cmd[0]} failed (exit {rc}); see {log}")
 
 
-def train(args, lm, student_path: str, log: str) -> None:
-    """Distill until the validation value (``selection``) stops improving (resumes from
-    DIR/train/checkpoint_last.pt)."""
+def train(args, lm, student_path: str, log: str, method=None, max_update=None, save_dir=None) -> None:
+    """Distill until the validation value (``selection``) stops improving (resumes from the save directory's
+    checkpoint_last.pt; ``method``, ``max_update``, ``save_dir`` as in ``train_flags``)."""
     metric = selection(args)
-    progress = TrainProgress(args.max_update, fairseq_logs.last_updates(fairseq_logs.read(log)) or 0,
+    progress = TrainProgress(max_update or args.max_update, fairseq_logs.last_updates(fairseq_logs.read(log)) or 0,
                              metric=None if metric == "nll_loss" else metric)
     try:
-        run_logged(distill_command(args.data, args.teacher, student_path, train_flags(args, lm)), log,
+        run_logged(distill_command(args.data, args.teacher, student_path,
+                                   train_flags(args, lm, method, max_update, save_dir)), log,
                    live=not args.quiet, progress=progress)
     finally:
         progress.close()
+
+
+def race(args, lm, student_path: str) -> dict:
+    """``--race N``: the method and ``RACE_BASELINE`` trained N updates each from ``student_path`` (each reused when
+    finished), the winner the one with the better validation value (``selection``; the method on a tie); its
+    checkpoints become DIR/train's, from which ``train`` continues it to the cap. DIR/race.json:
+    {"updates", "selected_on", "values": {method: best value}, "winner"}."""
+    path = os.path.join(args.out, "race.json")
+    if os.path.isfile(path):
+        with open(path) as f:
+            return json.load(f)
+    key, values = selection(args), {}
+    for method in (args.method, RACE_BASELINE):
+        save_dir, log = os.path.join(args.out, "race", method), os.path.join(args.out, "race", f"{method}.log")
+        os.makedirs(save_dir, exist_ok=True)
+        if not fairseq_logs.finished(fairseq_logs.read(log)):
+            print(f"[makd-compress] race: {method}, {args.race} updates", flush=True)
+            train(args, lm, student_path, log, method, args.race, save_dir)
+        values[method] = fairseq_logs.best_valid(fairseq_logs.read(log), key)
+        if values[method] is None:
+            raise SystemExit(f"makd-compress: the race's {method} run logged no validation {key} (validate more "
+                             f"often than --race {args.race}: --validate-interval-updates); see {log}")
+    winner = race_winner(values, key, args.method)
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):  # the winner continues from where it stopped
+        copy_file(os.path.join(args.out, "race", winner, name), os.path.join(args.out, "train", name))
+    result = {"updates": args.race, "selected_on": key, "values": values, "winner": winner}
+    write_json(path, result)
+    return result
+
+
+def race_winner(values: dict, key: str, method: str) -> str:
+    """The racer with the better validation value (the lowest nll, the highest metric); ``method`` on a tie."""
+    better = (min if key == "nll_loss" else max)(values.values())
+    return method if values[method] == better else next(m for m in values if values[m] == better)
+
+
+def race_line(r) -> str:
+    """The report's sentence on a race (``race``'s result)."""
+    if r is None:
+        return ""
+    values = ", ".join(f"{m} {v}" for m, v in r["values"].items())
+    return (f"Race over the first {r['updates']} updates on validation {r['selected_on']}: {values}; continued "
+            f"**{r['winner']}**" + (" (plain cross-entropy fine-tuning: the method did worse on validation)."
+                                    if r["winner"] == RACE_BASELINE else "."))
 
 
 def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",)):
@@ -256,7 +308,7 @@ def report_markdown(r):
               f"Training: {r['training']['updates']} updates, best validation nll {r['training']['best_valid_nll']} "
               f"bits, {r['training']['seconds']} s.",
               f"Checkpoint chosen and training stopped on validation {r['training']['selected_on']}: best "
-              f"{r['training']['best_valid']}.", "", "Ranks (makd-init):", "", "```", r["ranks_table"].rstrip(),
+              f"{r['training']['best_valid']}.", race_line(r.get("race")), "", "Ranks (makd-init):", "", "```", r["ranks_table"].rstrip(),
               "```", "", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
 
@@ -281,8 +333,19 @@ def report(args, lm, manifest, results, timed, wall_s) -> dict:
              else s_scores[main_metric] / t_scores[main_metric] if t_scores[main_metric] else None)
     with open(path("init.txt"), encoding="utf-8") as f:
         table = f.read()
+    raced = None
+    if args.race:
+        with open(path("race.json")) as f:
+            raced = json.load(f)
+        # the student's training: the winner's race run, then its continuation; both racers' time counts
+        logs = [fairseq_logs.read(path("race", f"{m}.log")) for m in raced["values"]]
+        winner_log = fairseq_logs.read(path("race", f"{raced['winner']}.log"))
+        best = [v for v in (fairseq_logs.best_valid(t, selected_on) for t in (winner_log, train_log)) if v is not None]
+        best_nll = [v for v in map(fairseq_logs.best_valid_nll, (winner_log, train_log)) if v is not None]
+        seconds = sum(fairseq_logs.training_seconds(t) or 0 for t in [*logs, train_log])
     return {
-        "method": args.method, "param_budget": args.param_budget, "init": args.init, "main_metric": main_metric,
+        "method": args.method, "trained_method": raced["winner"] if raced else args.method, "race": raced,
+        "param_budget": args.param_budget, "init": args.init, "main_metric": main_metric,
         "teacher": {"params": init_state["makd"]["teacher_params"], "scores": t_scores, "speed": t_speed},
         "student": {"params": count_params(build_model_from_state(load_checkpoint(path("student.pt")))),
                     "inference_params": init_state["makd"]["inference_params"],
@@ -292,9 +355,11 @@ def report(args, lm, manifest, results, timed, wall_s) -> dict:
                          "per_round": timed["speedup"]["per_round"]},
         "signatures": signatures,
         "training": {"updates": fairseq_logs.last_updates(train_log),
-                     "best_valid_nll": fairseq_logs.best_valid_nll(train_log),
-                     "selected_on": selected_on, "best_valid": fairseq_logs.best_valid(train_log, selected_on),
-                     "seconds": fairseq_logs.training_seconds(train_log),
+                     "best_valid_nll": min(best_nll) if raced and best_nll else fairseq_logs.best_valid_nll(train_log),
+                     "selected_on": selected_on,
+                     "best_valid": ((min if selected_on == "nll_loss" else max)(best) if raced and best
+                                    else fairseq_logs.best_valid(train_log, selected_on)),
+                     "seconds": seconds if raced else fairseq_logs.training_seconds(train_log),
                      "early_stopped": fairseq_logs.early_stopped(train_log)},
         "ranks_table": table, "arguments": manifest["arguments"], "command": manifest["command"],
         "commit": git_commit(), "evaluation": shlex.join(map(str, evaluate_command(args, lm, "CHECKPOINT"))),

@@ -14,6 +14,7 @@ import torch
 
 from conftest import USER_DIR, run
 from makd_fairseq import fairseq_logs
+from makd_fairseq.compress import race_winner
 from makd_fairseq.score import read_generation, score
 
 EVERY, UPDATES = 2, 6
@@ -154,21 +155,39 @@ COMPRESS = ["--param-budget", "0.5", "--max-update", "4", "--validate-interval-u
 
 
 def test_makd_compress_selects_on_the_metric_and_reports_it(teacher, mt_data, tmp_path):
+    """--select-on metric, with --race 2: makd and plain fine-tuning (ce) 2 updates each, the one with the better
+    validation BLEU continued from its own checkpoint to the cap; the report says which and on what values."""
     out = tmp_path / "run"
     run(sys.executable, "-m", "makd_fairseq.cli.compress", "--teacher", teacher, "--data", mt_data, "--out", out,
-        *COMPRESS, "--quiet")
+        *COMPRESS, "--race", "2", "--quiet")
     report = json.loads((out / "report.json").read_text())
+    raced = json.loads((out / "race.json").read_text())
+    races = {m: validations((out / "race" / f"{m}.log").read_text(), "bleu") for m in ("makd", "ce")}
+    assert {m: sorted(v) for m, v in races.items()} == {"makd": [2], "ce": [2]}
+    assert raced == report["race"] == {"updates": 2, "selected_on": "bleu", "winner": race_winner(
+        {m: v[2] for m, v in races.items()}, "bleu", "makd"), "values": {m: v[2] for m, v in races.items()}}
+    winner = raced["winner"]
+    assert report["method"] == "makd" and report["trained_method"] == winner
     log = (out / "train.log").read_text()
     logged = validations(log, "bleu")
-    assert sorted(logged) == [2, 4]
+    assert sorted(logged) == [4]  # the continuation: from the winner's update 2 to the cap
+    assert "@ 2 updates" in log and f"--save-dir {out / 'train'}" in log
+    assert ("--criterion makd" in log) == (winner == "makd")
     assert "--best-checkpoint-metric bleu --maximize-best-checkpoint-metric" in log  # the command line, logged
-    assert report["training"]["selected_on"] == "bleu" and report["training"]["best_valid"] == max(logged.values())
-    assert report["arguments"]["select_on"] == "metric"
+    best = max(races[winner][2], logged[4])
+    assert report["training"]["selected_on"] == "bleu" and report["training"]["best_valid"] == best
+    assert report["arguments"]["select_on"] == "metric" and report["arguments"]["race"] == 2
     state = torch.load(out / "student.pt", weights_only=False)
-    assert state["extra_state"]["best"] == max(logged.values())
+    assert state["extra_state"]["best"] == best
     md = (out / "report.md").read_text()
-    assert f"validation bleu: best {max(logged.values())}" in md
+    assert f"validation bleu: best {best}" in md and f"continued **{winner}**" in md
 
+
+def test_race_winner_is_the_better_validation_value_and_the_method_on_a_tie():
+    assert race_winner({"makd": 10.0, "ce": 11.0}, "bleu", "makd") == "ce"
+    assert race_winner({"makd": 11.0, "ce": 11.0}, "bleu", "makd") == "makd"
+    assert race_winner({"makd": 3.1, "ce": 3.0}, "nll_loss", "makd") == "ce"  # nll: lower is better
+    assert race_winner({"word_kd": 2.9, "ce": 3.0}, "nll_loss", "word_kd") == "word_kd"
 
 
 def test_quality_benchmark_select_on_metric_keeps_each_validation_as_a_curve(mt_data, tmp_path):

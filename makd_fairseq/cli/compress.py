@@ -41,6 +41,10 @@ def get_parser():
                         help="choose the checkpoint and stop on the validation nll, or on --metric of beam-search "
                              "hypotheses of the valid split (--beam, the lengths in --eval-args; logged as "
                              "valid_bleu / valid_chrf / valid_rougeL)")
+    parser.add_argument("--race", type=int, default=0, metavar="N",
+                        help="first train --method and plain cross-entropy fine-tuning (ce) N updates each from the "
+                             "same init and continue the one with the better validation value (see --select-on) to "
+                             "--max-update; the report says which (default 0: no race)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--metric", choices=METRICS, help="default: ppl for language models, else rouge")
@@ -66,8 +70,9 @@ def main(argv=None) -> int:
     started = time.time()
     # the speed rounds time the result, they do not change it: DIR/generate/speed.json is redone when they differ
     arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet", "speed_rounds")}
-    if args.select_on == "nll":  # the default, as before --select-on existed: a run started then resumes
-        del arguments["select_on"]
+    for name, default in (("select_on", "nll"), ("race", 0)):  # defaults of later flags: a run started before resumes
+        if arguments[name] == default:
+            del arguments[name]
     arguments.update(teacher=os.path.abspath(args.teacher), data=os.path.abspath(args.data))
     manifest = {"arguments": arguments,
                 "command": shlex.join(["makd-compress", *(argv if argv is not None else sys.argv[1:])])}
@@ -79,6 +84,10 @@ def main(argv=None) -> int:
             raise CompressError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
         if args.speed_rounds < 1:
             raise CompressError(f"--speed-rounds must be at least 1, got {args.speed_rounds}")
+        if args.race and not 0 < args.race < args.max_update:
+            raise CompressError(f"--race {args.race} must be between 0 and --max-update {args.max_update}")
+        if args.race and args.method == compress.RACE_BASELINE:
+            raise CompressError(f"--race runs --method against {compress.RACE_BASELINE}: choose another --method")
         if not 0 < args.param_budget < 1:
             raise CompressError(f"--param-budget must be in (0, 1), got {args.param_budget}")
         state = load_checkpoint(args.teacher)
@@ -87,6 +96,8 @@ def main(argv=None) -> int:
         if (args.metric == "ppl") != lm:
             raise CompressError(f"--metric {args.metric} does not fit a {'decoder-only' if lm else 'sequence-to-sequence'}"
                                 " teacher (ppl is for language models)")
+        if lm and args.race:
+            raise CompressError("--race is for sequence-to-sequence teachers")
         if lm and args.select_on == "metric":
             raise CompressError("--select-on metric is for sequence-to-sequence teachers: a language model's metric "
                                 "(perplexity) is its validation nll already")
@@ -109,8 +120,9 @@ def main(argv=None) -> int:
         compress.write_manifest(args, manifest)
 
     if not fairseq_logs.finished(fairseq_logs.read(path("train.log"))):
-        print("[makd-compress] train", flush=True)
-        compress.train(args, lm, path("init.pt"), path("train.log"))
+        method = compress.race(args, lm, path("init.pt"))["winner"] if args.race else args.method
+        print(f"[makd-compress] train{'' if method == args.method else ' ' + method}", flush=True)
+        compress.train(args, lm, path("init.pt"), path("train.log"), method)
     compress.keep_best(args)
     results, warmed_up = compress.evaluate_both(args, lm)  # both evaluated just now: the timing's warm-up
     report = compress.report(args, lm, manifest, results, compress.time_both(args, lm, warmup=0 if warmed_up else 1),
