@@ -180,3 +180,23 @@ def test_speed_shape_data_pads_the_dictionary_and_keeps_every_id(mt_data, tmp_pa
         for split, n in (("test", 16), ("valid", 3)):
             part = data_utils.load_indexed_dataset(f"{out}/{split}.en-de.{lang}", new)
             assert len(part) == n and all(part[i].tolist() == test[i].tolist() for i in range(n))
+
+
+def test_step_ops_counts_the_products_of_each_decoding_step(speed_run, teacher, mt_data, tmp_path):
+    """benchmarks.step_ops on a directory laid out as a --shapes one (the speed run's students): a factorized
+    projection is two products per step, so the same-depth student dispatches more of them than its teacher, the
+    dense fewer-layer student fewer."""
+    _, tmp = speed_run
+    work = tmp_path / "shape"
+    (work / "teacher").mkdir(parents=True)
+    (work / "teacher" / "checkpoint_last.pt").symlink_to(teacher)
+    (work / "data").symlink_to(mt_data)
+    for name in ("student50.pt", "dense50.pt"):
+        (work / name).symlink_to(tmp / "work" / name)
+    out = tmp_path / "step_ops.json"
+    run(sys.executable, "-m", "benchmarks.step_ops", "--work", work, "--out", out, "--gen-len", str(GEN_LEN), cwd=ROOT)
+    rows = json.loads(out.read_text())["models"]
+    assert set(rows) == {"teacher", "teacher_per_sentence", "student50", "dense50"}
+    assert rows["student50"]["products_per_step"] > rows["teacher_per_sentence"]["products_per_step"] > rows[
+        "dense50"]["products_per_step"] > 0
+    assert rows["teacher"]["flops_per_sentence"] > rows["student50"]["flops_per_sentence"]
