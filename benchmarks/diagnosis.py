@@ -115,6 +115,29 @@ def in_progress(task, work, known, cap=None):
     return rows
 
 
+def settles(curve, baseline, cap):
+    """How long a ``makd-compress --race`` of this curve's method against ``baseline`` (svd_ce's curve, same
+    validation grid) must run to pick what training to ``cap`` would: for every race length N on both grids, the
+    racer with the higher best-so-far metric at N; ``settled_at`` the first N from which that is always the racer with
+    the higher best up to ``compared_at`` (``cap``, or the last update both curves reached while one is still
+    training; None when even the last N disagrees). Ties go to the method."""
+    def best_until(c, n):
+        values = [row[2] for row in c if row[0] <= n and row[2] is not None]
+        return max(values) if values else None
+
+    until = min(cap, curve[-1][0], baseline[-1][0])
+    grid = sorted({row[0] for row in curve} & {row[0] for row in baseline if row[0] <= until})
+    final = "method" if (best_until(curve, until) or 0) >= (best_until(baseline, until) or 0) else "baseline"
+    picks = [[n, "method" if (best_until(curve, n) or 0) >= (best_until(baseline, n) or 0) else "baseline"]
+             for n in grid]
+    settled = None
+    for n, pick in reversed(picks):
+        if pick != final:
+            break
+        settled = n
+    return {"cap": cap, "compared_at": until, "better": final, "picks": picks, "settled_at": settled}
+
+
 def fmt(value, digits=2):
     return "–" if value is None else f"{value:.{digits}f}"
 
@@ -183,9 +206,24 @@ def main(argv=None):
         rows += in_progress(task, directory, known, cap)
     if not rows:
         parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
+    for task in {r["task"] for r in rows} if cap else ():  # how long a race against svd_ce must be (makd-compress)
+        base = [r for r in rows if r["task"] == task and r["method"] == "svd_ce"]
+        for r in rows:
+            if base and r["task"] == task and r["method"] != "svd_ce" and r["budget"] == base[0]["budget"]:
+                r["race_against_svd_ce"] = settles(r["curve"], base[0]["curve"], cap)
     write_json(args.out + ".json", {"students": rows, "command": command("benchmarks.diagnosis", argv),
                                     "reported_at": git_state()})
-    text = "\n\n".join([f"`{command('benchmarks.diagnosis', argv)}`", table(rows), ""])
+    raced = [r for r in rows if r.get("race_against_svd_ce")]
+    races = ["A race against svd_ce (`makd-compress --race N`, best validation metric so far at N): which racer "
+             "it picks at each N, and from which N on it always picks what training to the cap would.", "",
+             "| task | method | budget | better at (updates) | settled from N = | picks (N: m = method, c = svd_ce) |",
+             "|---|---|---|---|---|---|"] + [
+        f"| {r['task']} | {r['method']} | {r['budget']:.0%} | "
+        f"{r['method'] if x['better'] == 'method' else 'svd_ce'} ({x['compared_at']}) "
+        f"| {x['settled_at'] if x['settled_at'] is not None else '–'} | "
+        f"{' '.join(f'{n}:{p[0]}' for n, p in x['picks']).replace(':b', ':c')} |"
+        for r in raced for x in [r["race_against_svd_ce"]]] if raced else []
+    text = "\n\n".join([f"`{command('benchmarks.diagnosis', argv)}`", table(rows), "\n".join(races), ""])
     write_text(args.out + ".md", text)
     plot(rows, args.out + ".png")
     print(table(rows))

@@ -5,7 +5,7 @@ import json
 import sys
 
 from conftest import ROOT, run
-from benchmarks.diagnosis import stopped_on_nll, summarize
+from benchmarks.diagnosis import settles, stopped_on_nll, summarize
 
 # [updates, valid nll, valid metric]: nll lowest at 400, metric highest at 600
 CURVE = [[100, 5.0, 10.0], [200, 4.0, 12.0], [300, 3.5, 13.0], [400, 3.4, 14.0], [500, 3.45, 15.0],
@@ -32,6 +32,23 @@ def test_a_curve_gives_the_checkpoint_of_each_rule_and_its_metric():
     assert "best_metric_at_cap" not in s and summarize(CURVE, 2, cap=50)["best_metric_at_cap"] == {"cap": 50}
     no_metric = summarize([row[:2] + [None] for row in CURVE], 2)
     assert no_metric["best_metric"] is None and no_metric["stopped_on_nll"]["metric"] is None
+
+
+def test_a_race_settles_where_the_best_so_far_order_stops_changing():
+    # the method leads early (best so far 12 vs 10 at 200), CE from 300 on (13 vs 12), and at the cap
+    method = [[100, 4.0, 11.0], [200, 3.8, 12.0], [300, 3.7, 11.5], [400, 3.6, 12.5], [500, 3.6, 12.9]]
+    ce = [[100, 4.0, 9.0], [200, 3.8, 10.0], [300, 3.7, 13.0], [400, 3.6, 12.0], [500, 3.6, 13.5]]
+    race = settles(method, ce, cap=500)
+    assert race["picks"] == [[100, "method"], [200, "method"], [300, "baseline"], [400, "baseline"],
+                             [500, "baseline"]]
+    assert race["better"] == "baseline" and race["settled_at"] == 300 and race["compared_at"] == 500
+    # a cap inside the curves: compared there; a ranking that flips at the last validation never settles early
+    assert settles(method, ce, cap=200) == {"cap": 200, "compared_at": 200, "better": "method",
+                                            "picks": [[100, "method"], [200, "method"]], "settled_at": 100}
+    # a method still training (its curve ends at 300): compared at 300, not at the cap
+    assert settles(method[:3], ce, cap=500)["compared_at"] == 300
+    # ties go to the method
+    assert settles(ce, ce, cap=500)["better"] == "method" and settles(ce, ce, cap=500)["settled_at"] == 100
 
 
 def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_test(mt_data, teacher, tmp_path):
@@ -77,3 +94,7 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
     assert sorted(r["method"] for r in rows) == sorted(s["method"] for s in students)
     assert all(r["best_metric_at_cap"]["updates"] <= 4 for r in rows)
     assert "best metric up to 4 (at)" in (tmp_path / "twice.md").read_text()
+    # every student beside svd_ce: how long a race against it must be
+    race = {r["method"]: r.get("race_against_svd_ce") for r in rows}
+    assert race["svd_ce"] is None and all(race[m]["compared_at"] == 4 for m in ("kd_alpha_0.5", "makd_no_layer"))
+    assert "A race against svd_ce" in (tmp_path / "twice.md").read_text()
