@@ -4,7 +4,6 @@ it reports is the quotient of the two measurements it reports beside it."""
 import json
 import math
 import statistics
-import subprocess
 import sys
 
 import pytest
@@ -160,8 +159,8 @@ def test_ratio_pairs_name_each_comparison_once():
 
 
 def test_speed_benchmark_rejects_missing_inputs(tmp_path):
-    proc = subprocess.run([sys.executable, *SPEED, "--data", tmp_path / "nope", "--teacher", tmp_path / "t.pt"],
-                          capture_output=True, text=True, cwd=ROOT)
+    proc = run(sys.executable, *SPEED, "--data", tmp_path / "nope", "--teacher", tmp_path / "t.pt", check=False,
+               cwd=ROOT)
     assert proc.returncode == 2 and "--data" in proc.stderr and "no such directory" in proc.stderr
 
 

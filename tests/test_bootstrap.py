@@ -3,11 +3,11 @@ hypotheses (real students' outputs, read with benchmarks.archive) and on synthet
 what an interval covers; ``python3 -m benchmarks.rescore`` on a results file with its kept hypotheses."""
 import json
 import os
-import subprocess
 import sys
 
 import pytest
 
+from conftest import run
 from benchmarks import RESULTS
 from benchmarks.archive import keep_text, read_kept
 from makd_fairseq.score import paired_bootstrap, seeds_and_items_bootstrap
@@ -158,8 +158,8 @@ def test_rescore_recomputes_a_results_files_intervals_from_its_kept_hypotheses(t
     path = tmp_path / "summarization.json"
     path.write_text(json.dumps(result))
     out = tmp_path / "rescored.md"
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.rescore", str(path), "--samples", "300", "--out",
-                           str(out)], cwd=ROOT, capture_output=True, text=True)
+    proc = run(sys.executable, "-m", "benchmarks.rescore", str(path), "--samples", "300", "--out", str(out),
+               check=False, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     new = seeds_and_items_bootstrap("rougeL", [hyps["b50_svd_ce_seed1"], hyps["b50_svd_ce_seed2"]],
                                     [hyps["b50_makd_seed1"], hyps["b50_makd_seed2"]], refs, samples=300)
@@ -171,6 +171,5 @@ def test_rescore_recomputes_a_results_files_intervals_from_its_kept_hypotheses(t
     assert json.loads(path.read_text()) == result
     # another student's outputs under that name: not what the file was scored on
     keep_text(str(folder / "b50_svd_ce_seed2.txt.xz"), kept("summarization", "b50_dense_sft_kd_seed2", 120))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.rescore", str(path), "--samples", "50"], cwd=ROOT,
-                          capture_output=True, text=True)
+    proc = run(sys.executable, "-m", "benchmarks.rescore", str(path), "--samples", "50", check=False, cwd=ROOT)
     assert proc.returncode != 0 and "not what the file was scored on" in proc.stderr

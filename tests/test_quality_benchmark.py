@@ -3,7 +3,6 @@
 import json
 import lzma
 import os
-import subprocess
 import sys
 
 import pytest
@@ -85,12 +84,11 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
 
 
 def test_quality_benchmark_rejects_bad_input(tmp_path, mt_data):
-    proc = subprocess.run([sys.executable, *QUALITY, "--task", "translation", "--data", tmp_path / "nope",
-                           "--work", tmp_path / "w"], capture_output=True, text=True, cwd=ROOT)
+    proc = run(sys.executable, *QUALITY, "--task", "translation", "--data", tmp_path / "nope", "--work",
+               tmp_path / "w", check=False, cwd=ROOT)
     assert proc.returncode == 2 and "--data" in proc.stderr and "prepare.py" in proc.stderr
-    proc = subprocess.run([sys.executable, *QUALITY, "--task", "translation", "--data", mt_data,
-                           "--work", tmp_path / "w", "--budgets", "0.5", "1.5"], capture_output=True, text=True,
-                          cwd=ROOT)
+    proc = run(sys.executable, *QUALITY, "--task", "translation", "--data", mt_data, "--work", tmp_path / "w",
+               "--budgets", "0.5", "1.5", check=False, cwd=ROOT)
     assert proc.returncode == 2 and "--budgets" in proc.stderr
     assert not (tmp_path / "w").exists()
 
@@ -114,12 +112,11 @@ def test_quality_benchmark_smoke_language_modeling(tmp_path):
     assert result["methods"][1]["metrics"]["ppl"] > result["methods"][0]["metrics"]["ppl"]
     lines = (tmp_path / "work" / "generate" / "teacher.continuations.tsv").read_text().splitlines()
     assert len(lines) == 20 and all(len(line.split("\t")) == 2 for line in lines)
-    proc = subprocess.run([sys.executable, *QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
-                           "cpu", "--work", tmp_path / "w"], capture_output=True, text=True, cwd=ROOT)
+    proc = run(sys.executable, *QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size", "cpu",
+               "--work", tmp_path / "w", check=False, cwd=ROOT)
     assert proc.returncode == 2 and "lm_" in proc.stderr
-    proc = subprocess.run([sys.executable, *QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
-                           "lm_smoke", "--methods", "makd_seq_kd", "--work", tmp_path / "w"], capture_output=True,
-                          text=True, cwd=ROOT)
+    proc = run(sys.executable, *QUALITY, "--task", "language_modeling", "--data", root / "bin", "--size",
+               "lm_smoke", "--methods", "makd_seq_kd", "--work", tmp_path / "w", check=False, cwd=ROOT)
     assert proc.returncode == 2 and "encoder-decoder models only" in proc.stderr
 
 
