@@ -16,9 +16,10 @@ student (method, budget, seed) its curve — ``[updates, valid nll, valid metric
 ``--cap N`` (default 3,000, the benchmark's standard cap) adds each curve's best metric up to N updates: a long run's
 value where the standard-cap runs end, so that both compare at the same training length.
 
-``--in-progress TASK=WORK`` (repeatable: a task's standard-cap and long runs live in two work directories) adds the students still training in a ``benchmarks.quality`` work directory (no results
-file yet): their curves so far, read from each ``train.log``, with the stopping rule and commit of the command that
-started them (``train.log.provenance.json``); the table marks them "in progress" (their rows can still change).
+``--in-progress TASK=WORK`` (repeatable: a task's standard-cap and long runs live in two work directories) adds the
+students of a ``benchmarks.quality`` work directory that has no results file yet: their curves so far, read from each
+``train.log``, with the stopping rule and commit of the command that started them (``train.log.provenance.json``);
+the table marks those whose training has not ended "in progress" (their rows can still change).
 
 Writes OUT.json (every curve and summary, with the commits the students trained at), OUT.md (the table) and OUT.png
 (metric and nll against updates).
@@ -107,9 +108,10 @@ def in_progress(task, work, known, cap=None):
                     "patience": int(flag_value(cmd, "--patience"))}
         if (task, method, budget, seed, stopping["max_update"]) in known or not curve:
             continue
-        rows.append({"task": task, "results": None, "in_progress": True, "method": method, "budget": budget,
-                     "seed": seed, "flags": None, "stopping": stopping,
-                     "selection": "metric" if metric else "nll", "updates": curve[-1][0], "early_stopped": False,
+        rows.append({"task": task, "results": None, "in_progress": not fairseq_logs.finished(text), "method": method,
+                     "budget": budget, "seed": seed, "flags": None, "stopping": stopping,
+                     "selection": "metric" if metric else "nll", "updates": curve[-1][0],
+                     "early_stopped": fairseq_logs.early_stopped(text),
                      "trained_at": [s["commit"] for s in started], "curve": curve,
                      **summarize(curve, stopping["patience"], cap)})
     return rows
