@@ -296,8 +296,10 @@ def convert_ct2(checkpoint, data, out_dir, attempts=([], USER_DIR_ATTEMPT)):
            "--source_lang", src, "--target_lang", tgt, "--output_dir", out_dir, "--force"]
     notes = []
     for extra in attempts:
-        # a new interpreter always (never forked): what a user runs, without the plugin's allow-list imported
-        proc = subprocess.run(cmd + extra, capture_output=True, text=True, env=measured_env(1))
+        # as a user runs it: a new interpreter, never forked (a fork would have the plugin's allow-list imported);
+        # the attempt with --user_dir imports the plugin anyway
+        run = captured if extra else lambda c, env: subprocess.run(c, capture_output=True, text=True, env=env)
+        proc = run(cmd + extra, env=measured_env(1))
         if proc.returncode == 0:
             write_json(record, notes)
             return out_dir, notes
