@@ -122,14 +122,15 @@ def _files(path):
 
 
 @pytest.mark.parametrize("case", ["teacher missing", "data missing", "other dictionary", "budget impossible",
-                                  "another run in out", "unrelated files in out"])
+                                  "another run in out", "unrelated files in out", "race on nll"])
 def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, teacher, mt_data, other_vocab_data,
                                                             tmp_path):
     out = tmp_path / "out"
     args = {"--teacher": teacher, "--data": mt_data, "--param-budget": "0.5", "--out": out}
     expect = {"teacher missing": "no such checkpoint file", "data missing": "no such directory",
               "other dictionary": "dictionary", "budget impossible": "cannot be met",
-              "another run in out": "holds a run with other arguments", "unrelated files in out": "not empty"}[case]
+              "another run in out": "holds a run with other arguments", "unrelated files in out": "not empty",
+              "race on nll": "--select-on metric"}[case]
     if case == "teacher missing":
         args["--teacher"] = tmp_path / "nope.pt"
     elif case == "data missing":
@@ -138,6 +139,8 @@ def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, tea
         args["--data"] = other_vocab_data
     elif case == "budget impossible":
         args["--param-budget"] = "0.01"
+    elif case == "race on nll":
+        args["--race"] = "1"
     elif case == "another run in out":
         args["--out"] = out = compressed[0]  # the finished run above, asked for another budget
         args["--param-budget"] = "0.4"

@@ -86,6 +86,10 @@ def main(argv=None) -> int:
             raise CompressError(f"--speed-rounds must be at least 1, got {args.speed_rounds}")
         if args.race and not 0 < args.race < args.max_update:
             raise CompressError(f"--race {args.race} must be between 0 and --max-update {args.max_update}")
+        if args.race and args.select_on != "metric":
+            raise CompressError("--race compares the racers on the task's metric: add --select-on metric (on the "
+                                "validation nll plain fine-tuning wins by construction: distillation pulls away "
+                                "from the references)")
         if args.race and args.method == compress.RACE_BASELINE:
             raise CompressError(f"--race runs --method against {compress.RACE_BASELINE}: choose another --method")
         if not 0 < args.param_budget < 1:
