@@ -121,7 +121,8 @@ def train_flags(args, lm, method=None, max_update=None, save_dir=None) -> list:
     (``method``, ``max_update``, ``save_dir``: a race's run instead of ``args``' method, cap and DIR/train)."""
     every = str(args.validate_interval_updates)
     return [*args.task_flags, *METHODS[method or args.method], *OPTIMIZATION, "--log-interval", "50",
-            "--lr", str(args.lr), "--max-tokens", str(args.max_tokens), "--max-update", str(max_update or args.max_update),
+            "--lr", str(args.lr), "--max-tokens", str(args.max_tokens),
+            "--max-update", str(max_update or args.max_update),
             "--validate-interval-updates", every, "--save-interval-updates", every,
             "--validate-interval", "1000000", "--save-interval", "1000000", "--patience", str(args.patience),
             "--keep-interval-updates", "1", *selection_flags(args),
@@ -283,7 +284,8 @@ def evaluate(args, lm, log):
 def report_markdown(r):
     t, s = r["teacher"], r["student"]
     main_metric = r["main_metric"]
-    lines = [f"# makd-compress: {r['method']} student at {r['param_budget']:.0%} of the teacher", "",
+    lines = [f"# makd-compress: {r.get('trained_method', r['method'])} student at {r['param_budget']:.0%} of the "
+             "teacher", "",
              f"Teacher `{r['arguments']['teacher']}`, data `{r['arguments']['data']}`, commit `{r['commit']}`.", "",
              "| | teacher | student | student / teacher |", "|---|---|---|---|",
              f"| parameters | {t['params']:,} | {s['params']:,} | {s['params'] / t['params']:.3f} |",
@@ -308,8 +310,8 @@ def report_markdown(r):
               f"Training: {r['training']['updates']} updates, best validation nll {r['training']['best_valid_nll']} "
               f"bits, {r['training']['seconds']} s.",
               f"Checkpoint chosen and training stopped on validation {r['training']['selected_on']}: best "
-              f"{r['training']['best_valid']}.", race_line(r.get("race")), "", "Ranks (makd-init):", "", "```", r["ranks_table"].rstrip(),
-              "```", "", f"Command: `{r['command']}`", ""]
+              f"{r['training']['best_valid']}.", race_line(r.get("race")), "", "Ranks (makd-init):", "", "```",
+              r["ranks_table"].rstrip(), "```", "", f"Command: `{r['command']}`", ""]
     return "\n".join(lines)
 
 
