@@ -124,8 +124,8 @@ def settles(curve, baseline, cap):
     the higher best up to ``compared_at`` (``cap``, or the last update both curves reached while one is still
     training; None when even the last N disagrees). Ties go to the method."""
     def best_until(c, n):
-        values = [row[2] for row in c if row[0] <= n and row[2] is not None]
-        return max(values) if values else None
+        i = best_on_metric(c, n)
+        return None if i is None else c[i][2]
 
     until = min(cap, curve[-1][0], baseline[-1][0])
     grid = sorted({row[0] for row in curve} & {row[0] for row in baseline if row[0] <= until})

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import statistics
-import subprocess
 import sys
 import time
 
@@ -298,8 +297,7 @@ def convert_ct2(checkpoint, data, out_dir, attempts=([], USER_DIR_ATTEMPT)):
     for extra in attempts:
         # as a user runs it: a new interpreter, never forked (a fork would have the plugin's allow-list imported);
         # the attempt with --user_dir imports the plugin anyway
-        run = captured if extra else lambda c, env: subprocess.run(c, capture_output=True, text=True, env=env)
-        proc = run(cmd + extra, env=measured_env(1))
+        proc = captured(cmd + extra, env=measured_env(1), fork=None if extra else False)
         if proc.returncode == 0:
             write_json(record, notes)
             return out_dir, notes

@@ -109,18 +109,18 @@ def forked(cmd, out, err=None, append=False, env=None, cwd=None):
     return int(reply)
 
 
-def captured(cmd, env=None):
-    """``subprocess.run(cmd, capture_output=True, text=True, env=env)``; with MAKD_BENCHMARKS_FORK=1 forked from a
-    fork server when ``cmd`` is a Python entry point."""
+def captured(cmd, env=None, cwd=None, fork=None):
+    """``subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)``, forked from a fork server when
+    ``fork`` (default: MAKD_BENCHMARKS_FORK=1) and ``cmd`` is a Python entry point."""
     env = dict(os.environ if env is None else env)
-    if os.environ.get(FORK) == "1":
+    if os.environ.get(FORK) == "1" if fork is None else fork:
         with tempfile.TemporaryDirectory() as tmp:
             out, err = os.path.join(tmp, "stdout"), os.path.join(tmp, "stderr")
-            rc = forked([str(c) for c in cmd], out, err, env=env)
+            rc = forked([str(c) for c in cmd], out, err, env=env, cwd=str(cwd or os.getcwd()))
             if rc is not None:
-                with open(out) as o, open(err) as e:
+                with open(out, errors="replace") as o, open(err, errors="replace") as e:
                     return subprocess.CompletedProcess(cmd, rc, o.read(), e.read())
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=cwd)
 
 
 def serve():

@@ -224,7 +224,7 @@ def race(args, lm, student_path: str) -> dict:
 
 def race_winner(values: dict, key: str, method: str) -> str:
     """The racer with the better validation value (the lowest nll, the highest metric); ``method`` on a tie."""
-    better = (min if key == "nll_loss" else max)(values.values())
+    better = fairseq_logs.best_of(values.values(), key)
     return method if values[method] == better else next(m for m in values if values[m] == better)
 
 
@@ -359,7 +359,7 @@ def report(args, lm, manifest, results, timed, wall_s) -> dict:
         "training": {"updates": fairseq_logs.last_updates(train_log),
                      "best_valid_nll": min(best_nll) if raced and best_nll else fairseq_logs.best_valid_nll(train_log),
                      "selected_on": selected_on,
-                     "best_valid": ((min if selected_on == "nll_loss" else max)(best) if raced and best
+                     "best_valid": (fairseq_logs.best_of(best, selected_on) if raced and best
                                     else fairseq_logs.best_valid(train_log, selected_on)),
                      "seconds": seconds if raced else fairseq_logs.training_seconds(train_log),
                      "early_stopped": fairseq_logs.early_stopped(train_log)},

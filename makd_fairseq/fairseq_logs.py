@@ -70,9 +70,12 @@ def best_valid(text: str, key: str = "nll_loss") -> Optional[float]:
     """The best validation ``valid_<key>``: the lowest nll or loss, the highest of anything else (a metric, e.g. the
     bleu or rougeL of ``--eval-metric``); None when no validation logged it."""
     values = valid_values(text, key)
-    if not values:
-        return None
-    return min(values) if key in ("nll_loss", "loss", "ppl") else max(values)
+    return best_of(values, key) if values else None
+
+
+def best_of(values, key: str = "nll_loss"):
+    """The best of validation values of ``key``: the lowest nll, loss or perplexity, the highest of anything else."""
+    return (min if key in ("nll_loss", "loss", "ppl") else max)(values)
 
 
 def valid_curve(text: str, keys=("nll_loss",)) -> List[list]:

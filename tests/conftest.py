@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -76,19 +75,11 @@ def forks(args):
 def run(*args, check=True, cwd=None):
     """Run a CLI; on failure show its output (the assertion message is all a CI log keeps). A benchmark it starts
     runs its stages' commands forked from a process that has imported fairseq once (``benchmarks.runner.FORK``)."""
-    from benchmarks.runner import forked
+    from benchmarks.runner import captured
 
     args = [str(a) for a in args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MAKD_BENCHMARKS_FORK="1")
-    proc = None
-    if forks(args):
-        with tempfile.TemporaryDirectory() as tmp:
-            out, err = os.path.join(tmp, "out"), os.path.join(tmp, "err")
-            code = forked(args, out, err, env=env, cwd=str(cwd or os.getcwd()))
-            if code is not None:
-                proc = subprocess.CompletedProcess(args, code, *(open(f, errors="replace").read() for f in (out, err)))
-    if proc is None:
-        proc = subprocess.run(args, capture_output=True, text=True, env=env, cwd=cwd)
+    proc = captured(args, env=env, cwd=cwd, fork=forks(args))
     if check and proc.returncode != 0:
         raise AssertionError(f"{args[0]} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
     return proc
