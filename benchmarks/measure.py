@@ -12,8 +12,8 @@ import time
 
 from makd_fairseq.fairseq_logs import LogError, generation_speed
 from makd_fairseq.files import USER_DIR, write_json
+from makd_fairseq.forking import captured
 
-from .runner import captured
 from .sizes import METHODS, TRAIN_COMMON
 
 # the training methods timed: the benchmark's methods and makd trading time for memory (--recompute-teacher)

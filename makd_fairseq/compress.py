@@ -30,11 +30,11 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 
 from . import fairseq_logs, timing
 from .files import USER_DIR, copy_file, git_commit, save_torch, write_json, write_text
+from .forking import streamed
 from .student import OPTIMIZATION, distill_command
 from .validation import FOR_SCORE_METRIC, generation_args
 
@@ -161,21 +161,22 @@ class TrainProgress:
 
 def run_logged(cmd, log, live=True, progress=None):
     """Run ``cmd``; each line of its output goes to ``log`` as it comes (flushed per line), to ``progress`` and,
-    with ``live``, to this terminal."""
+    with ``live``, to this terminal. A new interpreter, or with MAKD_BENCHMARKS_FORK=1 (the tests) a fork of one
+    that has imported fairseq (``forking.streamed``)."""
     from tqdm import tqdm
 
     with open(log, "a", buffering=1) as f:  # line-buffered: a user tailing the log sees each line at once
         f.write(f"$ {shlex.join(map(str, cmd))}\n")
-        proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1)
-        for line in proc.stdout:
+
+        def on_line(line):
             f.write(line)
             if progress is not None:
                 progress.feed(line)
             if live:
                 tqdm.write(line.rstrip("\n"), file=sys.stdout)  # above the progress bar
                 sys.stdout.flush()
-        rc = proc.wait()
+
+        rc = streamed(cmd, on_line)
     if rc != 0:
         raise SystemExit(f"makd-compress: {cmd[0]} failed (exit {rc}); see {log}")
 

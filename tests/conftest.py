@@ -64,7 +64,7 @@ def pytest_xdist_make_scheduler(config, log):
 
 def forks(args):
     """Whether ``run`` forks ``args`` from a process that has imported fairseq and the plugin
-    (``benchmarks.runner.forked``): the commands that import the plugin anyway (makd-*, a fairseq CLI given
+    (``makd_fairseq.forking.forked``): the commands that import the plugin anyway (makd-*, a fairseq CLI given
     ``--user-dir``) and the benchmarks; the others (a plain fairseq CLI, ``python -m makd_fairseq.cli.X``) start a
     new interpreter, as a user's would."""
     name = os.path.basename(args[0])
@@ -74,8 +74,8 @@ def forks(args):
 
 def run(*args, check=True, cwd=None):
     """Run a CLI; on failure show its output (the assertion message is all a CI log keeps). A benchmark it starts
-    runs its stages' commands forked from a process that has imported fairseq once (``benchmarks.runner.FORK``)."""
-    from benchmarks.runner import captured
+    runs its stages' commands forked from a process that has imported fairseq once (``makd_fairseq.forking.FORK``)."""
+    from makd_fairseq.forking import captured
 
     args = [str(a) for a in args]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", MAKD_BENCHMARKS_FORK="1")

@@ -128,7 +128,8 @@ def test_a_forked_stage_runs_as_its_subprocess_would(tmp_path, monkeypatch):
     failing command fails the stage with its message."""
     from argparse import Namespace
 
-    from benchmarks.runner import FORK, Run
+    from benchmarks.runner import Run
+    from makd_fairseq.forking import FORK
 
     src = ROOT / "tests" / "fixtures" / "debian" / "translation"
     logs = {}
@@ -159,7 +160,7 @@ def test_forked_commands_run_at_once_and_share_one_server(tmp_path):
     command forked from a forked command (a benchmark's stage) goes to the server it came from, not to a new one."""
     import threading
 
-    from benchmarks.runner import forked
+    from makd_fairseq.forking import forked
 
     probe = [sys.executable, "-m", "tests.fork_probe"]
     a, b = str(tmp_path / "a"), str(tmp_path / "b")
@@ -185,3 +186,19 @@ def test_forked_commands_run_at_once_and_share_one_server(tmp_path):
     assert (tmp_path / "malloc").read_text() == "1" and (tmp_path / "plain").read_text() == os.environ.get(
         "MALLOC_ARENA_MAX", "")
 
+
+
+@pytest.mark.parametrize("fork", [False, True])
+def test_streamed_gives_each_line_as_it_comes_and_the_exit_code(fork):
+    """makd-compress's commands (``forking.streamed``): each line of stdout and stderr reaches the caller while the
+    command runs, the last one without its newline too, and the exit code is the command's, forked or not."""
+    import time
+
+    from makd_fairseq.forking import streamed
+
+    seen = []
+    rc = streamed([sys.executable, "-m", "tests.fork_probe", "lines", "4", "3"],
+                  lambda line: seen.append((line, time.time())), cwd=str(ROOT), fork=fork)
+    assert rc == 3
+    assert [line for line, _ in seen] == ["line 0\n", "line 1\n", "line 2\n", "line 3"]
+    assert seen[-1][1] - seen[0][1] > 0.5  # the first line came before the command ended, not all at its end

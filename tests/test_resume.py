@@ -83,7 +83,8 @@ def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path
     them); their log then holds the validations of both starts, so the reported best validation nll is the best of
     the whole training, not of its last start. A stage that does not resume starts its log afresh. (The trainings
     run forked, as in the benchmarks the tests start.)"""
-    from benchmarks.runner import FORK, Run
+    from benchmarks.runner import Run
+    from makd_fairseq.forking import FORK
     from makd_fairseq import fairseq_logs
 
     monkeypatch.setenv(FORK, "1")
