@@ -173,8 +173,12 @@ def test_lm_teacher_with_another_vocabulary_is_refused(lm_teacher, tmp_path):
     assert "dictionary" in out.stderr.strip().splitlines()[-1]
 
 
-def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teacher, lm_data, tmp_path, capsys):
+def test_makd_compress_distills_a_language_model_and_reports_perplexity(lm_teacher, lm_data, tmp_path, capsys,
+                                                                       monkeypatch):
     from makd_fairseq.cli.compress import main
+    from makd_fairseq.forking import FORK
+
+    monkeypatch.setenv(FORK, "1")  # its fairseq commands forked, as under conftest's run
 
     out = tmp_path / "run"
     assert main(["--teacher", str(lm_teacher), "--data", str(lm_data), "--param-budget", "0.6", "--out", str(out),

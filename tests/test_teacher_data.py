@@ -12,7 +12,7 @@ from makd_fairseq import teacher_data
 from makd_fairseq.cli.teacher_data import main
 from makd_fairseq.fairseq_logs import records
 
-BEAM = ["--beam", "2"]
+BEAM = ["--beam", "2", "--max-len-b", "40"]  # the fixture teacher loops to the length cap on a few sources
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def bad_inputs(tmp, mt_data, teacher, kd_data):
                                   "out made for other splits"])
 def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, mt_data, teacher, kd_data, tmp_path, capsys):
     overrides, message = bad_inputs(tmp_path, mt_data, teacher, kd_data)[case]
-    flags = {"--teacher": teacher, "--data": mt_data, "--out": tmp_path / "out", "--beam": 2}
+    flags = {"--teacher": teacher, "--data": mt_data, "--out": tmp_path / "out", **dict(zip(BEAM[::2], BEAM[1::2]))}
     flags.update(zip(overrides[::2], overrides[1::2]))
     watched = [kd_data, mt_data, tmp_path / "foreign"]
     before = [files(d) for d in watched]
