@@ -34,13 +34,15 @@ TRAIN_COMMON = [
 
 # The files that take longest, longest first. xdist's loadfile mode starts files in order of their number of tests,
 # which left these few-test files to the end and one worker idle for minutes; starting them first lets the two workers
-# finish together. Seconds of one file (--durations of the whole suite, -n 2, nothing else running): benchmarks 137,
-# validation_metric 112, quality_benchmark 112, lm 82, quality_seeds 77, compress ~60, teacher_data 67, latent_cache 45,
-# student 42, distributed 38, resume 33, debian_data 28, bootstrap 24, diagnosis 20; the rest under 20.
-LONGEST_FIRST = ("test_benchmarks.py", "test_validation_metric.py", "test_quality_benchmark.py", "test_lm.py",
-                 "test_quality_seeds.py", "test_teacher_data.py", "test_compress.py", "test_latent_cache.py",
-                 "test_student.py", "test_distributed.py", "test_resume.py", "test_debian_data.py",
-                 "test_bootstrap.py", "test_diagnosis.py")
+# finish together. The first two files go one to each worker: the second needs no fixture teacher, so that its worker
+# does not wait while the first trains it. Seconds of one file (--durations of the whole suite, -n 2, nothing else
+# running, at 1e820b6): validation_metric 124, benchmarks 109, quality_benchmark 102, lm 77, teacher_data 68,
+# quality_seeds 67, student 42, distributed 41, compress 33, debian_data 28, makd_criterion 27, resume 23,
+# latent_cache 21, training_path 21, diagnosis 16; the rest under 16.
+LONGEST_FIRST = ("test_benchmarks.py", "test_quality_benchmark.py", "test_validation_metric.py",
+                 "test_quality_seeds.py", "test_lm.py", "test_student.py", "test_distributed.py",
+                 "test_teacher_data.py", "test_compress.py", "test_debian_data.py", "test_makd_criterion.py",
+                 "test_resume.py", "test_latent_cache.py", "test_training_path.py", "test_diagnosis.py")
 
 
 def pytest_xdist_make_scheduler(config, log):
