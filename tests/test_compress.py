@@ -54,6 +54,37 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     assert "distill it with" not in report["ranks_table"] and report["ranks_table"] == (out / "init.txt").read_text()
 
 
+def test_by_default_the_method_races_plain_fine_tuning_and_the_checkpoint_is_chosen_on_the_metric(compressed):
+    """What a user gets without --race / --select-on (a sequence-to-sequence teacher): a race of a quarter of the cap in
+    whole validation intervals (2 of 6 updates here), then the winner to the cap, chosen on validation BLEU."""
+    out, proc = compressed
+    report = json.loads((out / "report.json").read_text())
+    assert report["arguments"]["select_on"] == "metric" and report["arguments"]["race"] == 2
+    assert report["race"]["updates"] == 2 and sorted(report["race"]["values"]) == ["ce", "makd"]
+    assert report["training"]["selected_on"] == "bleu" and report["trained_method"] == report["race"]["winner"]
+    assert "[makd-compress] race: makd, 2 updates" in proc.stdout and "Race over the first 2 updates" in (
+        out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("given, lm, expected", [
+    ({}, False, ("metric", 750)),  # the defaults: a quarter of 3,000 updates, validations every 250
+    ({"max_update": 1000}, False, ("metric", 250)),  # 250 is a whole validation interval
+    ({"max_update": 900, "validate_interval_updates": 100}, False, ("metric", 200)),
+    ({"max_update": 250}, False, ("metric", 0)),  # no validation before the cap: no race
+    ({"method": "ce"}, False, ("metric", 0)),  # the method is the baseline
+    ({"select_on": "nll"}, False, ("nll", 0)),
+    ({"race": 100}, False, ("metric", 100)),  # given: kept
+    ({}, True, ("nll", 0)),  # a language model: its metric is the nll
+])
+def test_defaults_depend_on_the_teacher_and_the_cap(given, lm, expected):
+    from makd_fairseq.cli.compress import get_parser, resolve_defaults
+
+    args = get_parser().parse_args(["--teacher", "t.pt", "--data", "d", "--param-budget", "0.5", "--out", "o"])
+    vars(args).update(given)
+    resolve_defaults(args, lm)
+    assert (args.select_on, args.race) == expected
+
+
 def test_the_speed_line_is_timed_as_the_speed_benchmark_times_it(compressed):
     """After the evaluation passes (the warm-up), --speed-rounds rounds of teacher and student in turn, each a fresh
     fairseq-generate whose own sentences/s is kept; the speed-up is the median of the per-round ratios."""
@@ -140,7 +171,7 @@ def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, tea
     elif case == "budget impossible":
         args["--param-budget"] = "0.01"
     elif case == "race on nll":
-        args["--race"] = "1"
+        args.update({"--race": "1", "--select-on": "nll"})
     elif case == "another run in out":
         args["--out"] = out = compressed[0]  # the finished run above, asked for another budget
         args["--param-budget"] = "0.4"

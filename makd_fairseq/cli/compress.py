@@ -34,17 +34,19 @@ def get_parser():
     parser.add_argument("--init", choices=("whiten", "svd"), default="whiten")
     parser.add_argument("--calibration-tokens", type=int, default=32768)
     parser.add_argument("--max-update", type=int, default=3000, help="cap on training updates")
-    parser.add_argument("--validate-interval-updates", type=int, default=100)
-    parser.add_argument("--patience", type=int, default=3,
+    parser.add_argument("--validate-interval-updates", type=int, default=250)
+    parser.add_argument("--patience", type=int, default=4,
                         help="validations without a better value (--select-on) before stopping")
-    parser.add_argument("--select-on", choices=("nll", "metric"), default="nll",
+    parser.add_argument("--select-on", choices=("nll", "metric"),
                         help="choose the checkpoint and stop on the validation nll, or on --metric of beam-search "
                              "hypotheses of the valid split (--beam, the lengths in --eval-args; logged as "
-                             "valid_bleu / valid_chrf / valid_rougeL)")
-    parser.add_argument("--race", type=int, default=0, metavar="N",
+                             "valid_bleu / valid_chrf / valid_rougeL). Default: metric; nll for language models "
+                             "(their metric, perplexity, is the nll)")
+    parser.add_argument("--race", type=int, metavar="N",
                         help="first train --method and plain cross-entropy fine-tuning (ce) N updates each from the "
-                             "same init and continue the one with the better validation value (see --select-on) to "
-                             "--max-update; the report says which (default 0: no race)")
+                             "same init and continue the one with the better validation metric to --max-update; the "
+                             "report says which. Default: a quarter of --max-update in whole validation intervals "
+                             "(750 of 3000) with --select-on metric, else 0 (no race)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--metric", choices=METRICS, help="default: ppl for language models, else rouge")
@@ -63,19 +65,37 @@ def get_parser():
     return parser
 
 
+def resolve_defaults(args, lm) -> None:
+    """The defaults that depend on the teacher. Sequence-to-sequence: the checkpoint is chosen on the task's metric and
+    the method races plain fine-tuning first (on en→de every distillation variant lost to it: a user must not get a
+    student worse than plain fine-tuning unannounced); the race lasts a quarter of the cap in whole validation
+    intervals (from 750 of 3,000 updates on, the race picked what training to the cap would: docs/benchmarks.md,
+    "Diagnosis"). Language models: the validation nll (their perplexity), no race."""
+    if args.select_on is None:
+        args.select_on = "nll" if lm else "metric"
+    if args.race is None:
+        every = args.validate_interval_updates
+        quarter = max(every, args.max_update // 4 // every * every)
+        plain = lm or args.select_on != "metric" or args.method == compress.RACE_BASELINE
+        args.race = 0 if plain or quarter >= args.max_update else quarter
+
+
+def run_arguments(args) -> dict:
+    """What identifies a run in DIR/compress.json (a resumed run must have the same): the arguments, defaults resolved,
+    less those that do not change the result (the speed rounds time it: DIR/generate/speed.json is redone)."""
+    arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet", "speed_rounds")}
+    for name, default in (("select_on", "nll"), ("race", 0)):  # flags added later: a run started before resumes
+        if arguments[name] == default:
+            del arguments[name]
+    return {**arguments, "teacher": os.path.abspath(args.teacher), "data": os.path.abspath(args.data)}
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     if args.quiet:  # fairseq's INFO lines from the in-process init (subprocess output goes to DIR/*.log anyway)
         logging.getLogger().setLevel(logging.WARNING)
     started = time.time()
-    # the speed rounds time the result, they do not change it: DIR/generate/speed.json is redone when they differ
-    arguments = {k: v for k, v in vars(args).items() if k not in ("force", "quiet", "speed_rounds")}
-    for name, default in (("select_on", "nll"), ("race", 0)):  # defaults of later flags: a run started before resumes
-        if arguments[name] == default:
-            del arguments[name]
-    arguments.update(teacher=os.path.abspath(args.teacher), data=os.path.abspath(args.data))
-    manifest = {"arguments": arguments,
-                "command": shlex.join(["makd-compress", *(argv if argv is not None else sys.argv[1:])])}
+    command = shlex.join(["makd-compress", *(argv if argv is not None else sys.argv[1:])])
     path = lambda *p: os.path.join(args.out, *p)  # noqa: E731
     init = None
     # every check, and the init itself, before DIR is created or touched: bad input leaves nothing behind
@@ -84,14 +104,6 @@ def main(argv=None) -> int:
             raise CompressError(f"--data {args.data}: no such directory (binarize with fairseq-preprocess)")
         if args.speed_rounds < 1:
             raise CompressError(f"--speed-rounds must be at least 1, got {args.speed_rounds}")
-        if args.race and not 0 < args.race < args.max_update:
-            raise CompressError(f"--race {args.race} must be between 0 and --max-update {args.max_update}")
-        if args.race and args.select_on != "metric":
-            raise CompressError("--race compares the racers on the task's metric: add --select-on metric (on the "
-                                "validation nll plain fine-tuning wins by construction: distillation pulls away "
-                                "from the references)")
-        if args.race and args.method == compress.RACE_BASELINE:
-            raise CompressError(f"--race runs --method against {compress.RACE_BASELINE}: choose another --method")
         if not 0 < args.param_budget < 1:
             raise CompressError(f"--param-budget must be in (0, 1), got {args.param_budget}")
         state = load_checkpoint(args.teacher)
@@ -105,6 +117,16 @@ def main(argv=None) -> int:
         if lm and args.select_on == "metric":
             raise CompressError("--select-on metric is for sequence-to-sequence teachers: a language model's metric "
                                 "(perplexity) is its validation nll already")
+        resolve_defaults(args, lm)
+        if args.race and not 0 < args.race < args.max_update:
+            raise CompressError(f"--race {args.race} must be between 0 and --max-update {args.max_update}")
+        if args.race and args.select_on != "metric":
+            raise CompressError("--race compares the racers on the task's metric: add --select-on metric (on the "
+                                "validation nll plain fine-tuning wins by construction: distillation pulls away "
+                                "from the references)")
+        if args.race and args.method == compress.RACE_BASELINE:
+            raise CompressError(f"--race runs --method against {compress.RACE_BASELINE}: choose another --method")
+        manifest = {"arguments": run_arguments(args), "command": command}
         start_over = compress.check_out_dir(args, manifest)
         if start_over or not os.path.isfile(path("init.pt")):
             print(f"[makd-compress] init: --init {args.init} factors at uniform ranks, --param-budget "
