@@ -35,6 +35,7 @@ from makd_fairseq.files import git_state, write_json, write_text
 
 from .commands import flag_value
 from .provenance import command
+from .report import pyplot
 
 
 def stopped_on_nll(curve, patience):
@@ -163,11 +164,7 @@ def table(rows):
 
 
 def plot(rows, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     tasks = sorted({r["task"] for r in rows})
     fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8), squeeze=False)
     for j, task in enumerate(tasks):

@@ -73,16 +73,22 @@ def table(result):
     return "\n".join(lines) + "\n"
 
 
-def plot(result, path):
-    """Quality against budget (each metric; mean and sd over seeds) and, when timed, against sentences/s."""
+def pyplot():
+    """matplotlib.pyplot drawing to files, quiet (fairseq's logging setup lets matplotlib's DEBUG lines through)."""
     import logging
 
-    logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq's logging setup lets its DEBUG lines through
+    logging.getLogger("matplotlib").setLevel(logging.WARNING)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot(result, path):
+    """Quality against budget (each metric; mean and sd over seeds) and, when timed, against sentences/s."""
+    plt = pyplot()
     metrics = METRICS[result["task"]][:2]
     timed = [m for m in result["methods"] if m.get("speed")]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
