@@ -42,6 +42,7 @@ import threading
 import time
 
 from makd_fairseq import fairseq_logs
+from makd_fairseq.compress import default_race
 from makd_fairseq.files import git_state, write_json, write_text
 
 from . import RESULTS
@@ -51,12 +52,12 @@ from .commands import (flag_value, generate_command, selection_flags, seq_kd_spl
 from .provenance import command, hardware
 from .diagnosis import collect as collect_curves
 from .diagnosis import table as diagnosis_table
-from .records import method_entries, seed_record, seq_kd_manifest, teacher_arch
+from .records import add_races, method_entries, seed_record, seq_kd_manifest, teacher_arch, with_races
 from .report import plot, table
 from .runner import Run, model_name, seeds_of
 from .scoring import INTERVAL, METRICS, compare_with_makd
-from .sizes import (ALL_METHODS, GENERATE, QUALITY_METHODS, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH, common_flags,
-                    is_lm_size)
+from .sizes import (ALL_METHODS, GENERATE, QUALITY_METHODS, RACES, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH,
+                    common_flags, is_lm_size)
 from .stages import evaluations, finished, has, plan, score_models, time_generation
 
 # decoder-only students: no dense shrink-and-fine-tune baseline (makd-shrink cuts encoder-decoder models)
@@ -73,7 +74,7 @@ def parse(argv):
                                           "benchmarks.train_teacher --size SIZE into WORK/teacher)")
     parser.add_argument("--out", help="results JSON (default: benchmarks/results/<task>.json)")
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.25])
-    parser.add_argument("--methods", nargs="+", choices=list(ALL_METHODS),
+    parser.add_argument("--methods", nargs="+", choices=[*ALL_METHODS, *RACES],
                         help="default: every method of sizes.QUALITY_METHODS (language modeling: " + ", ".join(LM_METHODS)
                              + "); sizes.DIAGNOSIS_METHODS only when named")
     parser.add_argument("--stopping", type=int, nargs=3, metavar=("CAP", "EVERY", "PATIENCE"),
@@ -138,6 +139,12 @@ def parse(argv):
         parser.error(f"--reuse {args.reuse}: no such file")
     if any(not 0 < b < 1 for b in args.budgets):
         parser.error(f"--budgets must be fractions in (0, 1), got {args.budgets}")
+    args.races = [m for m in args.methods if m in RACES]
+    if args.races and (lm or args.select_on != "metric"):
+        parser.error(f"{', '.join(args.races)}: a race is decided on the validation metric of an encoder-decoder "
+                     "task: add --select-on metric")
+    # what a race derives from is trained (named or not); the race itself trains nothing
+    args.methods = list(dict.fromkeys(m for name in args.methods for m in (RACES.get(name) or (name,))))
     if "teacher" not in args.methods:
         args.methods.insert(0, "teacher")  # every score is also reported as a share of the teacher's
     return args
@@ -200,7 +207,10 @@ def main(argv=None):
 
     hyp_dir = args.hypotheses or os.path.join(os.path.dirname(os.path.abspath(args.out)), "hypotheses", args.task)
     scored, signatures, references = score_models(args, models, outputs, reused, hyp_dir)
-    methods = method_entries(run, models, scored, reused, inits_of, speeds)
+    stopping = training_fields(args)["stopping"]
+    races = add_races(run, args.races, models, scored,
+                      default_race(stopping["max_update"], stopping["validate_interval_updates"]))
+    methods = with_races(method_entries(run, models, scored, reused, inits_of, speeds), races)
     compare_with_makd(args.task, methods, models, scored, references)
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),

@@ -9,6 +9,7 @@ from makd_fairseq import fairseq_logs
 
 from .commands import VALID_METRIC
 from .runner import first_seed
+from .sizes import RACES
 
 
 def training_record(log, metric=None):
@@ -33,6 +34,37 @@ def seed_record(run, method, seed, checkpoint, metrics):
             "checkpoint": os.path.relpath(checkpoint, run.work),
             "trained_at": [{k: r[k] for k in ("commit", "dirty", "started")} for r in json.load(open(prov))]
             if os.path.isfile(prov) else None}
+
+
+def add_races(run, races, models, scored, updates):
+    """Each derived method of ``races`` (``sizes.RACES``) at each budget and seed where both racers trained here:
+    appended to ``models`` and ``scored`` as the winner of the race over their first ``updates`` updates (the
+    higher best validation metric so far, the method on a tie: ``makd_fairseq.compress.race_winner``). Returns
+    (race, budget, seed) -> {"updates", "selected_on", "values", "winner"} (as makd-compress's race.json)."""
+    from makd_fairseq.compress import race_winner
+
+    key, races_run = VALID_METRIC[run.args.task], {}
+    for race in races:
+        method, baseline = RACES[race]
+        trained = {(m, b, s): c for m, b, s, c in models if s is not None and c is not None}
+        for (m, budget, seed), checkpoint in list(trained.items()):
+            other = trained.get((baseline, budget, seed))
+            if m != method or other is None:
+                continue
+            values = {}
+            for racer, path in ((method, checkpoint), (baseline, other)):
+                curve = training_record(os.path.join(os.path.dirname(path), "train.log"), key)["curve"] or []
+                seen = [row[2] for row in curve if row[0] <= updates and row[2] is not None]
+                if not seen:
+                    raise SystemExit(f"benchmarks.quality: {race}: {racer} at {budget:g}, seed {seed} logged no "
+                                     f"validation {key} in its first {updates} updates")
+                values[racer] = fairseq_logs.best_of(seen, key)
+            winner = race_winner(values, key, method)
+            models.append((race, budget, seed, checkpoint if winner == method else other))
+            scored[(race, budget, seed)] = scored[(winner, budget, seed)]
+            races_run[(race, budget, seed)] = {"updates": updates, "selected_on": key, "values": values,
+                                               "winner": winner}
+    return races_run
 
 
 def params_of(checkpoint):
@@ -85,4 +117,14 @@ def method_entries(run, models, scored, reused, inits_of, speeds):
             entry["updates"] = round(statistics.mean(r["updates"] for r in trained)) if trained else None
         entry["speed"] = speeds.get((method, budget))
         methods.append(entry)
+    return methods
+
+
+def with_races(methods, races_run):
+    """The seed records of derived methods say what their race chose (``add_races``' records)."""
+    for entry in methods:
+        for record in entry.get("seeds") or []:
+            race = races_run.get((entry["method"], entry["budget"], record["seed"]))
+            if race:
+                record["race"] = race
     return methods

@@ -195,10 +195,22 @@ def test_quality_benchmark_select_on_metric_keeps_each_validation_as_a_curve(mt_
 
     out, work = tmp_path / "translation.json", tmp_path / "work"
     args = [sys.executable, "-m", "benchmarks.quality", "--task", "translation", "--data", mt_data, "--size", "smoke",
-            "--work", work, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce", "svd_seq_kd", "--remove-bpe",
-            "none", "--out", out]
+            "--work", work, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce", "svd_seq_kd", "makd_race",
+            "--remove-bpe", "none", "--out", out]
     run(*args, "--select-on", "metric", cwd=ROOT)
     result = json.loads(out.read_text())
+    # makd_race (makd-compress's default) trains nothing: makd, trained because it races, against svd_ce over their
+    # first 2 updates (a quarter of the 4-update cap in whole validation intervals), the winner's student and scores
+    entries = {m["method"]: m for m in result["methods"]}
+    assert [m["method"] for m in result["methods"]] == ["teacher", "svd_ce", "svd_seq_kd", "makd", "makd_race"]
+    race = entries["makd_race"]["seeds"][0]["race"]
+    curves = {m: entries[m]["seeds"][0]["curve"] for m in ("makd", "svd_ce")}
+    assert race == {"updates": 2, "selected_on": "bleu", "values": {m: c[0][2] for m, c in curves.items()},
+                    "winner": race_winner({m: c[0][2] for m, c in curves.items()}, "bleu", "makd")}
+    winner = entries[race["winner"]]
+    assert entries["makd_race"]["metrics"] == winner["metrics"]
+    assert entries["makd_race"]["seeds"][0]["checkpoint"] == winner["seeds"][0]["checkpoint"]
+    assert "vs_makd" in entries["makd_race"]  # what the race adds to makd, with its interval
     # the student validates on BLEU with the test generation's beam and lengths and is chosen on it
     assert result["checkpoint_selection"] == ('--eval-metric bleu --eval-metric-args {"beam": 4, "max_len_a": 1.5, '
                                               '"max_len_b": 10} --best-checkpoint-metric bleu '
@@ -220,4 +232,6 @@ def test_quality_benchmark_select_on_metric_keeps_each_validation_as_a_curve(mt_
     assert [row[2] is not None for row in result["methods"][2]["seeds"][0]["curve"]] == [True, True]
     # an nll run in the same WORK would validate seq-KD on the references it no longer has there: refused
     proc = run(*args, cwd=ROOT, check=False)
+    assert proc.returncode == 2 and "makd_race: a race is decided on the validation metric" in proc.stderr
+    proc = run(*[a for a in args if a != "makd_race"], cwd=ROOT, check=False)
     assert proc.returncode != 0 and "use another --work" in proc.stderr.splitlines()[-1], proc.stderr[-2000:]

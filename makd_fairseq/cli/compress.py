@@ -74,10 +74,8 @@ def resolve_defaults(args, lm) -> None:
     if args.select_on is None:
         args.select_on = "nll" if lm else "metric"
     if args.race is None:
-        every = args.validate_interval_updates
-        quarter = max(every, args.max_update // 4 // every * every)
         plain = lm or args.select_on != "metric" or args.method == compress.RACE_BASELINE
-        args.race = 0 if plain or quarter >= args.max_update else quarter
+        args.race = 0 if plain else compress.default_race(args.max_update, args.validate_interval_updates)
 
 
 def run_arguments(args) -> dict:
