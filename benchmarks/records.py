@@ -43,8 +43,9 @@ def add_races(run, races, models, scored, updates):
     (race, budget, seed) -> {"updates", "selected_on", "values", "winner"} (as makd-compress's race.json)."""
     from makd_fairseq.compress import race_winner
 
-    key, races_run = VALID_METRIC[run.args.task], {}
+    races_run = {}
     for race in races:
+        key = VALID_METRIC[run.args.task]  # races are refused for language models (no validation metric)
         method, baseline = RACES[race]
         trained = {(m, b, s): c for m, b, s, c in models if s is not None and c is not None}
         for (m, budget, seed), checkpoint in list(trained.items()):
