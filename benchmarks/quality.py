@@ -211,7 +211,8 @@ def main(argv=None):
     races = add_races(run, args.races, models, scored,
                       default_race(stopping["max_update"], stopping["validate_interval_updates"]))
     methods = with_races(method_entries(run, models, scored, reused, inits_of, speeds), races)
-    compare_with_makd(args.task, methods, models, scored, references)
+    for anchor in ["makd", *args.races]:  # against makd, and against makd-compress's default recipe when raced
+        compare_with_makd(args.task, methods, models, scored, references, anchor=anchor)
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),
         "methods": methods, "scoring": signatures, "pending": pending,

@@ -8,17 +8,24 @@ from .scoring import METRICS
 from .sizes import QUALITY_METHODS, SEQ_KD_METHODS
 
 
-def standing(vs):
-    """Where makd stands against a method, from the method's difference to makd and its 95% interval."""
+def standing(vs, anchor="makd"):
+    """Where the anchor (makd) stands against a method, from the method's difference to it and its 95% interval."""
     low, high = vs["ci95"]
-    return "makd ahead" if high < 0 else "makd behind" if low > 0 else "level"
+    return f"{anchor} ahead" if high < 0 else f"{anchor} behind" if low > 0 else "level"
 
 
-def vs_cell(vs):
-    """A vs-makd table cell: the difference to makd, its 95% interval and makd's standing; a dash without one."""
+def vs_cell(vs, anchor="makd"):
+    """A vs-makd table cell: the difference to makd (or another anchor), its 95% interval and the anchor's
+    standing; a dash without one."""
     if vs is None:
         return "–"
-    return f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs)}"
+    return f"{vs['diff']:+.2f} [{vs['ci95'][0]:+.2f}, {vs['ci95'][1]:+.2f}] {standing(vs, anchor)}"
+
+
+def anchors(result):
+    """What the run's methods are compared with: makd, and each raced recipe (``vs_makd_race``) the run holds."""
+    return ["makd", *sorted({key[3:] for m in result["methods"] for key in m
+                             if key.startswith("vs_") and key != "vs_makd"})]
 
 
 def interval_note(result):
@@ -27,8 +34,9 @@ def interval_note(result):
     vs = [v for m in result["methods"] for v in (m.get("vs_makd") or {}).values()]
     if not vs:
         return None
+    label = " and ".join(f"vs {a}" for a in anchors(result))
     if all("resampled" in v for v in vs):
-        return ("vs makd: 95% interval of a paired bootstrap that resamples the test items and each method's seeds "
+        return (f"{label}: 95% interval of a paired bootstrap that resamples the test items and each method's seeds "
                 "(a row with one seed on both sides: the items only); it does not cover the teacher, one per run "
                 "(`python3 -m benchmarks.compare` puts a replicate teacher's run beside it).")
     return ("vs makd: 95% interval of a paired bootstrap over test items only (seed-averaged scores, seeds not "
@@ -47,14 +55,16 @@ def table(result):
     names = METRICS[result["task"]]
     first = names[0]
     teacher = next(m for m in result["methods"] if m["method"] == "teacher")
-    lines = [f"| method | budget | seeds | params | {' | '.join(names)} | {first} % of teacher | {first} vs makd (95% CI) "
-             "| best valid nll (bits) | updates | sentences/s |", "|---|---|---|---|" + "---|" * (len(names) + 5)]
+    versus = anchors(result)
+    lines = [f"| method | budget | seeds | params | {' | '.join(names)} | {first} % of teacher | "
+             + "".join(f"{first} vs {a} (95% CI) | " for a in versus)
+             + "best valid nll (bits) | updates | sentences/s |", "|---|---|---|---|" + "---|" * (len(names) + 4 + len(versus))]
     for m in result["methods"]:
         budget = budget_label(m["budget"])
         sd = m.get("sd") or {}
         cells = [f"{m['metrics'][n]:.2f}" + (f" ± {sd[n]:.2f}" if n in sd else "") for n in names]
         share = 100 * m["metrics"][first] / max(teacher["metrics"][first], 1e-9)
-        vs = vs_cell((m.get("vs_makd") or {}).get(first))
+        vs = " | ".join(vs_cell((m.get(f"vs_{a}") or {}).get(first), a) for a in versus)
         nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
         early = [bool(r.get("early_stopped")) for r in m.get("seeds", [])]
         updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (

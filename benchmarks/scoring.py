@@ -6,8 +6,8 @@ from makd_fairseq.fairseq_logs import LogError, eval_lm_result, read
 METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("bleu", "chrf"),
            "language_modeling": ("rougeL", "ppl")}
 PAIRED = {"summarization": ("rougeL",), "translation": ("bleu", "chrf"), "language_modeling": ("rougeL",)}
-# what a vs_makd interval covers (the results file's "paired_bootstrap" note)
-INTERVAL = ("vs_makd: metric(method) - metric(makd), 95% interval from 1,000 hierarchical paired resamples: each "
+# what a vs_makd (vs_makd_race) interval covers (the results file's "paired_bootstrap" note)
+INTERVAL = ("vs_makd: metric(method) - metric(makd) (vs_makd_race: against makd_race), 95% interval from 1,000 hierarchical paired resamples: each "
             "draws the test items (the same for both methods) and, for each method independently, its seeds with "
             "replacement; the statistic is the difference of the corpus metrics (BLEU/chrF from the items' sentence "
             "statistics, ROUGE the item mean) averaged over the drawn seeds. It covers test items and student seeds, "
@@ -55,19 +55,19 @@ def read_lm_scores(eval_log, hyps, refs):
                                                     f"of {len(hyps)} test descriptions from their first sentence"}
 
 
-def compare_with_makd(task, methods, models, scored, references, samples=1000):
-    """Every method's ``vs_makd``: its metric minus makd's at the same budget (each side's seeds averaged), with a
-    95% interval that resamples test items and each side's seeds (``makd_fairseq.score.seeds_and_items_bootstrap``;
-    ``INTERVAL``). ``models``: (method, budget, seed, checkpoint); ``scored``: (method, budget, seed) -> (metrics,
-    hypotheses)."""
+def compare_with_makd(task, methods, models, scored, references, samples=1000, anchor="makd"):
+    """Every method's ``vs_<anchor>`` (``vs_makd``; ``vs_makd_race`` against makd-compress's default recipe): its
+    metric minus the anchor's at the same budget (each side's seeds averaged), with a 95% interval that resamples
+    test items and each side's seeds (``makd_fairseq.score.seeds_and_items_bootstrap``; ``INTERVAL``). ``models``:
+    (method, budget, seed, checkpoint); ``scored``: (method, budget, seed) -> (metrics, hypotheses)."""
     from makd_fairseq.score import seeds_and_items_bootstrap
 
     def runs(method, budget):
         return [scored[(m, b, s)][1] for m, b, s, _ in models if (m, b) == (method, budget)]
     for entry in methods:
         method, budget = entry["method"], entry["budget"]
-        if budget is None or method == "makd" or not runs("makd", budget):
+        if budget is None or method == anchor or not runs(anchor, budget):
             continue
-        entry["vs_makd"] = {metric: seeds_and_items_bootstrap(metric, runs(method, budget), runs("makd", budget),
-                                                              references, samples)
-                            for metric in PAIRED[task]}
+        entry[f"vs_{anchor}"] = {metric: seeds_and_items_bootstrap(metric, runs(method, budget), runs(anchor, budget),
+                                                                   references, samples)
+                                 for metric in PAIRED[task]}

@@ -211,6 +211,10 @@ def test_quality_benchmark_select_on_metric_keeps_each_validation_as_a_curve(mt_
     assert entries["makd_race"]["metrics"] == winner["metrics"]
     assert entries["makd_race"]["seeds"][0]["checkpoint"] == winner["seeds"][0]["checkpoint"]
     assert "vs_makd" in entries["makd_race"]  # what the race adds to makd, with its interval
+    # every method also against the default recipe, in its own column
+    assert all("vs_makd_race" in entries[m] for m in ("svd_ce", "svd_seq_kd", "makd"))
+    assert "vs_makd_race" not in entries["makd_race"] and "vs_makd_race" not in entries["teacher"]
+    assert "| bleu vs makd (95% CI) | bleu vs makd_race (95% CI) |" in (tmp_path / "translation.md").read_text()
     # the student validates on BLEU with the test generation's beam and lengths and is chosen on it
     assert result["checkpoint_selection"] == ('--eval-metric bleu --eval-metric-args {"beam": 4, "max_len_a": 1.5, '
                                               '"max_len_b": 10} --best-checkpoint-metric bleu '
