@@ -12,7 +12,7 @@
 # Tiny data, tiny models: the point is the pipeline, not the scores (the student, trained on from the teacher's
 # weights for up to 600 more updates, can even pass the briefly trained teacher). Re-running reuses every step.
 # Measured: 6 min 11 s on 2 cores while a benchmark ran beside it, before the race became makd-compress's default
-# (it adds 250 updates of the race's loser; at 9d37641 the whole script took about 13 min beside two trainings).
+# (it adds 250 updates of the race's loser; at 618049a the whole script took about 13 min beside two trainings).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/makd-quickstart}
