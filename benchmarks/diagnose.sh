@@ -54,7 +54,7 @@ quality() {  # NAME [benchmarks.quality flags]
 # (c, d) first, on the long runs' validation grid (every 250 updates, patience 4) at the standard cap, so that every
 # curve compares at the same updates; svd_ce's and svd_word_kd's first 3,000 updates are the long runs' own
 quality target --methods word_kd_t1 kd_alpha_0.5 makd makd_no_model kd_select_0.5 kd_alpha_0.1 kd_top8 \
-  makd_no_layer makd_no_matrix makd_anneal --stopping 3000 250 4
+  makd_no_layer makd_no_matrix makd_anneal makd_aspects_0.3 --stopping 3000 250 4
 # (a, b): as long as the teacher; another WORK subdirectory so that the standard-cap students stay apart
 quality long --methods svd_ce svd_word_kd makd --stopping 15000 250 4 --work "$work/$task.long"
 python3 -m benchmarks.diagnosis "$work"/*.long.json "$work"/*.target.json --out "$root/benchmarks/results/diagnosis"
