@@ -103,3 +103,25 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
     race = {r["method"]: r.get("race_against_svd_ce") for r in rows}
     assert race["svd_ce"] is None and all(race[m]["compared_at"] == 4 for m in ("kd_alpha_0.5", "makd_no_layer"))
     assert "A race against svd_ce" in (tmp_path / "twice.md").read_text()
+
+
+def test_term_gradients_add_up_to_the_criterions_and_name_each_terms_pull(teacher, half_student, full_rank_student,
+                                                                          mt_data, tmp_path):
+    """benchmarks.term_grads: each term's gradient (the criterion with the other terms' weights at 0), its size
+    against cross-entropy's and its cosines; the terms' gradients sum to the whole criterion's. A full-rank student
+    is its teacher: every distillation term is 0 and pulls nowhere."""
+    out = tmp_path / "term_grads"
+    run(sys.executable, "-m", "benchmarks.term_grads", "--data", mt_data, "--teacher", teacher, "--students",
+        f"half={half_student}", f"full={full_rank_student}", "--batches", "2", "--max-tokens", "1024",
+        "--set", "matrix_layers=all", "layer_layers=all", "--out", out, cwd=ROOT)
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert result["settings"] == {"matrix_layers": "all", "layer_layers": "all"}
+    half, full = result["students"]["half"], result["students"]["full"]
+    assert list(half["terms"]) == ["loss_ce", "loss_model", "loss_mha", "loss_ffn", "loss_attn", "loss_hidn"]
+    assert half["sum_residual"] < 1e-4 and full["sum_residual"] < 1e-4
+    ce = half["terms"]["loss_ce"]
+    assert abs(ce["cos_ce"] - 1) < 1e-5 and ce["norm_vs_ce"] == 1.0
+    assert all(r["grad_norm"] > 0 and -1 - 1e-6 <= r["cos_ce"] <= 1 + 1e-6 for r in half["terms"].values())
+    for term in ("loss_mha", "loss_ffn", "loss_attn", "loss_hidn", "loss_model"):
+        assert full["terms"][term]["value"] <= 1e-5 and full["terms"][term]["norm_vs_ce"] < 1e-3, term
+    assert "| loss_attn |" in out.with_suffix(".md").read_text()
