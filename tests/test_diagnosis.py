@@ -112,7 +112,7 @@ def test_term_gradients_add_up_to_the_criterions_and_name_each_terms_pull(teache
     is its teacher: every distillation term is 0 and pulls nowhere."""
     out = tmp_path / "term_grads"
     run(sys.executable, "-m", "benchmarks.term_grads", "--data", mt_data, "--teacher", teacher, "--students",
-        f"half={half_student}", f"full={full_rank_student}", "--batches", "2", "--max-tokens", "1024",
+        f"half={half_student}", f"full={full_rank_student}", "--batches", "1", "--max-tokens", "512",
         "--set", "matrix_layers=all", "layer_layers=all", "--out", out, cwd=ROOT)
     result = json.loads(out.with_suffix(".json").read_text())
     assert result["settings"] == {"matrix_layers": "all", "layer_layers": "all"}
