@@ -43,23 +43,24 @@ def add_races(run, races, models, scored, updates):
     (race, budget, seed) -> {"updates", "selected_on", "values", "winner"} (as makd-compress's race.json)."""
     from makd_fairseq.compress import race_winner
 
-    races_run = {}
+    if not races:
+        return {}
+    key, races_run = VALID_METRIC[run.args.task], {}  # races are refused for language models (no metric)
     for race in races:
-        key = VALID_METRIC[run.args.task]  # races are refused for language models (no validation metric)
         method, baseline = RACES[race]
         trained = {(m, b, s): c for m, b, s, c in models if s is not None and c is not None}
         for (m, budget, seed), checkpoint in list(trained.items()):
             other = trained.get((baseline, budget, seed))
             if m != method or other is None:
                 continue
-            values = {}
-            for racer, path in ((method, checkpoint), (baseline, other)):
-                curve = training_record(os.path.join(os.path.dirname(path), "train.log"), key)["curve"] or []
-                seen = [row[2] for row in curve if row[0] <= updates and row[2] is not None]
-                if not seen:
-                    raise SystemExit(f"benchmarks.quality: {race}: {racer} at {budget:g}, seed {seed} logged no "
-                                     f"validation {key} in its first {updates} updates")
-                values[racer] = fairseq_logs.best_of(seen, key)
+            # what makd-compress's race reads of each racer's log (fairseq_logs.best_valid), here up to the race's end
+            values = {racer: fairseq_logs.best_valid(fairseq_logs.read(os.path.join(os.path.dirname(path),
+                                                                                    "train.log")), key, updates)
+                      for racer, path in ((method, checkpoint), (baseline, other))}
+            missing = [racer for racer, value in values.items() if value is None]
+            if missing:
+                raise SystemExit(f"benchmarks.quality: {race}: {', '.join(missing)} at {budget:g}, seed {seed} logged "
+                                 f"no validation {key} in the first {updates} updates")
             winner = race_winner(values, key, method)
             models.append((race, budget, seed, checkpoint if winner == method else other))
             scored[(race, budget, seed)] = scored[(winner, budget, seed)]

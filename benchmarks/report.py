@@ -58,7 +58,8 @@ def table(result):
     versus = anchors(result)
     lines = [f"| method | budget | seeds | params | {' | '.join(names)} | {first} % of teacher | "
              + "".join(f"{first} vs {a} (95% CI) | " for a in versus)
-             + "best valid nll (bits) | updates | sentences/s |", "|---|---|---|---|" + "---|" * (len(names) + 4 + len(versus))]
+             + "best valid nll (bits) | updates | sentences/s |",
+             "|---|---|---|---|" + "---|" * (len(names) + 4 + len(versus))]
     for m in result["methods"]:
         budget = budget_label(m["budget"])
         sd = m.get("sd") or {}

@@ -7,11 +7,11 @@ METRICS = {"summarization": ("rougeL", "rouge1", "rouge2"), "translation": ("ble
            "language_modeling": ("rougeL", "ppl")}
 PAIRED = {"summarization": ("rougeL",), "translation": ("bleu", "chrf"), "language_modeling": ("rougeL",)}
 # what a vs_makd (vs_makd_race) interval covers (the results file's "paired_bootstrap" note)
-INTERVAL = ("vs_makd: metric(method) - metric(makd) (vs_makd_race: against makd_race), 95% interval from 1,000 hierarchical paired resamples: each "
-            "draws the test items (the same for both methods) and, for each method independently, its seeds with "
-            "replacement; the statistic is the difference of the corpus metrics (BLEU/chrF from the items' sentence "
-            "statistics, ROUGE the item mean) averaged over the drawn seeds. It covers test items and student seeds, "
-            "not the teacher (one per run)")
+INTERVAL = ("vs_makd: metric(method) - metric(makd) (vs_makd_race: against makd_race), 95% interval from 1,000 "
+            "hierarchical paired resamples: each draws the test items (the same for both methods) and, for each "
+            "method independently, its seeds with replacement; the statistic is the difference of the corpus metrics "
+            "(BLEU/chrF from the items' sentence statistics, ROUGE the item mean) averaged over the drawn seeds. It "
+            "covers test items and student seeds, not the teacher (one per run)")
 
 
 def read_generation(log):

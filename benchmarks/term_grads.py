@@ -12,7 +12,6 @@ over the first ``--batches`` train batches (fixed order, dropout off): the terms
 criterion's. Train batches only: nothing of valid or test is read.
 """
 import argparse
-import json
 import os
 
 from makd_fairseq.files import git_state, write_json, write_text
@@ -106,14 +105,18 @@ def measure(task, model, cfg, samples):
             "sum_residual": (summed - total).norm().item() / max(total.norm().item(), 1e-30)}
 
 
+def cos(value):
+    return "–" if value is None else f"{value:+.3f}"
+
+
 def table(result):
     lines = []
     for name, m in result["students"].items():
-        lines += [f"**{name}** (`{m['checkpoint']}`): whole criterion's gradient norm {m['total_grad_norm']:.4g}",
-                  "", "| term | value per token | gradient norm | × cross-entropy's | cosine with CE | cosine with the whole |",
+        lines += [f"**{name}** (`{m['checkpoint']}`): whole criterion's gradient norm {m['total_grad_norm']:.4g}", "",
+                  "| term | value per token | gradient norm | × cross-entropy's | cosine with CE "
+                  "| cosine with the whole |",
                   "|---|---|---|---|---|---|"]
         for term, r in m["terms"].items():
-            cos = lambda v: "–" if v is None else f"{v:+.3f}"  # noqa: E731
             lines.append(f"| {term} | {r['value']:.4f} | {r['grad_norm']:.4g} | {r['norm_vs_ce']:.2f} | "
                          f"{cos(r['cos_ce'])} | {cos(r['cos_total'])} |")
         lines.append("")

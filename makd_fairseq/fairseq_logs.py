@@ -49,10 +49,13 @@ def early_stopped(text: str) -> bool:
     return EARLY_STOP in text
 
 
-def valid_values(text: str, key: str = "nll_loss") -> List[float]:
-    """Every validation's ``valid_<key>`` in order (fairseq's cross_entropy criterion logs its nll as valid_loss)."""
+def valid_values(text: str, key: str = "nll_loss", until: Optional[int] = None) -> List[float]:
+    """Every validation's ``valid_<key>`` in order (fairseq's cross_entropy criterion logs its nll as valid_loss); with
+    ``until``, of the validations at or before that many updates."""
     out = []
     for r in records(text):
+        if until is not None and int(float(r.get("valid_num_updates", 0))) > until:
+            continue
         if f"valid_{key}" in r:
             out.append(float(r[f"valid_{key}"]))
         elif key == "nll_loss" and "valid_loss" in r:
@@ -66,10 +69,10 @@ def best_valid_nll(text: str) -> Optional[float]:
     return min(values) if values else None
 
 
-def best_valid(text: str, key: str = "nll_loss") -> Optional[float]:
-    """The best validation ``valid_<key>``: the lowest nll or loss, the highest of anything else (a metric, e.g. the
-    bleu or rougeL of ``--eval-metric``); None when no validation logged it."""
-    values = valid_values(text, key)
+def best_valid(text: str, key: str = "nll_loss", until: Optional[int] = None) -> Optional[float]:
+    """The best validation ``valid_<key>`` (up to ``until`` updates): the lowest nll or loss, the highest of anything
+    else (a metric, e.g. the bleu or rougeL of ``--eval-metric``); None when no validation logged it."""
+    values = valid_values(text, key, until)
     return best_of(values, key) if values else None
 
 
