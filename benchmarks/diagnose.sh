@@ -1,23 +1,31 @@
 #!/usr/bin/env bash
 # Issue 34's diagnosis, on validation only, with the teachers of benchmarks/results (not retrained):
 #
-#   bash benchmarks/diagnose.sh WORK [translation|summarization]    # default translation (en→de first); resumable
+#   bash benchmarks/diagnose.sh WORK [translation|summarization] [target|long|all]   # default: translation, all
+#   DIAG_JOBS=1 bash benchmarks/diagnose.sh WORK translation &    # the two tasks side by side on 2 cores,
+#   DIAG_JOBS=1 bash benchmarks/diagnose.sh WORK summarization &  # one training of one thread each
 #
+# Resumable. DIAG_JOBS (default 2): trainings run at once by this call, one thread each.
 # 1. WORK/data: prepare.py's data from the apt lists of 2026-11-29 (docs/benchmarks.md, "Data"); refused when the
 #    lists' sha256 differ from benchmarks/results/data_manifest.json's inputs (another split: the teachers would not fit).
 # 2. WORK/teachers/TASK.pt: the run's teacher, from git history (1f2f84e:benchmarks/run_state/TASK/teacher/).
-# 3. (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) and makd at the standard cap
-#    (3,000) on the long runs' validation grid, stopping and choosing on the metric.
-# 4. (a, b) svd_ce, svd_word_kd and makd at 50%, seed 1, trained as long as their teacher (cap 15,000, validation
+# 3. target: (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) and makd at the
+#    standard cap (3,000) on the long runs' validation grid, stopping and choosing on the metric. Summarization
+#    starts with svd_ce, makd, word_kd_t1 and kd_alpha_0.1 (the recipe candidates of en→de, item 2); its svd_ce
+#    at the standard cap comes before its long run, so that the comparison does not wait on the long one.
+# 4. long: (a, b) svd_ce, svd_word_kd and makd at 50%, seed 1, trained as long as their teacher (cap 15,000, validation
 #    every 250 updates, patience 4: the teachers' rule), stopping and choosing on the task's metric; every
 #    validation's nll and metric kept: one curve answers both the checkpoint choice and the training length.
 # 5. benchmarks/results/diagnosis.{json,md,png} from every curve so far (python3 -m benchmarks.diagnosis).
 # Two jobs of one thread. Nothing is decoded on test. Re-running resumes every training from its checkpoint_last.pt.
 set -euo pipefail
-work=${1:?usage: diagnose.sh WORK [translation|summarization]} task=${2:-translation}
+usage="usage: diagnose.sh WORK [translation|summarization] [target|long|all]"
+work=${1:?$usage} task=${2:-translation} stage=${3:-all} jobs=${DIAG_JOBS:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 case $task in translation|summarization) ;; *) echo "diagnose.sh: task must be translation or summarization" >&2; exit 2 ;; esac
+case $stage in target|long|all) ;; *) echo "diagnose.sh: stage must be target, long or all" >&2; exit 2 ;; esac
+case $jobs in [1-9]) ;; *) echo "diagnose.sh: DIAG_JOBS must be 1 to 9, got $jobs" >&2; exit 2 ;; esac
 mkdir -p "$work/teachers"
 
 if [ ! -f "$work/data/manifest.json" ]; then
@@ -47,14 +55,22 @@ quality() {  # NAME [benchmarks.quality flags]
   local name=$1
   shift
   python3 -m benchmarks.quality --task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" \
-    --budgets 0.5 --seeds 1 --select-on metric --validation-only --jobs 2 --threads 1 \
+    --budgets 0.5 --seeds 1 --select-on metric --validation-only --jobs "$jobs" --threads 1 \
     --work "$work/$task" --out "$work/$task.$name.json" "$@" >> "$work/$task.$name.log" 2>&1 \
     || { echo "diagnose.sh: $task $name failed, see $work/$task.$name.log" >&2; return 1; }
 }
 # (c, d) first, on the long runs' validation grid (every 250 updates, patience 4) at the standard cap, so that every
 # curve compares at the same updates; svd_ce's and svd_word_kd's first 3,000 updates are the long runs' own
-quality target --methods word_kd_t1 kd_alpha_0.5 makd makd_no_model kd_select_0.5 kd_alpha_0.1 kd_top8 \
-  makd_no_layer makd_no_matrix makd_anneal makd_aspects_0.3 --stopping 3000 250 4
+variants=(kd_alpha_0.5 makd_no_model kd_select_0.5 kd_top8 makd_no_layer makd_no_matrix makd_anneal makd_aspects_0.3)
+case $task in
+  translation) target=(word_kd_t1 kd_alpha_0.5 makd makd_no_model kd_select_0.5 kd_alpha_0.1 kd_top8 makd_no_layer
+                       makd_no_matrix makd_anneal makd_aspects_0.3) ;;  # the order they were run in
+  summarization) target=(svd_ce makd word_kd_t1 kd_alpha_0.1 "${variants[@]}") ;;
+esac
+[ "$stage" = long ] || quality target --methods "${target[@]}" --stopping 3000 250 4
 # (a, b): as long as the teacher; another WORK subdirectory so that the standard-cap students stay apart
-quality long --methods svd_ce svd_word_kd makd --stopping 15000 250 4 --work "$work/$task.long"
-python3 -m benchmarks.diagnosis "$work"/*.long.json "$work"/*.target.json --out "$root/benchmarks/results/diagnosis"
+[ "$stage" = target ] || quality long --methods svd_ce svd_word_kd makd --stopping 15000 250 4 --work "$work/$task.long"
+shopt -s nullglob  # the other task's results may not exist yet: its students so far are read from their logs
+python3 -m benchmarks.diagnosis "$work"/*.long.json "$work"/*.target.json \
+  $(for w in "$work"/{translation,summarization}{,.long}; do if [ -d "$w" ]; then echo --in-progress "$(basename "${w%.long}")=$w"; fi; done) \
+  --out "$root/benchmarks/results/diagnosis"
