@@ -117,6 +117,25 @@ def train_worker(argv, steps, warmup, profile=0):
     return {"step_s": step_s, "teacher_s": teacher_s, "step_peak_bytes": step_peak}
 
 
+def decoder_weights_per_step(decoder):
+    """Decoder parameters one decoding step reads: every one, less the cross-attention key/value projections (applied
+    once per source sentence, to the encoder output) and the embedding tables (a lookup reads the beam's rows), but
+    with the output projection, even where it is the embedding table. At batch 1 a step streams these weights from
+    memory once each: a floor on its time that fewer FLOPs do not lower unless they also mean fewer weights."""
+    import torch.nn as nn
+
+    from makd_fairseq.lowrank.layers import LowRankEmbedding
+
+    once = {id(p) for name, m in decoder.named_modules()
+            if name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj")) for p in m.parameters()}
+    output = {id(p) for p in getattr(decoder, "output_projection", nn.Identity()).parameters()}
+    looked_up = {id(m.weight) for m in decoder.modules() if isinstance(m, nn.Embedding)} | {
+        id(m.up.weight) for m in decoder.modules() if isinstance(m, LowRankEmbedding)}  # rows up[i] @ down
+    looked_up -= output
+    return {"total": sum(p.numel() for p in decoder.parameters() if id(p) not in once | looked_up),
+            "output_projection": sum(p.numel() for p in decoder.output_projection.parameters())}
+
+
 def flops_worker(path, data, gen_args, batch_size, profile=0):
     """FLOPs per sentence of one generation batch (after fairseq's inference preparation); with ``profile``, also
     where the time of a second, timed pass over the same batch goes (torch.profiler, top ``profile`` operators)."""
@@ -146,7 +165,8 @@ def flops_worker(path, data, gen_args, batch_size, profile=0):
     lengths = {len(h[0]["tokens"]) for h in hypos}
     out = {"flops_per_sentence": counter.get_total_flops() / len(hypos), "sentences": len(hypos),
            "latent_cache": getattr(model, "latent_cache", None),  # what make_generation_fast_ was told (students)
-           "hypothesis_lengths": sorted(lengths), "params": sum(p.numel() for p in model.parameters())}
+           "hypothesis_lengths": sorted(lengths), "params": sum(p.numel() for p in model.parameters()),
+           "decoder_weights_per_step": decoder_weights_per_step(model.decoder)}
     if profile:
         with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             task.inference_step(generator, [model], sample)

@@ -6,8 +6,11 @@
 students it made). For each model, one batch-1 sentence of the latency split is decoded as the speed benchmark decodes
 it (beam 4, ``--gen-len`` tokens forced) under torch.profiler: the aten operators dispatched per decoder step (every
 level counted, as the profiler lists them), the ``aten::linear`` and matrix-product calls among them, and the FLOPs
-per sentence. Counts, not times: they do not depend on the machine or its load. At batch 1 a step's time follows its
-operator count more than its FLOPs (each small product is dispatch-bound); a factorized projection is two products.
+per sentence; and the decoder weights a step reads (``measure.decoder_weights_per_step``: at batch 1 each is
+streamed from memory once per step), with the output projection's share of them. Counts, not times: they do not
+depend on the machine or its load. At batch 1 a step's time follows its operator count more than its FLOPs (each small
+product is dispatch-bound); a factorized projection is two products; the output projection, unless its vocabulary
+matrix is factorized too (``student50_vocab``), is read whole by every model.
 """
 
 import argparse
@@ -21,7 +24,7 @@ from .provenance import command
 
 MODELS = (("teacher", "teacher/checkpoint_last.pt", "fairseq"),
           ("teacher_per_sentence", "teacher/checkpoint_last.pt", "per_sentence"),
-          *((f"student{k}", f"student{k}.pt", "per_sentence") for k in ("50", "25")),
+          *((f"student{k}", f"student{k}.pt", "per_sentence") for k in ("50", "25", "50_vocab", "25_vocab")),
           *((f"dense{k}", f"dense{k}.pt", "per_sentence") for k in ("50", "25")))
 PRODUCTS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::matmul")
 
@@ -47,7 +50,9 @@ def main(argv=None):
         rows[name] = {"decoding": decoding, "flops_per_sentence": out["flops_per_sentence"],
                       "aten_ops_per_step": round(sum(t["calls"] for t in top) / steps, 1),
                       "linear_per_step": round(sum(t["calls"] for t in top if t["op"] == "aten::linear") / steps, 1),
-                      "products_per_step": round(sum(t["calls"] for t in top if t["op"] in PRODUCTS) / steps, 1)}
+                      "products_per_step": round(sum(t["calls"] for t in top if t["op"] in PRODUCTS) / steps, 1),
+                      "decoder_weights_per_step": out["decoder_weights_per_step"]["total"],
+                      "output_projection_weights": out["decoder_weights_per_step"]["output_projection"]}
         print(name, rows[name], flush=True)
     state = git_state()
     write_text(args.out, json.dumps({"models": rows, "steps_per_sentence": steps, "beam": args.beam,

@@ -7,6 +7,7 @@ import statistics
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, run
 
@@ -190,12 +191,25 @@ def test_step_ops_counts_the_products_of_each_decoding_step(speed_run, teacher, 
     (work / "teacher").mkdir(parents=True)
     (work / "teacher" / "checkpoint_last.pt").symlink_to(teacher)
     (work / "data").symlink_to(mt_data)
-    for name in ("student50.pt", "dense50.pt"):
+    for name in ("student50.pt", "student50_vocab.pt", "dense50.pt"):
         (work / name).symlink_to(tmp / "work" / name)
     out = tmp_path / "step_ops.json"
     run(sys.executable, "-m", "benchmarks.step_ops", "--work", work, "--out", out, "--gen-len", str(GEN_LEN), cwd=ROOT)
     rows = json.loads(out.read_text())["models"]
-    assert set(rows) == {"teacher", "teacher_per_sentence", "student50", "dense50"}
+    assert set(rows) == {"teacher", "teacher_per_sentence", "student50", "student50_vocab", "dense50"}
     assert rows["student50"]["products_per_step"] > rows["teacher_per_sentence"]["products_per_step"] > rows[
         "dense50"]["products_per_step"] > 0
     assert rows["teacher"]["flops_per_sentence"] > rows["student50"]["flops_per_sentence"]
+    # the teacher's decoder weights read per step, from its checkpoint: every decoder tensor but the embedding tables
+    # (looked up) and the cross-attention key/value projections (once per sentence); the output projection counted
+    state = torch.load(teacher, map_location="cpu", weights_only=True)["model"]
+    read = {k: v.numel() for k, v in state.items() if k.startswith("decoder.") and not k.endswith(".version") and not any(
+        s in k for s in ("embed_tokens", "embed_positions", "encoder_attn.k_proj", "encoder_attn.v_proj"))}
+    assert "decoder.output_projection.weight" in read  # a tied one is in the state dict under both names
+    for name in ("teacher", "teacher_per_sentence"):
+        assert rows[name]["decoder_weights_per_step"] == sum(read.values())
+        assert rows[name]["output_projection_weights"] == read["decoder.output_projection.weight"]
+    # the same-depth student reads fewer weights but the whole vocabulary matrix; factorized, that matrix too shrinks
+    assert rows["student50"]["output_projection_weights"] == rows["teacher"]["output_projection_weights"]
+    assert rows["student50_vocab"]["output_projection_weights"] < rows["student50"]["output_projection_weights"]
+    assert rows["teacher"]["decoder_weights_per_step"] > rows["student50"]["decoder_weights_per_step"]
