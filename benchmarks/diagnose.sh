@@ -70,8 +70,10 @@ case $task in
   summarization) target=(svd_ce makd word_kd_t1 kd_alpha_0.1 "${variants[@]}") ;;
 esac
 [ "$stage" = long ] || quality target --methods "${target[@]}" --stopping 3000 250 4
-# (a, b): as long as the teacher; another WORK subdirectory so that the standard-cap students stay apart
-[ "$stage" = target ] || quality long --methods svd_ce word_kd_t1 makd --stopping 15000 250 4 --work "$work/$task.long"
+# (a, b): as long as the teacher, in another WORK subdirectory; a method the target stage trained to 3,000 updates goes
+# on from there (--extend: same training, fairseq reseeds every update) instead of training those updates again
+[ "$stage" = target ] || quality long --methods svd_ce word_kd_t1 makd --stopping 15000 250 4 --work "$work/$task.long" \
+  --extend "$work/$task"
 shopt -s nullglob  # the other task's results may not exist yet: its students so far are read from their logs
 python3 -m benchmarks.diagnosis "$work"/*.long.json "$work"/*.target.json \
   $(for w in "$work"/{translation,summarization}{,.long}; do if [ -d "$w" ]; then echo --in-progress "$(basename "${w%.long}")=$w"; fi; done) \

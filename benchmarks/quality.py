@@ -80,6 +80,11 @@ def parse(argv):
     parser.add_argument("--stopping", type=int, nargs=3, metavar=("CAP", "EVERY", "PATIENCE"),
                         help="students validate every EVERY updates and stop after PATIENCE validations without "
                              "improvement, at most CAP updates (default: the size's rule in sizes.STUDENT_TRAIN)")
+    parser.add_argument("--extend", metavar="WORK",
+                        help="the work directory of a run with a lower --stopping cap and otherwise the same "
+                             "trainings: each training not begun here continues that run's finished training of the "
+                             "same student from its last checkpoint instead of starting over (its log and "
+                             "validations kept; one that stopped early is taken as it is)")
     parser.add_argument("--validation-only", action="store_true",
                         help="train the students and report their validation curves only (nothing is decoded on "
                              "test): issue 34's diagnosis, read by python3 -m benchmarks.diagnosis")
@@ -117,6 +122,8 @@ def parse(argv):
                         help="language modeling: test descriptions continued from their first sentence")
     args = parser.parse_args(argv)
     lm = args.task == "language_modeling"
+    if args.extend and not os.path.isdir(args.extend):
+        parser.error(f"--extend {args.extend}: no such directory (a benchmarks.quality --work directory)")
     if lm != is_lm_size(args.size):
         parser.error(f"--size {args.size} does not fit --task {args.task} (language modeling takes lm_* sizes)")
     args.methods = args.methods or list(LM_METHODS if lm else QUALITY_METHODS)

@@ -5,11 +5,11 @@ import json
 import os
 
 from makd_fairseq import fairseq_logs
-from makd_fairseq.files import write_json
+from makd_fairseq.files import copy_file, write_json, write_text
 
 from .archive import keep_text
-from .commands import continue_command, eval_lm_command, generate_command, train_command
-from .runner import model_name, seeds_of, student_paths
+from .commands import continue_command, eval_lm_command, flag_value, generate_command, train_command
+from .runner import model_name, read_json, seeds_of, student_paths
 from .scoring import read_continuations, read_generation, read_lm_scores, score
 from .sizes import ALL_METHODS, SEQ_KD_METHODS, STUDENT_KINDS
 
@@ -17,6 +17,44 @@ from .sizes import ALL_METHODS, SEQ_KD_METHODS, STUDENT_KINDS
 def finished(log):
     """fairseq-train ran to its end (a checkpoint_best.pt alone may be from an interrupted run)."""
     return fairseq_logs.finished(fairseq_logs.read(log))
+
+
+FREE = ("--max-update", "--save-dir", "--finetune-from-model")  # what may differ from the training one extends
+
+
+def _fixed(cmd):
+    """``cmd`` without the flags of ``FREE`` and their values."""
+    cmd = [str(c) for c in cmd]
+    return [c for i, c in enumerate(cmd) if c not in FREE and (i == 0 or cmd[i - 1] not in FREE)]
+
+
+def extend(source, save, cmd):
+    """Begin the training ``cmd`` (into ``save``) where the same student's training in ``source`` (a run with a lower
+    cap) ended: its checkpoints, log and provenance are copied into ``save``, whose fairseq-train then continues from
+    the checkpoint_last.pt to its own cap, the log keeping every validation. fairseq reseeds every update from the
+    seed and the update number and restores the optimizer, schedule (inverse_sqrt: no cap in it) and data position, so
+    the result is the training to the higher cap, less the updates done twice; one that stopped early stopped where
+    the longer one would (same grid, same patience) and is kept whole, finished. Nothing is copied when ``save``
+    has begun or ``source`` has not finished; a source whose command differs in more than ``FREE`` is refused (the
+    initial student is not compared: the training goes on from the source's weights)."""
+    log = os.path.join(source, "train.log")
+    if os.path.exists(os.path.join(save, "train.log")) or not finished(log):
+        return False
+    started = read_json(log + ".provenance.json", [])
+    theirs = started[-1]["command"] if started else []
+    if _fixed(theirs) != _fixed(cmd) or int(flag_value(theirs, "--max-update")) > int(flag_value(cmd, "--max-update")):
+        raise SystemExit(f"benchmarks: --extend: the training in {source} is not this one with a lower cap (its "
+                         f"fairseq-train command differs beyond {', '.join(FREE)}, or its cap is higher)")
+    text = fairseq_logs.read(log)
+    os.makedirs(save, exist_ok=True)
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        if os.path.isfile(os.path.join(source, name)):
+            copy_file(os.path.join(source, name), os.path.join(save, name))
+    if not fairseq_logs.early_stopped(text):  # ended at its cap: this one goes on (a log without the end is resumed)
+        text = "".join(line for line in text.splitlines(keepends=True) if fairseq_logs.DONE not in line)
+    write_json(os.path.join(save, "train.log.provenance.json"), started)
+    write_text(os.path.join(save, "train.log"), text)
+    return True
 
 
 def has(path, text):
@@ -52,9 +90,11 @@ def plan(run, teacher, reused):
                     models.append((method, budget, seed, None))
                     continue
                 data = run.path("seq_kd_data") if method in SEQ_KD_METHODS else None
-                jobs.append((model_name(method, budget, seed), train_command(
-                    args, teacher, inits[init], [*flags, "--seed", str(seed)], save, data=data), log,
-                    lambda p=log: finished(p), method in SEQ_KD_METHODS))
+                cmd = train_command(args, teacher, inits[init], [*flags, "--seed", str(seed)], save, data=data)
+                if args.extend:
+                    extend(os.path.join(args.extend, os.path.relpath(save, run.work)), save, cmd)
+                jobs.append((model_name(method, budget, seed), cmd, log, lambda p=log: finished(p),
+                             method in SEQ_KD_METHODS))
                 models.append((method, budget, seed, os.path.join(save, "checkpoint_best.pt")))
     return models, inits_of, jobs
 

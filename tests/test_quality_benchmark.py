@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from benchmarks.commands import flag_value
 from conftest import ROOT, run
 from makd_fairseq.score import read_generation as read
 
@@ -202,3 +203,35 @@ def test_streamed_gives_each_line_as_it_comes_and_the_exit_code(fork):
     assert rc == 3
     assert [line for line, _ in seen] == ["line 0\n", "line 1\n", "line 2\n", "line 3"]
     assert seen[-1][1] - seen[0][1] > 0.5  # the first line came before the command ended, not all at its end
+
+
+def test_extend_continues_a_shorter_run_as_if_trained_straight_to_the_longer_cap(mt_data, teacher, tmp_path):
+    """--extend WORK: a training not begun here continues the same student's finished training of WORK (a lower cap)
+    from its last checkpoint, its log and validations kept; fairseq reseeds every update, so the curve is the one of a
+    training run straight to the longer cap. Another training (here another patience) is refused in one line."""
+    def quality(work, cap, *extra, patience="10", check=True):
+        return run(sys.executable, "-m", "benchmarks.quality", "--task", "translation", "--data", mt_data, "--size",
+                   "smoke", "--teacher", teacher, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce",
+                   "--validation-only", "--stopping", str(cap), "1", patience, "--work", tmp_path / work,
+                   "--out", tmp_path / f"{work}.json", *extra, cwd=ROOT, check=check)
+
+    def curve(work):
+        methods = json.loads((tmp_path / f"{work}.json").read_text())["methods"]
+        return next(m for m in methods if m["method"] == "svd_ce")["seeds"][0]["curve"]
+
+    quality("short", 2)
+    short_log = (tmp_path / "short" / "b50" / "svd_ce" / "seed1" / "train.log").read_text()
+    proc = quality("refused", 4, "--extend", tmp_path / "short", patience="9", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("benchmarks: --extend: the training")
+    assert not (tmp_path / "refused" / "b50" / "svd_ce" / "seed1").exists()
+    quality("long", 4, "--extend", tmp_path / "short")
+    quality("straight", 4)
+    assert [row[0] for row in curve("short")] == [1, 2] and [row[0] for row in curve("long")] == [1, 2, 3, 4]
+    assert curve("long") == curve("straight")
+    seed = tmp_path / "long" / "b50" / "svd_ce" / "seed1"
+    log = (seed / "train.log").read_text()
+    kept = "".join(line for line in short_log.splitlines(keepends=True) if "done training in" not in line)
+    assert log.startswith(kept) and log.count("done training in") == 1  # the short run's end is not the long one's
+    starts = json.loads((seed / "train.log.provenance.json").read_text())
+    assert [flag_value(s["command"], "--max-update") for s in starts] == ["2", "4"]
+    assert (tmp_path / "short" / "b50" / "svd_ce" / "seed1" / "train.log").read_text() == short_log
