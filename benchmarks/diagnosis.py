@@ -169,7 +169,7 @@ def plot(rows, path):
     fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8), squeeze=False)
     for j, task in enumerate(tasks):
         for r in (r for r in rows if r["task"] == task):
-            label = f"{r['method']} {r['budget']:.0%} s{r['seed']}"
+            label = f"{r['method']} {r['budget']:.0%} s{r['seed']} (cap {r['stopping']['max_update']})"
             updates = [c[0] for c in r["curve"]]
             line, = axes[0][j].plot(updates, [c[2] for c in r["curve"]], label=label)
             axes[1][j].plot(updates, [c[1] for c in r["curve"]], color=line.get_color())
