@@ -1,32 +1,37 @@
 #!/usr/bin/env bash
 # Issue 34's diagnosis, on validation only, with the teachers of benchmarks/results (not retrained):
 #
-#   bash benchmarks/diagnose.sh WORK [translation|summarization] [target|long|all]   # default: translation, all
+#   bash benchmarks/diagnose.sh WORK [translation|summarization] [STAGE,...]   # default: translation, every stage
 #   DIAG_JOBS=1 bash benchmarks/diagnose.sh WORK translation &    # the two tasks side by side on 2 cores,
 #   DIAG_JOBS=1 bash benchmarks/diagnose.sh WORK summarization &  # one training of one thread each
 #
-# Resumable. DIAG_JOBS (default 2): trainings run at once by this call, one thread each.
+# Resumable. DIAG_JOBS (default 2): trainings run at once by this call, one thread each. STAGEs run in the order
+# given (default candidates,long,variants: what decides the recipe and the rerun's cap before the ablations).
 # 1. WORK/data: prepare.py's data from the apt lists of 2026-11-29 (docs/benchmarks.md, "Data"); refused when the
 #    lists' sha256 differ from benchmarks/results/data_manifest.json's inputs (another split: the teachers would not fit).
 # 2. WORK/teachers/TASK.pt: the run's teacher, from git history (1f2f84e:benchmarks/run_state/TASK/teacher/).
-# 3. target: (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) and makd at the
-#    standard cap (3,000) on the long runs' validation grid, stopping and choosing on the metric. Summarization
-#    starts with svd_ce, makd, word_kd_t1 and kd_alpha_0.1 (the recipe candidates of en→de, item 2); its svd_ce
-#    at the standard cap comes before its long run, so that the comparison does not wait on the long one.
-# 4. long: (a, b) svd_ce, word KD and makd at 50%, seed 1, trained as long as their teacher (cap 15,000, validation
-#    every 250 updates, patience 4: the teachers' rule), stopping and choosing on the task's metric; every
-#    validation's nll and metric kept: one curve answers both the checkpoint choice and the training length. Word KD
-#    in the setting the target stage found better on en→de (word_kd_t1: T 1, CE + KL); en→de's long svd_word_kd
-#    (T 2, weight 4, the old setting) stopped at 3,000 updates when this changed and is reported as it stands.
-# 5. benchmarks/results/diagnosis.{json,md,png} from every curve so far (python3 -m benchmarks.diagnosis).
-# DIAG_JOBS jobs of one thread. Nothing is decoded on test. Re-running resumes every training from its checkpoint_last.pt.
+# 3. candidates: the recipes item 2 chooses between, at the standard cap (3,000) on the long runs' validation grid
+#    (every 250 updates, patience 4), stopping and choosing on the metric: makd, word_kd_t1 (word KD at T 1, CE + KL,
+#    the better word-KD setting on en→de) and kd_alpha_0.1 (0.9·CE + 0.1·KL, the closest to plain fine-tuning on
+#    en→de); on summarization svd_ce too, at the standard cap before its long run (en→de's is its long run's).
+# 4. long: (a, b) svd_ce, word_kd_t1 and makd at 50%, seed 1, trained as long as their teacher (cap 15,000, the same
+#    grid: the teachers' rule), stopping and choosing on the task's metric; every validation's nll and metric kept:
+#    one curve answers both the checkpoint choice and the training length. Each goes on from its candidates-stage
+#    training (--extend). en→de's long svd_word_kd (T 2, weight 4, the old setting) stopped at 3,000 updates when the
+#    long stage changed to word_kd_t1 and is reported as it stands.
+# 5. variants: (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) at the standard cap.
+# 6. benchmarks/results/diagnosis.{json,md,png} from every curve so far (python3 -m benchmarks.diagnosis).
+# Nothing is decoded on test. Re-running resumes every training from its checkpoint_last.pt.
 set -euo pipefail
-usage="usage: diagnose.sh WORK [translation|summarization] [target|long|all]"
-work=${1:?$usage} task=${2:-translation} stage=${3:-all} jobs=${DIAG_JOBS:-2}
+usage="usage: diagnose.sh WORK [translation|summarization] [STAGE,... of candidates, long, variants]"
+work=${1:?$usage} task=${2:-translation} stages=${3:-candidates,long,variants} jobs=${DIAG_JOBS:-2}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 case $task in translation|summarization) ;; *) echo "diagnose.sh: task must be translation or summarization" >&2; exit 2 ;; esac
-case $stage in target|long|all) ;; *) echo "diagnose.sh: stage must be target, long or all" >&2; exit 2 ;; esac
+IFS=, read -r -a stages <<< "$stages"
+for stage in "${stages[@]}"; do
+  case $stage in candidates|long|variants) ;; *) echo "diagnose.sh: a stage is candidates, long or variants, got '$stage'" >&2; exit 2 ;; esac
+done
 case $jobs in [1-9]) ;; *) echo "diagnose.sh: DIAG_JOBS must be 1 to 9, got $jobs" >&2; exit 2 ;; esac
 mkdir -p "$work/teachers"
 
@@ -61,20 +66,21 @@ quality() {  # NAME [benchmarks.quality flags]
     --work "$work/$task" --out "$work/$task.$name.json" "$@" >> "$work/$task.$name.log" 2>&1 \
     || { echo "diagnose.sh: $task $name failed, see $work/$task.$name.log" >&2; return 1; }
 }
-# (c, d) first, on the long runs' validation grid (every 250 updates, patience 4) at the standard cap, so that every
-# curve compares at the same updates; en→de's svd_ce at 3,000 updates is its long run's
-variants=(kd_alpha_0.5 makd_no_model kd_select_0.5 kd_top8 makd_no_layer makd_no_matrix makd_anneal makd_aspects_0.3)
+# the standard cap's students in WORK/TASK, the long ones in WORK/TASK.long; every stage on one validation grid
 case $task in
-  translation) target=(word_kd_t1 kd_alpha_0.5 makd makd_no_model kd_select_0.5 kd_alpha_0.1 kd_top8 makd_no_layer
-                       makd_no_matrix makd_anneal makd_aspects_0.3) ;;  # the order they were run in
-  summarization) target=(svd_ce makd word_kd_t1 kd_alpha_0.1 "${variants[@]}") ;;
+  translation) candidates=(makd word_kd_t1 kd_alpha_0.1) ;;
+  summarization) candidates=(svd_ce makd word_kd_t1 kd_alpha_0.1) ;;
 esac
-[ "$stage" = long ] || quality target --methods "${target[@]}" --stopping 3000 250 4
-# (a, b): as long as the teacher, in another WORK subdirectory; a method the target stage trained to 3,000 updates goes
-# on from there (--extend: same training, fairseq reseeds every update) instead of training those updates again
-[ "$stage" = target ] || quality long --methods svd_ce word_kd_t1 makd --stopping 15000 250 4 --work "$work/$task.long" \
-  --extend "$work/$task"
+variants=(kd_alpha_0.5 makd_no_model kd_select_0.5 kd_top8 makd_no_layer makd_no_matrix makd_anneal makd_aspects_0.3)
+for stage in "${stages[@]}"; do
+  case $stage in
+    candidates) quality candidates --methods "${candidates[@]}" --stopping 3000 250 4 ;;
+    variants) quality variants --methods "${variants[@]}" --stopping 3000 250 4 ;;
+    long) quality long --methods svd_ce word_kd_t1 makd --stopping 15000 250 4 --work "$work/$task.long" \
+            --extend "$work/$task" ;;
+  esac
+done
 shopt -s nullglob  # the other task's results may not exist yet: its students so far are read from their logs
-python3 -m benchmarks.diagnosis "$work"/*.long.json "$work"/*.target.json \
+python3 -m benchmarks.diagnosis "$work"/{translation,summarization}.*.json \
   $(for w in "$work"/{translation,summarization}{,.long}; do if [ -d "$w" ]; then echo --in-progress "$(basename "${w%.long}")=$w"; fi; done) \
   --out "$root/benchmarks/results/diagnosis"
