@@ -182,10 +182,8 @@ def test_speed_shape_data_pads_the_dictionary_and_keeps_every_id(mt_data, tmp_pa
             assert len(part) == n and all(part[i].tolist() == test[i].tolist() for i in range(n))
 
 
-def test_step_ops_counts_the_products_of_each_decoding_step(speed_run, teacher, mt_data, tmp_path):
-    """benchmarks.step_ops on a directory laid out as a --shapes one (the speed run's students): a factorized
-    projection is two products per step, so the same-depth student dispatches more of them than its teacher, the
-    dense fewer-layer student fewer."""
+def shape_dir(speed_run, teacher, mt_data, tmp_path):
+    """A directory laid out as a benchmarks.speed --shapes one, with the speed run's students."""
     _, tmp = speed_run
     work = tmp_path / "shape"
     (work / "teacher").mkdir(parents=True)
@@ -193,6 +191,14 @@ def test_step_ops_counts_the_products_of_each_decoding_step(speed_run, teacher, 
     (work / "data").symlink_to(mt_data)
     for name in ("student50.pt", "student50_vocab.pt", "dense50.pt"):
         (work / name).symlink_to(tmp / "work" / name)
+    return work
+
+
+def test_step_ops_counts_the_products_of_each_decoding_step(speed_run, teacher, mt_data, tmp_path):
+    """benchmarks.step_ops on a directory laid out as a --shapes one (the speed run's students): a factorized
+    projection is two products per step, so the same-depth student dispatches more of them than its teacher, the
+    dense fewer-layer student fewer."""
+    work = shape_dir(speed_run, teacher, mt_data, tmp_path)
     out = tmp_path / "step_ops.json"
     run(sys.executable, "-m", "benchmarks.step_ops", "--work", work, "--out", out, "--gen-len", str(GEN_LEN), cwd=ROOT)
     rows = json.loads(out.read_text())["models"]
@@ -213,3 +219,19 @@ def test_step_ops_counts_the_products_of_each_decoding_step(speed_run, teacher, 
     assert rows["student50"]["output_projection_weights"] == rows["teacher"]["output_projection_weights"]
     assert rows["student50_vocab"]["output_projection_weights"] < rows["student50"]["output_projection_weights"]
     assert rows["teacher"]["decoder_weights_per_step"] > rows["student50"]["decoder_weights_per_step"]
+
+
+def test_lean_step_probe_times_both_decoders_of_every_model(speed_run, teacher, mt_data, tmp_path):
+    """benchmarks.lean_step: per model, fairseq's decoder and LeanDecoder decode the same tokens to the same
+    log-probabilities, and every time is a ratio against the fairseq teacher's of the same rounds."""
+    work = shape_dir(speed_run, teacher, mt_data, tmp_path)
+    out = tmp_path / "lean_step.json"
+    run(sys.executable, "-m", "benchmarks.lean_step", "--work", work, "--out", out, "--threads", "1", "--steps", "4",
+        "--rounds", "2", cwd=ROOT)
+    result = json.loads(out.read_text())
+    names = ("teacher", "student50", "student50_vocab", "dense50")
+    assert set(result["models"]) == {f"{n}/{e}" for n in names for e in ("fairseq", "lean")}
+    assert set(result["largest_logprob_difference"]) == set(names)
+    assert all(gap < 1e-4 for gap in result["largest_logprob_difference"].values())
+    assert result["models"]["teacher/fairseq"]["speedup_over_fairseq_teacher"] == {"median": 1.0, "range": [1.0, 1.0]}
+    assert all(row["ms_per_step"]["median"] > 0 for row in result["models"].values())
