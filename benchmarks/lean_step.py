@@ -29,7 +29,9 @@ MODELS = ("teacher", "student50", "student25", "student50_vocab", "student25_voc
 
 
 def checkpoint(work, name):
-    return os.path.join(work, "teacher", "checkpoint_last.pt") if name == "teacher" else os.path.join(work, name + ".pt")
+    if name == "teacher":
+        return os.path.join(work, "teacher", "checkpoint_last.pt")
+    return os.path.join(work, name + ".pt")
 
 
 def decoders(model, source_len, beam, steps, seed=0):
@@ -85,7 +87,8 @@ def main(argv=None):
         path = checkpoint(args.work, name)
         if not os.path.isfile(path):
             continue
-        models, _ = checkpoint_utils.load_model_ensemble([path], arg_overrides={"data": os.path.join(args.work, "data")})
+        data = os.path.join(args.work, "data")
+        models, _ = checkpoint_utils.load_model_ensemble([path], arg_overrides={"data": data})
         with torch.inference_mode():
             fairseq, lean = decoders(models[0].eval(), args.source_len, args.beam, args.steps)
             gap[name] = (fairseq() - lean()).abs().max().item()
@@ -99,8 +102,7 @@ def main(argv=None):
         print(f"{name}: largest log-prob difference {gap[name]:.2e}", flush=True)
     runs = interleaved(calls, args.rounds)
     base = runs["teacher/fairseq"]
-    rows = {key: {"ms_per_step": {k: v * 1e3 / args.steps if k != "range" else [x * 1e3 / args.steps for x in v]
-                                  for k, v in spread(runs[key]).items()},
+    rows = {key: {"ms_per_step": spread([seconds * 1e3 / args.steps for seconds in runs[key]]),
                   "speedup_over_fairseq_teacher": {k: v for k, v in ratio(base, runs[key]).items() if k != "per_round"}}
             for key in runs}
     for key, row in rows.items():

@@ -128,7 +128,7 @@ def decoder_weights_per_step(decoder):
 
     once = {id(p) for name, m in decoder.named_modules()
             if name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj")) for p in m.parameters()}
-    output = {id(p) for p in getattr(decoder, "output_projection", nn.Identity()).parameters()}
+    output = {id(p) for p in decoder.output_projection.parameters()}
     looked_up = {id(m.weight) for m in decoder.modules() if isinstance(m, nn.Embedding)} | {
         id(m.up.weight) for m in decoder.modules() if isinstance(m, LowRankEmbedding)}  # rows up[i] @ down
     looked_up -= output

@@ -98,7 +98,8 @@ class LeanDecoder:
         self.cache = []
         for layer in self.layers:
             h, ch = layer["heads"], layer["cross_heads"]
-            cross = [apply(enc, layer[k]).view(n, -1, ch, d // ch).transpose(1, 2) for k in ("ck", "cv")]  # n x H x S x hd
+            # n x H x S x hd: each sentence's keys and values, once
+            cross = [apply(enc, layer[k]).view(n, -1, ch, d // ch).transpose(1, 2) for k in ("ck", "cv")]
             self.cache.append({"k": enc.new_zeros(self.rows, h, max_len, d // h),
                                "v": enc.new_zeros(self.rows, h, max_len, d // h), "ck": cross[0], "cv": cross[1]})
 
@@ -109,37 +110,38 @@ class LeanDecoder:
 
     def step(self, tokens: Tensor) -> Tensor:
         """Log-probabilities (rows x V) of the next token after ``tokens`` (rows: each hypothesis's last token)."""
-        t, rows, n, beam = self.t, self.rows, self.rows // self.beam, self.beam
         x = self.decoder.embed_scale * self.decoder.embed_tokens(tokens) + self.positions.weights[
-            self.positions.padding_idx + 1 + t]
+            self.positions.padding_idx + 1 + self.t]
         if self.decoder.layernorm_embedding is not None:
             x = self.decoder.layernorm_embedding(x)
         for layer, c in zip(self.layers, self.cache):
-            h, d = layer["heads"], x.size(-1)
-
-            def self_attention(y):
-                q = apply(y, layer["q"]).mul_(layer["scaling"]).view(rows, h, 1, d // h)
-                c["k"][:, :, t] = apply(y, layer["k"]).view(rows, h, d // h)
-                c["v"][:, :, t] = apply(y, layer["v"]).view(rows, h, d // h)
-                a = torch.softmax(q @ c["k"][:, :, :t + 1].transpose(-1, -2), dim=-1)
-                return apply((a @ c["v"][:, :, :t + 1]).view(rows, d), layer["o"])
-
-            def cross_attention(y):
-                ch = layer["cross_heads"]
-                q = apply(y, layer["cq"]).mul_(layer["cross_scaling"]).view(n, beam, ch, d // ch).transpose(1, 2)
-                scores = q @ c["ck"].transpose(-1, -2)  # n x H x beam x S: every beam of a sentence, its keys
-                if self.mask is not None:
-                    scores = scores.masked_fill(self.mask, float("-inf"))
-                ctx = torch.softmax(scores, dim=-1) @ c["cv"]  # n x H x beam x hd
-                return apply(ctx.transpose(1, 2).reshape(rows, d), layer["co"])
-
-            def feed_forward(y):
-                return apply(layer["act"](apply(y, layer["f1"])), layer["f2"])
-
-            for block, norm in ((self_attention, layer["ln1"]), (cross_attention, layer["ln2"]),
-                                (feed_forward, layer["ln3"])):
-                x = x + block(norm(x)) if layer["pre"] else norm(x + block(x))
+            for block, norm in ((self._self_attention, layer["ln1"]), (self._cross_attention, layer["ln2"]),
+                                (self._feed_forward, layer["ln3"])):
+                x = x + block(layer, c, norm(x)) if layer["pre"] else norm(x + block(layer, c, x))
         if self.decoder.layer_norm is not None:
             x = self.decoder.layer_norm(x)
         self.t += 1
         return F.log_softmax(apply(x, self.output), dim=-1)
+
+    def _self_attention(self, layer, c, y):
+        """Attention of each hypothesis over its own tokens so far; this step's key and value go into the cache."""
+        t, rows, h, d = self.t, self.rows, layer["heads"], y.size(-1)
+        q = apply(y, layer["q"]).mul_(layer["scaling"]).view(rows, h, 1, d // h)
+        c["k"][:, :, t] = apply(y, layer["k"]).view(rows, h, d // h)
+        c["v"][:, :, t] = apply(y, layer["v"]).view(rows, h, d // h)
+        a = torch.softmax(q @ c["k"][:, :, :t + 1].transpose(-1, -2), dim=-1)
+        return apply((a @ c["v"][:, :, :t + 1]).view(rows, d), layer["o"])
+
+    def _cross_attention(self, layer, c, y):
+        """Attention of every beam of a sentence over that sentence's keys and values (computed once, in start)."""
+        n, beam, ch, d = self.rows // self.beam, self.beam, layer["cross_heads"], y.size(-1)
+        q = apply(y, layer["cq"]).mul_(layer["cross_scaling"]).view(n, beam, ch, d // ch).transpose(1, 2)
+        scores = q @ c["ck"].transpose(-1, -2)  # n x H x beam x S
+        if self.mask is not None:
+            scores = scores.masked_fill(self.mask, float("-inf"))
+        ctx = torch.softmax(scores, dim=-1) @ c["cv"]  # n x H x beam x hd
+        return apply(ctx.transpose(1, 2).reshape(self.rows, d), layer["co"])
+
+    @staticmethod
+    def _feed_forward(layer, c, y):
+        return apply(layer["act"](apply(y, layer["f1"])), layer["f2"])
