@@ -12,8 +12,13 @@ once per sentence:
   its cache is gathered by sentence only when the batch shrinks (fairseq's ``reorder_incremental_state`` with the
   beam size set for that call only: the models are left as they were).
 
+Each decoding step is then ``LeanDecoder``'s (``makd_fairseq/lean_step.py``: plain products, preallocated caches, the
+latent cache of a prepared student) for a single model it computes; an ensemble, another decoder or a model in
+training mode gets fairseq's own step.
+
 The tasks of this plugin build their generators with it (``PerSentenceGeneratorMixin``; ``--encoder-states-per-beam``
-restores fairseq's behaviour); hypotheses and scores are those of fairseq's generator up to float rounding.
+restores fairseq's behaviour, ``--fairseq-decoder-step`` keeps fairseq's step); hypotheses and scores are those of
+fairseq's generator up to float rounding.
 """
 
 from typing import Dict, List, Optional
@@ -22,6 +27,8 @@ import torch
 from fairseq.sequence_generator import EnsembleModel
 from torch import Tensor
 
+from .lean_step import LeanDecoder, refusal
+
 
 class PerSentenceEnsemble(EnsembleModel):
     """fairseq's ``EnsembleModel`` keeping encoder states once per source sentence (see the module docstring)."""
@@ -29,6 +36,26 @@ class PerSentenceEnsemble(EnsembleModel):
     beam_size = 1
     _expanded = True  # until forward_encoder: every reorder indexes beams
     _cross_attention = ()
+
+    def __init__(self, models, lean: bool = True):
+        super().__init__(models)
+        # LeanDecoder's step for one model it computes (its cache in the generator's incremental state)
+        self.lean = lean and len(models) == 1 and refusal(models[0].decoder) is None
+
+    def _lean(self, incremental_states) -> Optional[LeanDecoder]:
+        return incremental_states[0].get("lean") if self.lean else None  # type: ignore[return-value]
+
+    @torch.jit.unused
+    def forward_decoder(self, tokens, encoder_outs, incremental_states, temperature: float = 1.0):
+        if not self.lean or self.single_model.training:  # dropout: fairseq's step
+            return super().forward_decoder(tokens, encoder_outs, incremental_states, temperature)
+        lean = self._lean(incremental_states)
+        if lean is None:  # the first step of a batch: keys and values of each source sentence, caches
+            enc = encoder_outs[0]
+            lean = LeanDecoder(self.single_model.decoder)
+            lean.start(enc["encoder_out"][0], (enc["encoder_padding_mask"] or [None])[0], self.beam_size)
+            incremental_states[0]["lean"] = lean  # type: ignore[assignment]
+        return lean.step(tokens[:, -1], temperature), lean.attn
 
     def set_decoder_beam_size(self, beam_size: int):
         self.beam_size = beam_size
@@ -39,6 +66,9 @@ class PerSentenceEnsemble(EnsembleModel):
     def reorder_incremental_state(self, incremental_states, new_order: Tensor):
         """fairseq's cross-attention keeps a cache of one row per sentence and gathers it by sentence when told the
         beam size; told only for this call, so that the models stay as they were for any other generator."""
+        lean = self._lean(incremental_states)
+        if lean is not None:
+            return lean.reorder(new_order)
         before = [m.beam_size for m in self._cross_attention]
         for m in self._cross_attention:
             m.set_beam_size(self.beam_size)
@@ -74,10 +104,11 @@ def per_sentence(models, args) -> bool:
 
 
 class PerSentenceGeneratorMixin:
-    """A fairseq task whose generators keep encoder states once per sentence unless ``cfg.encoder_states_per_beam``."""
+    """A fairseq task whose generators keep encoder states once per sentence unless ``cfg.encoder_states_per_beam``,
+    and decode with ``LeanDecoder``'s step unless ``cfg.fairseq_decoder_step``."""
 
     def build_generator(self, models, args, seq_gen_cls=None, extra_gen_cls_kwargs=None, **kwargs):
         if (seq_gen_cls is None and not getattr(self.cfg, "encoder_states_per_beam", False)
                 and not isinstance(models, EnsembleModel) and per_sentence(models, args)):
-            models = PerSentenceEnsemble(models)
+            models = PerSentenceEnsemble(models, lean=not getattr(self.cfg, "fairseq_decoder_step", False))
         return super().build_generator(models, args, seq_gen_cls, extra_gen_cls_kwargs, **kwargs)

@@ -149,28 +149,49 @@ def _cross_attention_rows(model):
     return given, keys, handles
 
 
+@pytest.mark.parametrize("step", ["lean", "fairseq"])
 @pytest.mark.parametrize("who", ["teacher", "student"])
-def test_encoder_states_once_per_sentence_decode_fairseqs_hypotheses(who, teacher, half_student, mt_data):
-    """The makd task's generator (``PerSentenceEnsemble``) on a plain fairseq teacher and on a latent student: the
-    hypotheses of fairseq's generator, scores within 1e-4, while the cross-attention reads one row per sentence (not
-    per beam) and computes its keys once; sentences finish at different lengths, so the batch shrinks on the way."""
+def test_encoder_states_once_per_sentence_decode_fairseqs_hypotheses(who, step, teacher, half_student, mt_data,
+                                                                     monkeypatch):
+    """The makd task's generator (``PerSentenceEnsemble``) on a plain fairseq teacher and on a latent student, with
+    ``LeanDecoder``'s step (the default) and with fairseq's (``--fairseq-decoder-step``): the hypotheses of fairseq's
+    generator, scores within 1e-4. fairseq's step: its cross-attention reads one row per sentence (not per beam) and
+    computes its keys once. The lean step: no decoder module is called, the cross-attention keys are one row per
+    sentence and the student's self-attention caches hold its latents (r wide). Sentences finish at different
+    lengths, so the batch shrinks on the way."""
     from fairseq import tasks
+    from makd_fairseq.lean_step import LeanDecoder
     from makd_fairseq.tasks.makd_translation import MakdTranslationConfig
 
     path = teacher if who == "teacher" else half_student
     model, task = _prepared(path, mt_data) if who == "student" else load(path, mt_data)
     sample = valid_batch(task, max_sentences=16)
-    cfg = MakdTranslationConfig(data=str(mt_data), source_lang="en", target_lang="de")
+    cfg = MakdTranslationConfig(data=str(mt_data), source_lang="en", target_lang="de",
+                                fairseq_decoder_step=step == "fairseq")
     ours = tasks.TASK_REGISTRY["makd_translation"].setup_task(cfg)
+    caches, lean_step = [], LeanDecoder.step
+    monkeypatch.setattr(LeanDecoder, "step", lambda self, *a: (
+        caches.append({k: tuple(v.shape) for k, v in self.cache[0].items()}), lean_step(self, *a))[1])
     given, keys, handles = _cross_attention_rows(model)
     generator = ours.build_generator([model], BEAM)
-    assert isinstance(generator.model, PerSentenceEnsemble)
+    assert isinstance(generator.model, PerSentenceEnsemble) and generator.model.lean == (step == "lean")
     with torch.no_grad():
         per_sentence = ours.inference_step(generator, [model], sample)
     for h in handles:
         h.remove()
     n = sample["nsentences"]
-    assert given[0] == n and max(given) == n and keys == [n]  # one row per sentence; keys computed once
+    if step == "fairseq":
+        assert given[0] == n and max(given) == n and keys == [n]  # one row per sentence; keys computed once
+        assert caches == []
+    else:
+        assert given == [] and keys == []  # no module of fairseq's decoder ran
+        assert caches[0]["ck"][0] == n  # keys once per sentence
+        own = model.decoder.layers[0].self_attn
+        if who == "student":
+            assert caches[0]["zk"][-1] == own.k_proj.rank < own.embed_dim and "k" not in caches[0]
+        else:
+            assert caches[0]["k"][1:] == (own.num_heads, 32, own.head_dim)
+        assert caches[-1]["ck"][0] < n  # the batch shrank: the gather by sentence ran
 
     given, keys, handles = _cross_attention_rows(model)
     fairseqs = _beam(model, task, sample)  # the translation task's generator: fairseq's own
@@ -178,8 +199,7 @@ def test_encoder_states_once_per_sentence_decode_fairseqs_hypotheses(who, teache
         h.remove()
     assert given[0] == n * BEAM.beam and keys == [n * BEAM.beam]  # and our generator left the model as it was
     _assert_same_hypotheses(per_sentence, fairseqs)
-    if who == "teacher":
-        assert len({len(h[0]["tokens"]) for h in fairseqs}) > 1  # the batch shrank: the gather path ran
+    assert len({len(h[0]["tokens"]) for h in fairseqs}) > 1  # the batch shrank: the gather path ran
 
 
 def _hypotheses(out):
@@ -187,9 +207,10 @@ def _hypotheses(out):
 
 
 def test_fairseq_generate_with_the_makd_task_prints_fairseqs_hypotheses(teacher, half_student, mt_data):
-    """The real CLI: fairseq-generate --task makd_translation (encoder states per sentence; latent cache for the
-    student) prints the hypotheses and scores of fairseq's own translation task, and of the student with
-    ``--model-overrides "{'no_latent_cache': True}"`` and ``--encoder-states-per-beam``."""
+    """The real CLI: fairseq-generate --task makd_translation (encoder states per sentence, the lean step; latent
+    cache for the student) prints the hypotheses and scores of fairseq's own translation task, of the same task with
+    ``--fairseq-decoder-step``, and of the student with ``--model-overrides "{'no_latent_cache': True}"`` and
+    ``--encoder-states-per-beam``."""
     common = [mt_data, "--user-dir", USER_DIR, "--gen-subset", "valid", "--beam", "4", "--batch-size", "16",
               "--max-len-a", "1.2", "--max-len-b", "10", "--cpu"]
     for path in (teacher, half_student):
@@ -197,7 +218,9 @@ def test_fairseq_generate_with_the_makd_task_prints_fairseqs_hypotheses(teacher,
         slow = run("fairseq-generate", *common, "--path", path, "--task", "makd_translation",
                    "--encoder-states-per-beam", "--model-overrides", "{'no_latent_cache': True}").stdout
         plain = _hypotheses(run("fairseq-generate", *common, "--path", path).stdout)
+        fairseq_step = run("fairseq-generate", *common, "--path", path, "--task", "makd_translation",
+                           "--fairseq-decoder-step").stdout
         assert len(fast) > 10
-        for ours, theirs in ((fast, plain), (fast, _hypotheses(slow))):
+        for ours, theirs in ((fast, plain), (fast, _hypotheses(slow)), (fast, _hypotheses(fairseq_step))):
             assert [(i, h) for i, _, h in ours] == [(i, h) for i, _, h in theirs]
             assert max(abs(float(a[1]) - float(b[1])) for a, b in zip(ours, theirs)) <= 1e-4

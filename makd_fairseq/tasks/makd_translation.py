@@ -38,6 +38,10 @@ class MakdTranslationConfig(TranslationConfig):
         "help": "beam search as fairseq does it: the encoder output and the cross-attention keys and values copied "
                 "for every beam and reordered at every step (default: once per source sentence, the same "
                 "hypotheses; see makd_fairseq/generation.py)"})
+    fairseq_decoder_step: bool = field(default=False, metadata={
+        "help": "decode each step with fairseq's TransformerDecoder (its modules and incremental-state dictionaries) "
+                "instead of the plugin's lean step (plain products, preallocated caches; the same hypotheses; see "
+                "makd_fairseq/lean_step.py)"})
 
 
 @register_task("makd_translation", dataclass=MakdTranslationConfig)
