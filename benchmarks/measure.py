@@ -25,11 +25,13 @@ MEMORY_METHODS = ("word_kd", "makd", "makd_recompute")  # what the --shapes memo
 EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
 
 # how fairseq-generate decodes a model: fairseq's own translation task (encoder output, its mask and the
-# cross-attention k/v repeated for every beam: what a plain fairseq user runs), the plugin's task (kept once per
-# source sentence), and the plugin's task with a student's latent self-attention cache off (fairseq's k/v cache)
+# cross-attention k/v repeated for every beam: what a plain fairseq user runs), the plugin's task as it decodes by
+# default (kept once per source sentence, LeanDecoder's step), the plugin's task with fairseq's decoding step (once per
+# sentence only), and the plugin's task with a student's latent self-attention cache off (the lean step's k/v cache)
 DECODING = {
     "fairseq": ["--task", "translation"],
-    "per_sentence": ["--task", "makd_translation"],
+    "lean": ["--task", "makd_translation"],
+    "per_sentence": ["--task", "makd_translation", "--fairseq-decoder-step"],
     "no_latent": ["--task", "makd_translation", "--model-overrides", "{'no_latent_cache': True}"],
 }
 # source tokens kept (fairseq: --truncate-source --max-source-positions; CTranslate2: max_input_length)
@@ -363,32 +365,45 @@ def generation_models(teacher, students, dense, ct2, args):
     """name -> what is timed: ("fairseq", checkpoint, ``DECODING`` key) or ("ctranslate2", model directory,
     compute type).
 
-    The teacher as fairseq-generate decodes it (``teacher``) and with encoder states once per sentence
-    (``teacher_per_sentence``); each student as the plugin decodes it (``student50``: once per sentence, latent
-    cache) and with the latent cache off (``student50_no_latent``, with ``--latent-off``); the dense students
-    (``dense50``); CTranslate2's teacher and dense students (``ct2_teacher_fp32``, ``ct2_dense50_int8``, ...)."""
-    models = {"teacher": ("fairseq", teacher, "fairseq"), "teacher_per_sentence": ("fairseq", teacher, "per_sentence")}
+    The teacher as fairseq-generate decodes it (``teacher``), with encoder states once per sentence
+    (``teacher_per_sentence``) and as the plugin decodes it (``teacher_lean``: once per sentence, the lean step); each
+    student as the plugin decodes it (``student50``: once per sentence, the lean step, latent cache), with fairseq's
+    step (``student50_fairseq_step``, with ``--fairseq-step``) and with the latent cache off
+    (``student50_no_latent``, with ``--latent-off``); the dense students as the plugin decodes them (``dense50``);
+    CTranslate2's teacher and dense students (``ct2_teacher_fp32``, ``ct2_dense50_int8``, ...)."""
+    models = {"teacher": ("fairseq", teacher, "fairseq"), "teacher_per_sentence": ("fairseq", teacher, "per_sentence"),
+              "teacher_lean": ("fairseq", teacher, "lean")}
     for key, path in students.items():
-        models[f"student{key}"] = ("fairseq", path, "per_sentence")
-        if args.latent_off and not key.endswith("_vocab"):  # the same attention as the student without _vocab
+        models[f"student{key}"] = ("fairseq", path, "lean")
+        if key.endswith("_vocab"):  # the same attention as the student without _vocab
+            continue
+        if args.fairseq_step:
+            models[f"student{key}_fairseq_step"] = ("fairseq", path, "per_sentence")
+        if args.latent_off:
             models[f"student{key}_no_latent"] = ("fairseq", path, "no_latent")
     for key, path in dense.items():
-        models[f"dense{key}"] = ("fairseq", path, "per_sentence")
+        models[f"dense{key}"] = ("fairseq", path, "lean")
     for name, model_dir in ct2.items():
         for compute in CT2_TYPES["cpu"]:
             models[f"ct2_{name}_{compute}"] = ("ctranslate2", model_dir, compute)
     return models
 
 
+VARIANTS = ("_fairseq_step", "_no_latent")  # a student decoded another way than the plugin's default
+
+
 def ratio_pairs(models):
     """ratio suffix -> (numerator, denominator) among the timed ``models``: ``gen_speedup_<suffix>`` is the first's
-    sentences/s over the second's. ``50``: the student against the teacher in plain fairseq (the headline);
-    ``50_vs_per_sentence``: against the teacher with encoder states once per sentence; ``50_no_latent``: the student
-    without its latent cache against the teacher; ``50_latent_gain``: the student with the latent cache over without;
-    ``50_vs_ct2_fp32``: against the teacher in CTranslate2; ``per_sentence``, ``ct2_fp32``, ``dense50``,
-    ``ct2_dense50_fp32``: each of those against the teacher in plain fairseq."""
+    sentences/s over the second's. ``50``: the student as the plugin decodes it against the teacher in plain fairseq
+    (the headline); ``50_vs_lean``: against the teacher as the plugin decodes it (what the factorization adds);
+    ``50_vs_per_sentence``: against the teacher with encoder states once per sentence and fairseq's step;
+    ``50_fairseq_step``: the student with fairseq's step against the teacher; ``50_lean_gain``: the student with the
+    lean step over with fairseq's; ``50_no_latent``: the student without its latent cache against the teacher;
+    ``50_latent_gain``: with the latent cache over without; ``50_vs_ct2_fp32``: against the teacher in CTranslate2;
+    ``lean``, ``per_sentence``, ``ct2_fp32``, ``dense50``, ``ct2_dense50_fp32``: each of those against the teacher
+    in plain fairseq."""
     ct2 = [c for c in CT2_TYPES["cpu"] if f"ct2_teacher_{c}" in models]
-    pairs = {"per_sentence": ("teacher_per_sentence", "teacher"),
+    pairs = {"per_sentence": ("teacher_per_sentence", "teacher"), "lean": ("teacher_lean", "teacher"),
              **{f"ct2_{c}": (f"ct2_teacher_{c}", "teacher") for c in ct2}}
     for name in models:
         if name.startswith("ct2_dense"):  # against the teacher in fairseq and in CTranslate2 at its own precision
@@ -398,15 +413,17 @@ def ratio_pairs(models):
             continue
         if name.startswith("dense"):
             key = name
-        elif name.startswith("student") and not name.endswith("_no_latent"):
+        elif name.startswith("student") and not name.endswith(VARIANTS):
             key = name[len("student"):]
             pairs[f"{key}_vs_per_sentence"] = (name, "teacher_per_sentence")
-            if f"{name}_no_latent" in models:
-                pairs[f"{key}_no_latent"] = (f"{name}_no_latent", "teacher")
-                pairs[f"{key}_latent_gain"] = (name, f"{name}_no_latent")
+            for variant, gain in (("fairseq_step", "lean_gain"), ("no_latent", "latent_gain")):
+                if f"{name}_{variant}" in models:
+                    pairs[f"{key}_{variant}"] = (f"{name}_{variant}", "teacher")
+                    pairs[f"{key}_{gain}"] = (name, f"{name}_{variant}")
         else:
             continue
         pairs[key] = (name, "teacher")
+        pairs[f"{key}_vs_lean"] = (name, "teacher_lean")
         pairs.update({f"{key}_vs_ct2_{c}": (name, f"ct2_teacher_{c}") for c in ct2})
     return pairs
 

@@ -276,7 +276,8 @@ def train_table(result):
     return lines + [""]
 
 
-DECODED_BY = {"fairseq": "fairseq (translation task)", "per_sentence": "fairseq (makd_translation)",
+DECODED_BY = {"fairseq": "fairseq (translation task)", "lean": "fairseq (makd_translation)",
+              "per_sentence": "fairseq (makd_translation, --fairseq-decoder-step)",
               "no_latent": "fairseq (makd_translation, latent cache off)"}
 
 

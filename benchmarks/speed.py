@@ -15,17 +15,19 @@
    the maximum over updates is reported. Methods are interleaved over ``--repeats`` rounds; the reported step
    time is the median over all timed updates.
 3. Generation: ``fairseq-generate`` (beam, batch size, threads all fixed) on the test set for the teacher as
-   fairseq decodes it (``--task translation``: encoder states repeated per beam) and with encoder states once per
-   source sentence (``--task makd_translation``), each student as the plugin decodes it (``makd_translation``,
-   latent self-attention cache) and with the latent cache off (``--model-overrides "{'no_latent_cache': True}"``),
-   the dense fewer-layer students of ``makd-shrink``, and the teacher (and the dense students, where the converter
+   fairseq decodes it (``--task translation``: encoder states repeated per beam), with encoder states once per
+   source sentence (``--task makd_translation --fairseq-decoder-step``) and as the plugin decodes it
+   (``--task makd_translation``: once per sentence, ``LeanDecoder``'s step), each student as the plugin decodes it
+   (``makd_translation``: the lean step, latent self-attention cache), with fairseq's step
+   (``--fairseq-decoder-step``) and with the latent cache off (``--model-overrides "{'no_latent_cache': True}"``),
+   the dense fewer-layer students of ``makd-shrink`` as the plugin decodes them, and the teacher (and the dense students, where the converter
    takes them) in CTranslate2, fp32 and int8, on the same token ids. Every hypothesis is forced to exactly
    ``--gen-len`` tokens (``--min-len = --max-len-b``; CTranslate2: ``--gen-len`` + 1 decoder steps, fairseq's forced
    </s> included), so the models do the same work whatever their quality; throughput is each engine's own
    sentences/s, median over ``--repeats`` interleaved rounds after ``--gen-warmup`` untimed passes
    (``makd_fairseq.timing``, the timing makd-compress's report uses). The ratios are named by
-   ``measure.ratio_pairs`` (``gen_speedup_50`` against the teacher in plain fairseq, ``_vs_per_sentence``,
-   ``_no_latent``, ``_latent_gain``, ``_vs_ct2_fp32``/``_int8``), the pairs recorded in the JSON (``ratio_pairs``).
+   ``measure.ratio_pairs`` (``gen_speedup_50`` against the teacher in plain fairseq, ``_vs_lean``,
+   ``_vs_per_sentence``, ``_fairseq_step``, ``_lean_gain``, ``_no_latent``, ``_latent_gain``, ``_vs_ct2_fp32``/``_int8``), the pairs recorded in the JSON (``ratio_pairs``).
 4. FLOPs: the same generation on one batch under ``torch.utils.flop_counter.FlopCounterMode``, after fairseq's
    ``prepare_for_inference_`` (factors past break-even merged); the teacher/student ratio is the speed-up a
    student could reach if time followed FLOPs.
@@ -53,7 +55,7 @@ from makd_fairseq.timing import interleaved
 from . import RESULTS
 from .measure import (
     EXACT_MALLOC, TRAIN_METHODS, ct2_models, gen_flags, generation_calls, generation_models, make_dense,
-    make_students, progress, ratio_pairs, run_worker, train_argv,
+    make_students, progress, ratio_pairs, run_worker, train_argv, VARIANTS,
 )
 from .provenance import command, hardware
 from .report import speed_table
@@ -94,7 +96,10 @@ def main(argv=None):
                              "factorized and counted in the budget (keys 50_vocab, 25_vocab)")
     parser.add_argument("--latent-off", action=argparse.BooleanOptionalAction, default=True,
                         help="also time each student (not the _vocab ones: the same attention) with its latent "
-                             "self-attention cache off (fairseq's k/v cache; keys 50_no_latent, 50_latent_gain)")
+                             "self-attention cache off (a k/v cache; keys 50_no_latent, 50_latent_gain)")
+    parser.add_argument("--fairseq-step", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time each student (not the _vocab ones) with fairseq's decoding step instead of "
+                             "the plugin's lean step (--fairseq-decoder-step; keys 50_fairseq_step, 50_lean_gain)")
     parser.add_argument("--dense", action=argparse.BooleanOptionalAction, default=True,
                         help="also time the dense fewer-layer students of makd-shrink at each budget (dense50, ...)")
     parser.add_argument("--ctranslate2", action=argparse.BooleanOptionalAction, default=True,
@@ -177,7 +182,7 @@ def main(argv=None):
         rs = measured[f"generate/{name}"]
         ge[name] = {"engine": engine, "decoding" if engine == "fairseq" else "compute": how,
                     "sentences_per_s": statistics.median(g["sentences_per_s"] for g in rs), "runs": rs}
-        if engine == "fairseq" and name != "teacher_per_sentence":  # FLOPs (and which cache a student decodes with)
+        if engine == "fairseq" and not name.endswith(("_per_sentence", "_lean", *VARIANTS)):  # FLOPs (and which cache a student decodes with)
             ge[name].update(run_worker("flops", {"path": path, "data": args.data, "batch_size": args.batch_size,
                                                  "gen_args": gen_flags(args, decoding=how)}, args.threads))
     pairs = ratio_pairs(models) if ge else {}  # --parts without generate: the shapes only

@@ -37,12 +37,15 @@ def speed_run(teacher, mt_data, tmp_path_factory):
 
 def expected_pairs(ct2, dense_converted):
     """The ratios a run with STUDENTS, the dense 50% student and (when installed) CTranslate2 reports."""
-    pairs = {"per_sentence": ("teacher_per_sentence", "teacher"),
-             "50": ("student50", "teacher"), "50_vs_per_sentence": ("student50", "teacher_per_sentence"),
+    pairs = {"per_sentence": ("teacher_per_sentence", "teacher"), "lean": ("teacher_lean", "teacher"),
+             "50": ("student50", "teacher"), "50_vs_lean": ("student50", "teacher_lean"),
+             "50_vs_per_sentence": ("student50", "teacher_per_sentence"),
+             "50_fairseq_step": ("student50_fairseq_step", "teacher"),
+             "50_lean_gain": ("student50", "student50_fairseq_step"),
              "50_no_latent": ("student50_no_latent", "teacher"), "50_latent_gain": ("student50", "student50_no_latent"),
-             "50_vocab": ("student50_vocab", "teacher"),
+             "50_vocab": ("student50_vocab", "teacher"), "50_vocab_vs_lean": ("student50_vocab", "teacher_lean"),
              "50_vocab_vs_per_sentence": ("student50_vocab", "teacher_per_sentence"),
-             "dense50": ("dense50", "teacher")}
+             "dense50": ("dense50", "teacher"), "dense50_vs_lean": ("dense50", "teacher_lean")}
     if ct2:
         for c in ("fp32", "int8"):
             pairs[f"ct2_{c}"] = (f"ct2_teacher_{c}", "teacher")
@@ -82,8 +85,9 @@ def test_speed_benchmark_reports_every_ratio_as_the_quotient_of_its_measurements
     # sentences/s; every ratio the quotient of two of them
     gen = result["generate"]
     assert set(gen) == {name for pair in pairs.values() for name in pair}
-    decoding = {"teacher": "fairseq", "teacher_per_sentence": "per_sentence", "student50": "per_sentence",
-                "student50_vocab": "per_sentence", "student50_no_latent": "no_latent", "dense50": "per_sentence"}
+    decoding = {"teacher": "fairseq", "teacher_per_sentence": "per_sentence", "teacher_lean": "lean",
+                "student50": "lean", "student50_fairseq_step": "per_sentence", "student50_vocab": "lean",
+                "student50_no_latent": "no_latent", "dense50": "lean"}
     assert {name: g.get("decoding") for name, g in gen.items() if g["engine"] == "fairseq"} == decoding
     for name, g in gen.items():
         assert len(g["runs"]) == 1, name  # --repeats 1
@@ -100,10 +104,11 @@ def test_speed_benchmark_reports_every_ratio_as_the_quotient_of_its_measurements
         assert result[f"flops_ratio_{key}"] == round(flops, 4), key
         assert result[f"gen_speedup_over_flops_ratio_{key}"] == round(
             gen[f"student{key}"]["sentences_per_s"] / teacher_gen["sentences_per_s"] / flops, 4), key
-    # FLOPs of one batch per fairseq model, hypotheses forced to one length; the switch reaches the student
+    # FLOPs of one batch per model as the plugin decodes it (and the teacher in plain fairseq), hypotheses forced to
+    # one length
     assert {name for name, g in gen.items() if "flops_per_sentence" in g} == {
-        "teacher", "dense50", "student50_no_latent", *(f"student{k}" for k in STUDENTS)}
-    assert gen["student50"]["latent_cache"] is True and gen["student50_no_latent"]["latent_cache"] is False
+        "teacher", "dense50", *(f"student{k}" for k in STUDENTS)}
+    assert gen["student50"]["latent_cache"] is True
     assert all(g["hypothesis_lengths"] == [GEN_LEN + 1] for g in gen.values() if "flops_per_sentence" in g)
     assert gen["teacher"]["params"] > gen["student50"]["params"]
     assert gen["teacher"]["params"] > gen["dense50"]["params"]
@@ -115,6 +120,7 @@ def test_speed_benchmark_reports_every_ratio_as_the_quotient_of_its_measurements
     md = (tmp / "speed.md").read_text()
     assert md.startswith("| training method (50% student)")
     assert "| student50_no_latent | fairseq (makd_translation, latent cache off) |" in md
+    assert "| student50_fairseq_step | fairseq (makd_translation, --fairseq-decoder-step) |" in md
 
 
 def test_speed_benchmark_times_the_teacher_in_ctranslate2_on_the_same_work(speed_run):
@@ -143,19 +149,21 @@ def test_speed_benchmark_times_the_teacher_in_ctranslate2_on_the_same_work(speed
 
 
 def test_ratio_pairs_name_each_comparison_once():
-    """The ratios of a --shapes run (the same function names them there): a student without a latent variant or a
-    CTranslate2 anchor gets only its own ratios."""
+    """The ratios of a --shapes run (the same function names them there): a student without a fairseq-step variant,
+    a latent variant or a CTranslate2 anchor gets only its own ratios."""
     from benchmarks.measure import ratio_pairs
 
-    models = {name: None for name in ("teacher", "teacher_per_sentence", "student25", "student25_no_latent",
-                                      "student25_vocab", "ct2_teacher_int8")}
+    models = {name: None for name in ("teacher", "teacher_per_sentence", "teacher_lean", "student25",
+                                      "student25_fairseq_step", "student25_vocab", "ct2_teacher_int8")}
     assert ratio_pairs(models) == {
-        "per_sentence": ("teacher_per_sentence", "teacher"), "ct2_int8": ("ct2_teacher_int8", "teacher"),
-        "25_vs_per_sentence": ("student25", "teacher_per_sentence"), "25_no_latent": ("student25_no_latent", "teacher"),
-        "25_latent_gain": ("student25", "student25_no_latent"), "25": ("student25", "teacher"),
-        "25_vs_ct2_int8": ("student25", "ct2_teacher_int8"),
+        "per_sentence": ("teacher_per_sentence", "teacher"), "lean": ("teacher_lean", "teacher"),
+        "ct2_int8": ("ct2_teacher_int8", "teacher"),
+        "25_vs_per_sentence": ("student25", "teacher_per_sentence"),
+        "25_fairseq_step": ("student25_fairseq_step", "teacher"),
+        "25_lean_gain": ("student25", "student25_fairseq_step"), "25": ("student25", "teacher"),
+        "25_vs_lean": ("student25", "teacher_lean"), "25_vs_ct2_int8": ("student25", "ct2_teacher_int8"),
         "25_vocab_vs_per_sentence": ("student25_vocab", "teacher_per_sentence"),
-        "25_vocab": ("student25_vocab", "teacher"),
+        "25_vocab": ("student25_vocab", "teacher"), "25_vocab_vs_lean": ("student25_vocab", "teacher_lean"),
         "25_vocab_vs_ct2_int8": ("student25_vocab", "ct2_teacher_int8")}
 
 
