@@ -21,6 +21,7 @@ restores fairseq's behaviour, ``--fairseq-decoder-step`` keeps fairseq's step); 
 fairseq's generator up to float rounding.
 """
 
+import logging
 from typing import Dict, List, Optional
 
 import torch
@@ -28,6 +29,8 @@ from fairseq.sequence_generator import EnsembleModel
 from torch import Tensor
 
 from .lean_step import LeanDecoder, refusal
+
+logger = logging.getLogger(__name__)
 
 
 class PerSentenceEnsemble(EnsembleModel):
@@ -40,7 +43,10 @@ class PerSentenceEnsemble(EnsembleModel):
     def __init__(self, models, lean: bool = True):
         super().__init__(models)
         # LeanDecoder's step for one model it computes (its cache in the generator's incremental state)
-        self.lean = lean and len(models) == 1 and refusal(models[0].decoder) is None
+        why = None if not lean else ("an ensemble" if len(models) > 1 else refusal(models[0].decoder))
+        self.lean = lean and why is None
+        if why:
+            logger.info(f"decoding with fairseq's decoder step: LeanDecoder does not compute {why}")
 
     def _lean(self, incremental_states) -> Optional[LeanDecoder]:
         return incremental_states[0].get("lean") if self.lean else None  # type: ignore[return-value]

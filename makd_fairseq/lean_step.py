@@ -28,6 +28,18 @@ from .lowrank.layers import Factors
 
 Products = List[Tuple[Tensor, Optional[Tensor]]]
 FIRST_CAPACITY = 32  # decoding steps the caches hold before they double
+# few rows times a large matrix: W·xᵀ, not x·Wᵀ (F.linear) — CPU BLAS picks a much faster kernel for it (on the
+# 2-core CI machine, torch 2.13: the 10k-vocabulary output projection for 4 rows ~3×, a 512x512 matrix ~1.3×; equal
+# or slower from 64 rows, and slower for small matrices)
+SKINNY_ROWS, LARGE_MATRIX = 16, 512 * 512
+
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``F.linear(x, weight, bias)`` for x (rows x d_in); computed as ``(W·xᵀ)ᵀ`` for few rows and a large matrix."""
+    if x.dim() == 2 and x.size(0) <= SKINNY_ROWS and weight.numel() >= LARGE_MATRIX:
+        out = weight @ x.t() if bias is None else torch.addmm(bias.unsqueeze(1), weight, x.t())
+        return out.t().contiguous()
+    return F.linear(x, weight, bias)
 
 
 def products(proj: nn.Module) -> Products:
@@ -42,7 +54,7 @@ def products(proj: nn.Module) -> Products:
 
 def apply(x: Tensor, steps: Products) -> Tensor:
     for weight, bias in steps:
-        x = F.linear(x, weight, bias)
+        x = linear(x, weight, bias)
     return x
 
 
@@ -211,14 +223,14 @@ class LeanDecoder:
     def _inputs(layer, y) -> List[Tensor]:
         """What the last matrices of q, k and v read: parts of the shared down-projection product, each one's own
         down-projection, or y."""
-        parts = F.linear(y, layer["front"][0]).split(layer["front"][1], dim=-1) if layer["front"] else ()
-        return [parts[index] if index is not None else (y if down is None else F.linear(y, down))
+        parts = linear(y, layer["front"][0]).split(layer["front"][1], dim=-1) if layer["front"] else ()
+        return [parts[index] if index is not None else (y if down is None else linear(y, down))
                 for index, down, _, _ in (layer["q"], layer["k"], layer["v"])]
 
     def _self_attention(self, layer, c, y, _):
         """Attention of each hypothesis over its own tokens so far; this step's key and value go into the cache."""
         t, rows, h, d = self.t, self.rows, layer["heads"], y.size(-1)
-        q, k, v = (F.linear(x, plan[2], plan[3]) for x, plan in zip(self._inputs(layer, y),
+        q, k, v = (linear(x, plan[2], plan[3]) for x, plan in zip(self._inputs(layer, y),
                                                                        (layer["q"], layer["k"], layer["v"])))
         c["k"][:, :, t] = k.view(rows, h, d // h)
         c["v"][:, :, t] = v.view(rows, h, d // h)
@@ -232,16 +244,16 @@ class LeanDecoder:
         (r_k, r_v), hd = w["ranks"], y.size(-1) // h
         x_q, c["zk"][:, t], c["zv"][:, t] = self._inputs(layer, y)
         if "q_fold" in w:  # rows x H x r_k
-            qt = F.linear(x_q, w["q_fold"], w["q_fold_bias"]).view(rows, h, r_k)
+            qt = linear(x_q, w["q_fold"], w["q_fold_bias"]).view(rows, h, r_k)
         else:
-            q = F.linear(x_q, layer["q"][2], layer["q"][3]).mul_(layer["scaling"]).view(rows, h, 1, hd)
+            q = linear(x_q, layer["q"][2], layer["q"][3]).mul_(layer["scaling"]).view(rows, h, 1, hd)
             qt = (q @ w["uk"]).view(rows, h, r_k)  # (rows x H x 1 x hd) @ (H x hd x r_k)
         a = torch.softmax(torch.bmm(qt, c["zk"][:, :t + 1].transpose(1, 2)), dim=-1)  # rows x H x (t+1)
         ctx = torch.bmm(a, c["zv"][:, :t + 1])  # rows x H x r_v
         if "o_fold" in w:
-            first = F.linear(ctx.view(rows, h * r_v), w["o_fold"], w.get("o_fold_bias"))
+            first = linear(ctx.view(rows, h * r_v), w["o_fold"], w.get("o_fold_bias"))
             weight, bias = layer["o_rest"]
-            return F.linear(first, weight, bias) if weight is not None else (first if bias is None else first + bias)
+            return linear(first, weight, bias) if weight is not None else (first if bias is None else first + bias)
         v = (ctx.unsqueeze(2) @ w["uv"].transpose(1, 2)).view(rows, h * hd)  # U_v,h per head
         return apply(v if w["bv"] is None else v + w["bv"], layer["o"])
 
