@@ -27,7 +27,7 @@ from .lowrank.inference import LatentSelfAttention, SharedInputLowRankLinear
 from .lowrank.layers import Factors
 
 Products = List[Tuple[Tensor, Optional[Tensor]]]
-FIRST_CAPACITY = 32  # decoding steps the caches hold before they double
+FIRST_CAPACITY = 16  # decoding steps the caches hold before they double
 # few rows times a large matrix: W·xᵀ, not x·Wᵀ (F.linear) — CPU BLAS picks a much faster kernel for it (on the
 # 2-core CI machine, torch 2.13: the 10k-vocabulary output projection for 4 rows ~3×, a 512x512 matrix ~1.3×; equal
 # or slower from 64 rows, and slower for small matrices)
@@ -160,39 +160,46 @@ class LeanDecoder:
         self.cache = []
         for layer, module in zip(self.layers, self.decoder.layers):
             ch, h = layer["cross_heads"], layer["heads"]
-            # n x H x S x hd: each sentence's keys and values, once
-            cross = {k: apply(enc, products(proj)).view(n, -1, ch, d // ch).transpose(1, 2)
+            # n x H x S x hd: each sentence's keys and values, once (contiguous: matmul would copy them every step)
+            cross = {k: apply(enc, products(proj)).view(n, -1, ch, d // ch).transpose(1, 2).contiguous()
                      for k, proj in (("ck", module.encoder_attn.k_proj), ("cv", module.encoder_attn.v_proj))}
             if layer["latent"] is not None:
                 r_k, r_v = layer["latent"]["ranks"]
                 own = {"zk": enc.new_zeros(self.rows, max_len, r_k), "zv": enc.new_zeros(self.rows, max_len, r_v)}
             else:
                 own = {"k": enc.new_zeros(self.rows, h, max_len, d // h), "v": enc.new_zeros(self.rows, h, max_len, d // h)}
+            own.update({"spare_" + k: torch.empty_like(v) for k, v in own.items()})  # what reorder gathers into
             self.cache.append({**own, **cross})
+
+    STEP_DIM = {"zk": 1, "zv": 1, "k": 2, "v": 2}  # the steps' dimension of each self-attention cache
 
     def reorder(self, order: Tensor):
         """Hypothesis i takes over the self-attention caches of hypothesis ``order[i]`` (of the same sentence); fewer
-        rows than before: the sentences of the rows kept, in order (the beam search dropped finished ones)."""
-        own = ("zk", "zv", "k", "v")
+        rows than before: the sentences of the rows kept, in order (the beam search dropped finished ones). Only the
+        steps so far are gathered, into a second buffer kept for it (no allocation per step)."""
+        rows = order.numel()
         for c in self.cache:
-            for key in own:
+            for key, dim in self.STEP_DIM.items():
                 if key in c:
-                    c[key] = c[key].index_select(0, order)
-        if order.numel() != self.rows:
+                    spare = c["spare_" + key][:rows]
+                    torch.index_select(c[key].narrow(dim, 0, self.t), 0, order, out=spare.narrow(dim, 0, self.t))
+                    c[key], c["spare_" + key] = spare, c[key]
+        if rows != self.rows:
             sentences = order.view(-1, self.beam)[:, 0] // self.beam
             for c in self.cache:
                 for key in ("ck", "cv"):
                     c[key] = c[key].index_select(0, sentences)
             if self.mask is not None:
                 self.mask = self.mask.index_select(0, sentences)
-            self.rows = order.numel()
+            self.rows = rows
 
     def _grow(self):
         """Twice the steps in every self-attention cache (the steps so far copied)."""
         for c in self.cache:
-            for key, dim in (("zk", 1), ("zv", 1), ("k", 2), ("v", 2)):
+            for key, dim in self.STEP_DIM.items():
                 if key in c:
                     c[key] = torch.cat([c[key], torch.zeros_like(c[key])], dim=dim)
+                    c["spare_" + key] = torch.empty_like(c[key])
 
     def step(self, tokens: Tensor, temperature: float = 1.0) -> Tensor:
         """Log-probabilities (rows x V, float) of the next token after ``tokens`` (rows: each hypothesis's last

@@ -160,7 +160,7 @@ def test_encoder_states_once_per_sentence_decode_fairseqs_hypotheses(who, step, 
     sentence and the student's self-attention caches hold its latents (r wide). Sentences finish at different
     lengths, so the batch shrinks on the way."""
     from fairseq import tasks
-    from makd_fairseq.lean_step import LeanDecoder
+    from makd_fairseq.lean_step import FIRST_CAPACITY, LeanDecoder
     from makd_fairseq.tasks.makd_translation import MakdTranslationConfig
 
     path = teacher if who == "teacher" else half_student
@@ -190,7 +190,7 @@ def test_encoder_states_once_per_sentence_decode_fairseqs_hypotheses(who, step, 
         if who == "student":
             assert caches[0]["zk"][-1] == own.k_proj.rank < own.embed_dim and "k" not in caches[0]
         else:
-            assert caches[0]["k"][1:] == (own.num_heads, 32, own.head_dim)
+            assert caches[0]["k"][1:] == (own.num_heads, FIRST_CAPACITY, own.head_dim)
         assert caches[-1]["ck"][0] < n  # the batch shrank: the gather by sentence ran
 
     given, keys, handles = _cross_attention_rows(model)
