@@ -35,8 +35,9 @@ SKINNY_ROWS, LARGE_MATRIX = 16, 512 * 512
 
 
 def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``F.linear(x, weight, bias)`` for x (rows x d_in); computed as ``(W·xᵀ)ᵀ`` for few rows and a large matrix."""
-    if x.dim() == 2 and x.size(0) <= SKINNY_ROWS and weight.numel() >= LARGE_MATRIX:
+    """``F.linear(x, weight, bias)`` for x (rows x d_in); on CPU computed as ``(W·xᵀ)ᵀ`` for few rows and a large
+    matrix (measured on CPU only)."""
+    if x.dim() == 2 and x.size(0) <= SKINNY_ROWS and weight.numel() >= LARGE_MATRIX and x.device.type == "cpu":
         out = weight @ x.t() if bias is None else torch.addmm(bias.unsqueeze(1), weight, x.t())
         return out.t().contiguous()
     return F.linear(x, weight, bias)
