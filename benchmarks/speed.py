@@ -14,20 +14,21 @@
    blocks at once so the resident size follows the live tensors; GPU: ``torch.cuda.max_memory_allocated``);
    the maximum over updates is reported. Methods are interleaved over ``--repeats`` rounds; the reported step
    time is the median over all timed updates.
-3. Generation: ``fairseq-generate`` (beam, batch size, threads all fixed) on the test set for the teacher as
-   fairseq decodes it (``--task translation``: encoder states repeated per beam), with encoder states once per
-   source sentence (``--task makd_translation --fairseq-decoder-step``) and as the plugin decodes it
-   (``--task makd_translation``: once per sentence, ``LeanDecoder``'s step), each student as the plugin decodes it
+3. Generation: ``fairseq-generate`` (beam, batch size, threads all fixed) on the test set for the teacher as fairseq
+   decodes it (``--task translation``: encoder states repeated per beam), with encoder states once per source
+   sentence (``--task makd_translation --fairseq-decoder-step``) and as the plugin decodes it (``--task
+   makd_translation``: once per sentence, ``LeanDecoder``'s step), each student as the plugin decodes it
    (``makd_translation``: the lean step, latent self-attention cache), with fairseq's step
    (``--fairseq-decoder-step``) and with the latent cache off (``--model-overrides "{'no_latent_cache': True}"``),
-   the dense fewer-layer students of ``makd-shrink`` as the plugin decodes them, and the teacher (and the dense students, where the converter
-   takes them) in CTranslate2, fp32 and int8, on the same token ids. Every hypothesis is forced to exactly
-   ``--gen-len`` tokens (``--min-len = --max-len-b``; CTranslate2: ``--gen-len`` + 1 decoder steps, fairseq's forced
-   </s> included), so the models do the same work whatever their quality; throughput is each engine's own
-   sentences/s, median over ``--repeats`` interleaved rounds after ``--gen-warmup`` untimed passes
-   (``makd_fairseq.timing``, the timing makd-compress's report uses). The ratios are named by
-   ``measure.ratio_pairs`` (``gen_speedup_50`` against the teacher in plain fairseq, ``_vs_lean``,
-   ``_vs_per_sentence``, ``_fairseq_step``, ``_lean_gain``, ``_no_latent``, ``_latent_gain``, ``_vs_ct2_fp32``/``_int8``), the pairs recorded in the JSON (``ratio_pairs``).
+   the dense fewer-layer students of ``makd-shrink`` as the plugin decodes them, and the teacher (and the dense
+   students, where the converter takes them) in CTranslate2, fp32 and int8, on the same token ids. Every hypothesis
+   is forced to exactly ``--gen-len`` tokens (``--min-len = --max-len-b``; CTranslate2: ``--gen-len`` + 1 decoder
+   steps, fairseq's forced </s> included), so the models do the same work whatever their quality; throughput is each
+   engine's own sentences/s, median over ``--repeats`` interleaved rounds after ``--gen-warmup`` untimed passes
+   (``makd_fairseq.timing``, the timing makd-compress's report uses). The ratios are named by ``measure.ratio_pairs``
+   (``gen_speedup_50`` against the teacher in plain fairseq, ``_vs_lean``, ``_vs_per_sentence``, ``_fairseq_step``,
+   ``_lean_gain``, ``_no_latent``, ``_latent_gain``, ``_vs_ct2_fp32``/``_int8``), the pairs recorded in the JSON
+   (``ratio_pairs``).
 4. FLOPs: the same generation on one batch under ``torch.utils.flop_counter.FlopCounterMode``, after fairseq's
    ``prepare_for_inference_`` (factors past break-even merged); the teacher/student ratio is the speed-up a
    student could reach if time followed FLOPs.
@@ -182,7 +183,8 @@ def main(argv=None):
         rs = measured[f"generate/{name}"]
         ge[name] = {"engine": engine, "decoding" if engine == "fairseq" else "compute": how,
                     "sentences_per_s": statistics.median(g["sentences_per_s"] for g in rs), "runs": rs}
-        if engine == "fairseq" and not name.endswith(("_per_sentence", "_lean", *VARIANTS)):  # FLOPs (and which cache a student decodes with)
+        # FLOPs (and which cache a student decodes with) of each model as the plugin decodes it, and the teacher's
+        if engine == "fairseq" and not name.endswith(("_per_sentence", "_lean", *VARIANTS)):
             ge[name].update(run_worker("flops", {"path": path, "data": args.data, "batch_size": args.batch_size,
                                                  "gen_args": gen_flags(args, decoding=how)}, args.threads))
     pairs = ratio_pairs(models) if ge else {}  # --parts without generate: the shapes only

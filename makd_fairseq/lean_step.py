@@ -168,7 +168,7 @@ class LeanDecoder:
                 r_k, r_v = layer["latent"]["ranks"]
                 own = {"zk": enc.new_zeros(self.rows, max_len, r_k), "zv": enc.new_zeros(self.rows, max_len, r_v)}
             else:
-                own = {"k": enc.new_zeros(self.rows, h, max_len, d // h), "v": enc.new_zeros(self.rows, h, max_len, d // h)}
+                own = {k: enc.new_zeros(self.rows, h, max_len, d // h) for k in ("k", "v")}
             own.update({"spare_" + k: torch.empty_like(v) for k, v in own.items()})  # what reorder gathers into
             self.cache.append({**own, **cross})
 
@@ -216,7 +216,8 @@ class LeanDecoder:
         last = len(self.layers) - 1
         for i, (layer, c) in enumerate(zip(self.layers, self.cache)):
             self_attention = self._latent_attention if layer["latent"] is not None else self._self_attention
-            for block, ln, extra in ((self_attention, layer["ln1"], None), (self._cross_attention, layer["ln2"], i == last),
+            for block, ln, extra in ((self_attention, layer["ln1"], None),
+                                     (self._cross_attention, layer["ln2"], i == last),
                                      (self._feed_forward, layer["ln3"], None)):
                 x = x + block(layer, c, ln(x), extra) if layer["pre"] else ln(x + block(layer, c, x, extra))
         if self.final_norm is not None:
