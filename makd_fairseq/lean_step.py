@@ -105,12 +105,9 @@ def _front(attn) -> Tuple[Optional[Tuple[Tensor, List[int]]], List[tuple]]:
     front = (shared.weight(), shared.sizes) if shared is not None else None
     plans = []
     for proj in (attn.q_proj, attn.k_proj, attn.v_proj):
-        if isinstance(proj, SharedInputLowRankLinear):
-            plans.append((proj.index, None, proj.up.weight, proj.up.bias))
-        elif isinstance(proj, Factors):
-            plans.append((None, proj.down.weight, proj.up.weight, proj.up.bias))
-        else:
-            plans.append((None, None, proj.weight, proj.bias))
+        *first, last = products(proj)
+        index = proj.index if isinstance(proj, SharedInputLowRankLinear) else None
+        plans.append((index, first[0][0] if first and index is None else None, *last))
     return front, plans
 
 
@@ -142,9 +139,8 @@ class LeanDecoder:
             "ln2": norm(layer.encoder_attn_layer_norm), "ln3": norm(layer.final_layer_norm),
             "pre": layer.normalize_before,
         }
-        if plan["latent"] is not None and "o_fold" in plan["latent"]:
-            up = sa.out_proj.up if isinstance(sa.out_proj, (Factors, SharedInputLowRankLinear)) else None
-            plan["o_rest"] = (up.weight, up.bias) if up is not None else (None, sa.out_proj.bias)
+        if plan["latent"] is not None and "o_fold" in plan["latent"]:  # out_proj after its folded first matrix
+            plan["o_rest"] = plan["o"][-1] if len(plan["o"]) == 2 else (None, plan["o"][0][1])
         return plan
 
     def start(self, encoder_out: Tensor, padding: Optional[Tensor], beam: int, max_len: int = FIRST_CAPACITY):
