@@ -23,8 +23,15 @@ def teacher_command(data, size, save_dir, extra=()):
             *TEACHER_TRAIN[size], *teacher_criterion(size), "--save-dir", save_dir, *extra]
 
 
+def on_gpu(args):
+    """``--device cuda``: a size's recipe (fp32 unless it says ``--fp16``) runs on the GPU instead of ``--cpu``."""
+    return getattr(args, "device", "cpu") == "cuda"
+
+
 def device_flags(args):
-    return ["--fp16"] if "--fp16" in STUDENT_TRAIN[args.size] else ["--cpu"]
+    if "--fp16" in STUDENT_TRAIN[args.size]:
+        return ["--fp16"]
+    return [] if on_gpu(args) else ["--cpu"]
 
 
 # the validation metric of ``--select-on metric`` per task (what --eval-metric logs: valid_bleu, valid_rougeL)
@@ -48,7 +55,8 @@ def selection_flags(args):
 def student_training(args):
     """A size's student training flags, with ``--stopping CAP EVERY PATIENCE`` in place of its stopping rule."""
     stopping = getattr(args, "stopping", None)
-    return [*STUDENT_TRAIN[args.size], *(until_converged(*stopping) if stopping else [])]  # later flags win
+    recipe = [f for f in STUDENT_TRAIN[args.size] if f not in ("--cpu", "--fp16")] + device_flags(args)
+    return [*recipe, *(until_converged(*stopping) if stopping else [])]  # later flags win
 
 
 def train_command(args, teacher, init, method_flags, save_dir, data=None):

@@ -20,19 +20,28 @@
 #    training (--extend). en→de's long svd_word_kd (T 2, weight 4, the old setting) stopped at 3,000 updates when the
 #    long stage changed to word_kd_t1 and is reported as it stands.
 # 5. variants: (c, d) the KD-target and aspect variants (benchmarks/sizes.py DIAGNOSIS_METHODS) at the standard cap.
-# 6. benchmarks/results/diagnosis.{json,md,png} from every curve so far (python3 -m benchmarks.diagnosis).
+#    standard (not in the default): the methods of DIAG_METHODS (comma-separated; default svd_ce, the candidates and
+#    the variants) at the standard cap in one pool: a machine with as many cores as trainings, e.g. a GPU's.
+# 6. benchmarks/results/diagnosis.{json,md,png} from every curve so far (python3 -m benchmarks.diagnosis), the
+#    committed report's students kept (DIAG_REPORT, default benchmarks/results/diagnosis.json; "none": not kept).
+# DIAG_DEVICE=cuda trains the students on the GPU (benchmarks.quality --device cuda; the cpu size's fp32 recipe) in
+# WORK/TASK.cuda: other students than the CPU's, reported as such.
 # Nothing is decoded on test. Re-running resumes every training from its checkpoint_last.pt.
 set -euo pipefail
-usage="usage: diagnose.sh WORK [translation|summarization] [STAGE,... of candidates, long, variants]"
+usage="usage: diagnose.sh WORK [translation|summarization] [STAGE,... of candidates, long, variants, standard]"
 work=${1:?$usage} task=${2:-translation} stages=${3:-candidates,long,variants} jobs=${DIAG_JOBS:-2}
+device=${DIAG_DEVICE:-cpu} report=${DIAG_REPORT:-$(cd "$(dirname "$0")/.." && pwd)/benchmarks/results/diagnosis.json}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 case $task in translation|summarization) ;; *) echo "diagnose.sh: task must be translation or summarization" >&2; exit 2 ;; esac
 IFS=, read -r -a stages <<< "$stages"
 for stage in "${stages[@]}"; do
-  case $stage in candidates|long|variants) ;; *) echo "diagnose.sh: a stage is candidates, long or variants, got '$stage'" >&2; exit 2 ;; esac
+  case $stage in candidates|long|variants|standard) ;;
+    *) echo "diagnose.sh: a stage is candidates, long, variants or standard, got '$stage'" >&2; exit 2 ;; esac
 done
-case $jobs in [1-9]) ;; *) echo "diagnose.sh: DIAG_JOBS must be 1 to 9, got $jobs" >&2; exit 2 ;; esac
+case $jobs in [1-9]|[1-3][0-9]) ;; *) echo "diagnose.sh: DIAG_JOBS must be 1 to 39, got $jobs" >&2; exit 2 ;; esac
+case $device in cpu) suffix= ;; cuda) suffix=.cuda ;; *) echo "diagnose.sh: DIAG_DEVICE is cpu or cuda, got $device" >&2; exit 2 ;; esac
+case $report in none) report= ;; *) [ -f "$report" ] || { echo "diagnose.sh: DIAG_REPORT $report: no such file" >&2; exit 2; } ;; esac
 mkdir -p "$work/teachers"
 
 if [ ! -f "$work/data/manifest.json" ]; then
@@ -62,9 +71,9 @@ quality() {  # NAME [benchmarks.quality flags]
   local name=$1
   shift
   python3 -m benchmarks.quality --task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" \
-    --budgets 0.5 --seeds 1 --select-on metric --validation-only --jobs "$jobs" --threads 1 \
-    --work "$work/$task" --out "$work/$task.$name.json" "$@" >> "$work/$task.$name.log" 2>&1 \
-    || { echo "diagnose.sh: $task $name failed, see $work/$task.$name.log" >&2; return 1; }
+    --budgets 0.5 --seeds 1 --select-on metric --validation-only --jobs "$jobs" --threads 1 --device "$device" \
+    --work "$work/$task$suffix" --out "$work/$task.$name$suffix.json" "$@" >> "$work/$task.$name$suffix.log" 2>&1 \
+    || { echo "diagnose.sh: $task $name failed, see $work/$task.$name$suffix.log" >&2; return 1; }
 }
 # the standard cap's students in WORK/TASK, the long ones in WORK/TASK.long; every stage on one validation grid
 case $task in
@@ -72,15 +81,18 @@ case $task in
   summarization) candidates=(svd_ce makd word_kd_t1 kd_alpha_0.1) ;;
 esac
 variants=(kd_alpha_0.5 makd_no_model kd_select_0.5 kd_top8 makd_no_layer makd_no_matrix makd_anneal makd_aspects_0.3)
+IFS=, read -r -a standard <<< "${DIAG_METHODS:-svd_ce,$(IFS=,; echo "${candidates[*]},${variants[*]}")}"
 for stage in "${stages[@]}"; do
   case $stage in
     candidates) quality candidates --methods "${candidates[@]}" --stopping 3000 250 4 ;;
     variants) quality variants --methods "${variants[@]}" --stopping 3000 250 4 ;;
-    long) quality long --methods svd_ce word_kd_t1 makd --stopping 15000 250 4 --work "$work/$task.long" \
-            --extend "$work/$task" ;;
+    standard) quality standard --methods "${standard[@]}" --stopping 3000 250 4 ;;
+    long) quality long --methods svd_ce word_kd_t1 makd --stopping 15000 250 4 --work "$work/$task.long$suffix" \
+            --extend "$work/$task$suffix" ;;
   esac
 done
 shopt -s nullglob  # the other task's results may not exist yet: its students so far are read from their logs
-python3 -m benchmarks.diagnosis "$work"/{translation,summarization}.*.json \
-  $(for w in "$work"/{translation,summarization}{,.long}; do if [ -d "$w" ]; then echo --in-progress "$(basename "${w%.long}")=$w"; fi; done) \
+python3 -m benchmarks.diagnosis ${report:+"$report"} "$work"/{translation,summarization}.*.json \
+  $(for w in "$work"/{translation,summarization}{,.long}{,.cuda}; do
+      if [ -d "$w" ]; then t=$(basename "$w"); echo --in-progress "${t%%.*}=$w"; fi; done) \
   --out "$root/benchmarks/results/diagnosis"

@@ -3,7 +3,10 @@
     python3 -m benchmarks.diagnosis WORK/translation_long.json WORK/translation_target.json ... \
         --out benchmarks/results/diagnosis
 
-Each input is a ``benchmarks.quality --validation-only`` results file (nothing decoded on test). For every trained
+Each input is a ``benchmarks.quality --validation-only`` results file (nothing decoded on test), or an earlier
+report's OUT.json (its students kept: their work directories may be gone with a machine; one still training then is
+marked interrupted unless ``--in-progress`` goes on with it). Students trained on a GPU (``--device cuda``) are other
+students than the same training on the CPU (their numerics differ) and race only against a GPU svd_ce. For every trained
 student (method, budget, seed) its curve — ``[updates, valid nll, valid metric]`` at every validation — gives:
 
 - the checkpoint the project's rule picks today (lowest nll) and the metric there;
@@ -72,28 +75,40 @@ def summarize(curve, patience, cap=None):
 
 
 def collect(paths, cap=None):
-    """Every trained student of the given results files, with its summary."""
+    """Every trained student of the given results files, with its summary. A file may also be an earlier report
+    (OUT.json): its students are kept as they are (their work directories may be gone with a machine)."""
     rows = []
     for path in paths:
         result = json.load(open(path))
+        if "students" in result:  # still training then: interrupted, unless an --in-progress directory goes on with it
+            rows += [{**{k: v for k, v in r.items() if k not in ("race_against_svd_ce", "in_progress")},
+                      "device": r.get("device", "cpu"), "interrupted": bool(r.get("in_progress") or r.get("interrupted")),
+                      **summarize(r["curve"], r["stopping"]["patience"], cap)} for r in result["students"]]
+            continue
         patience = result["stopping"]["patience"]
         for m in result["methods"]:
             for seed in m.get("seeds") or []:
                 if not seed.get("curve"):
                     continue
                 rows.append({"task": result["task"], "results": os.path.relpath(path), "method": m["method"],
-                             "budget": m["budget"], "seed": seed["seed"], "flags": m.get("flags"),
-                             "stopping": result["stopping"], "selection": result.get("checkpoint_selection"),
+                             "budget": m["budget"], "seed": seed["seed"], "device": result.get("device", "cpu"),
+                             "flags": m.get("flags"), "stopping": result["stopping"],
+                             "selection": result.get("checkpoint_selection"),
                              "updates": seed["updates"], "early_stopped": seed["early_stopped"],
                              "trained_at": seed.get("trained_at"), "curve": seed["curve"],
                              **summarize(seed["curve"], patience, cap)})
     return rows
 
 
+def key(row):
+    """What makes two rows one student: a long run and a standard-cap run of one method are two, and so are the same
+    training on the CPU and on a GPU."""
+    return row["task"], row["method"], row["budget"], row["seed"], row["stopping"]["max_update"], row["device"]
+
+
 def in_progress(task, work, known, cap=None):
-    """The students under ``work`` (WORK/b<budget>/<method>/seed<k>/train.log) not in ``known`` (task, method, budget,
-    seed, cap: a long run and a standard-cap run of one method are two students), with their curves so far and the
-    stopping rule of the command that started them."""
+    """The students under ``work`` (WORK/b<budget>/<method>/seed<k>/train.log) whose ``key`` is not in ``known``, with
+    their curves so far and the stopping rule and device of the command that started them."""
     rows = []
     for log in sorted(glob.glob(os.path.join(work, "b*", "*", "seed*", "train.log"))):
         budget_dir, method, seed_dir = log.split(os.sep)[-4:-1]
@@ -107,10 +122,11 @@ def in_progress(task, work, known, cap=None):
         stopping = {"max_update": int(flag_value(cmd, "--max-update")),
                     "validate_interval_updates": int(flag_value(cmd, "--validate-interval-updates")),
                     "patience": int(flag_value(cmd, "--patience"))}
-        if (task, method, budget, seed, stopping["max_update"]) in known or not curve:
+        device = "cpu" if "--cpu" in cmd else "cuda"
+        if (task, method, budget, seed, stopping["max_update"], device) in known or not curve:
             continue
         rows.append({"task": task, "results": None, "in_progress": not fairseq_logs.finished(text), "method": method,
-                     "budget": budget, "seed": seed, "flags": None, "stopping": stopping,
+                     "budget": budget, "seed": seed, "device": device, "flags": None, "stopping": stopping,
                      "selection": "metric" if metric else "nll", "updates": curve[-1][0],
                      "early_stopped": fairseq_logs.early_stopped(text),
                      "trained_at": [s["commit"] for s in started], "curve": curve,
@@ -147,17 +163,18 @@ def fmt(value, digits=2):
 
 def table(rows):
     capped = rows and "best_metric_at_cap" in rows[0]
-    lines = ["| task | method | budget | seed | cap / every / patience | updates | lowest nll (at) | metric there | "
+    lines = ["| task | method | budget | seed | device | cap / every / patience | updates | lowest nll (at) | metric there | "
              "best metric (at) | stopped on nll: at, metric |"
              + (f" best metric up to {rows[0]['best_metric_at_cap']['cap']} (at) |" if capped else ""),
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "")]
+             "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "")]
     for r in rows:
         s, n, b, o = r["stopping"], r["best_nll"], r["best_metric"], r["stopped_on_nll"]
         c = r.get("best_metric_at_cap") or {}
         lines.append(
-            f"| {r['task']} | {r['method']} | {r['budget']:.0%} | {r['seed']} | {s['max_update']} / "
+            f"| {r['task']} | {r['method']} | {r['budget']:.0%} | {r['seed']} | {r['device']} | {s['max_update']} / "
             f"{s['validate_interval_updates']} / {s['patience']} | {r['updates']}"
-            f"{' (in progress)' if r.get('in_progress') else ''} | {n['nll']:.3f} ({n['updates']}) | "
+            f"{' (in progress)' if r.get('in_progress') else ' (interrupted)' if r.get('interrupted') else ''} | "
+            f"{n['nll']:.3f} ({n['updates']}) | "
             f"{fmt(n['metric'])} | {fmt(b and b['metric'])} ({b and b['updates']}) | {o['stopped_at']}, "
             f"{fmt(o['metric'])} |" + (f" {fmt(c.get('metric'))} ({c.get('updates')}) |" if capped else ""))
     return "\n".join(lines)
@@ -169,7 +186,8 @@ def plot(rows, path):
     fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8), squeeze=False)
     for j, task in enumerate(tasks):
         for r in (r for r in rows if r["task"] == task):
-            label = f"{r['method']} {r['budget']:.0%} s{r['seed']} (cap {r['stopping']['max_update']})"
+            label = (f"{r['method']} {r['budget']:.0%} s{r['seed']} (cap {r['stopping']['max_update']}"
+                     f"{', ' + r['device'] if r['device'] != 'cpu' else ''})")
             updates = [c[0] for c in r["curve"]]
             line, = axes[0][j].plot(updates, [c[2] for c in r["curve"]], label=label)
             axes[1][j].plot(updates, [c[1] for c in r["curve"]], color=line.get_color())
@@ -201,23 +219,23 @@ def main(argv=None):
     cap = args.cap or None
     rows = collect(args.results, cap)
     for task, directory in work:  # a TASK may have several (standard-cap and long runs)
-        known = {(r["task"], r["method"], r["budget"], r["seed"], r["stopping"]["max_update"]) for r in rows}
-        rows += in_progress(task, directory, known, cap)
+        going_on = in_progress(task, directory, {key(r) for r in rows if not r.get("interrupted")}, cap)
+        rows = [r for r in rows if key(r) not in {key(g) for g in going_on}] + going_on
     if not rows:
         parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
-    for task in {r["task"] for r in rows} if cap else ():  # how long a race against svd_ce must be (makd-compress)
-        base = [r for r in rows if r["task"] == task and r["method"] == "svd_ce"]
-        for r in rows:
-            if base and r["task"] == task and r["method"] != "svd_ce" and r["budget"] == base[0]["budget"]:
-                r["race_against_svd_ce"] = settles(r["curve"], base[0]["curve"], cap)
+    for r in rows if cap else ():  # how long a race against svd_ce (same task, budget, device) must be: makd-compress
+        base = [b for b in rows if b["method"] == "svd_ce" and (b["task"], b["budget"], b["device"]) == (
+            r["task"], r["budget"], r["device"])]
+        if base and r["method"] != "svd_ce":
+            r["race_against_svd_ce"] = settles(r["curve"], base[0]["curve"], cap)
     write_json(args.out + ".json", {"students": rows, "command": command("benchmarks.diagnosis", argv),
                                     "reported_at": git_state()})
     raced = [r for r in rows if r.get("race_against_svd_ce")]
     races = ["A race against svd_ce (`makd-compress --race N`, best validation metric so far at N): which racer "
              "it picks at each N, and from which N on it always picks what training to the cap would.", "",
-             "| task | method | budget | better at (updates) | settled from N = | picks (N: m = method, c = svd_ce) |",
-             "|---|---|---|---|---|---|"] + [
-        f"| {r['task']} | {r['method']} | {r['budget']:.0%} | "
+             "| task | method | budget | device | better at (updates) | settled from N = | picks (N: m = method, "
+             "c = svd_ce) |", "|---|---|---|---|---|---|---|"] + [
+        f"| {r['task']} | {r['method']} | {r['budget']:.0%} | {r['device']} | "
         f"{r['method'] if x['better'] == 'method' else 'svd_ce'} ({x['compared_at']}) "
         f"| {x['settled_at'] if x['settled_at'] is not None else '–'} | "
         f"{' '.join(f'{n}:{p[0]}' for n, p in x['picks']).replace(':b', ':c')} |"

@@ -106,6 +106,9 @@ def parse(argv):
                                              "benchmarks/results/hypotheses/<task> next to --out)")
     parser.add_argument("--jobs", type=int, default=1, help="trainings/generations run at once")
     parser.add_argument("--threads", type=int, default=1, help="OMP threads per job")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="where students train and decode: cuda runs a CPU size's fp32 recipe on the GPU "
+                             "(the --jobs share it); the initial students are made as on the CPU")
     parser.add_argument("--select-on", choices=("nll", "metric"), default="nll",
                         help="students' checkpoint choice and stopping: validation nll (default), or the task's "
                              "metric by beam search on the valid split (translation BLEU, summarization ROUGE-L; "
@@ -124,6 +127,11 @@ def parse(argv):
     lm = args.task == "language_modeling"
     if args.extend and not os.path.isdir(args.extend):
         parser.error(f"--extend {args.extend}: no such directory (a benchmarks.quality --work directory)")
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: no CUDA device is visible here (torch.cuda.is_available() is False)")
     if lm != is_lm_size(args.size):
         parser.error(f"--size {args.size} does not fit --task {args.task} (language modeling takes lm_* sizes)")
     args.methods = args.methods or list(LM_METHODS if lm else QUALITY_METHODS)
@@ -253,11 +261,20 @@ def training_fields(args):
             "checkpoint_selection": " ".join(selection_flags(args))}
 
 
+def gpu_name(args):
+    """', trained on <the GPU>' for --device cuda (the students trained there; their initial students on the CPU)."""
+    if args.device != "cuda":
+        return ""
+    import torch
+
+    return f", students trained on {torch.cuda.get_device_name()}"
+
+
 def provenance(run, argv, data_hash, started):
     """The command, commit, data and machine of a results file, and the time its steps took."""
     args = run.args
     return {"command": command("benchmarks.quality", argv), "scored_at": git_state(), "data_sha256": data_hash,
-            "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)"),
+            "hardware": hardware(f"{args.jobs} job(s) of {args.threads} thread(s)" + gpu_name(args)),
             # this invocation's wall time; the steps it reused from WORK took stage_seconds (sum: compute time)
             "stage_seconds": run.stages, "stage_seconds_sum": round(sum(v or 0 for v in run.stages.values()), 1),
             "wall_s": round(time.time() - started, 1)}
@@ -272,7 +289,8 @@ def report_validation(run, argv, models, pending, data_hash, started):
         seeds = [seed_record(run, m, s, c, {}) for m, b, s, c in models
                  if (m, b) == (method, budget) and c is not None and model_name(m, b, s) not in pending]
         methods.append({"method": method, "budget": budget, "flags": ALL_METHODS[method][1], "seeds": seeds})
-    write_json(args.out, {"task": args.task, "size": args.size, "validation_only": True, "methods": methods,
+    write_json(args.out, {"task": args.task, "size": args.size, "device": args.device, "validation_only": True,
+                          "methods": methods,
                           "pending": pending, **training_fields(args), **provenance(run, argv, data_hash, started)})
     text = diagnosis_table(collect_curves([args.out]))
     write_text(os.path.splitext(args.out)[0] + ".md", text + "\n")

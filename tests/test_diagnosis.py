@@ -73,7 +73,7 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
     students = json.loads((tmp_path / "diagnosis.json").read_text())["students"]
     assert [s["method"] for s in students] == ["svd_ce", "kd_alpha_0.5", "makd_no_layer"]
     assert all(s["stopped_on_nll"]["stopped_at"] <= s["updates"] for s in students)
-    assert "| translation | kd_alpha_0.5 | 50% | 1 | 6 / 2 / 2 |" in (tmp_path / "diagnosis.md").read_text()
+    assert "| translation | kd_alpha_0.5 | 50% | 1 | cpu | 6 / 2 / 2 |" in (tmp_path / "diagnosis.md").read_text()
     assert (tmp_path / "diagnosis.png").stat().st_size > 0
 
     # the same work directory read without its results file: the same curves; a training whose log has not ended
@@ -90,7 +90,7 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
         assert r["in_progress"] == (r["method"] == "svd_ce") and r["curve"] == by_method[r["method"]]["curve"]
         assert r["stopping"] == result["stopping"] and r["best_metric"] == by_method[r["method"]]["best_metric"]
     md = (tmp_path / "in_progress.md").read_text()
-    assert "| svd_ce | 50% | 1 | 6 / 2 / 2 | 6 (in progress)" in md and md.count("(in progress)") == 1
+    assert "| svd_ce | 50% | 1 | cpu | 6 / 2 / 2 | 6 (in progress)" in md and md.count("(in progress)") == 1
     # the same task from two work directories (standard-cap and long runs): both read, each student once
     twice = tmp_path / "twice"
     run(sys.executable, "-m", "benchmarks.diagnosis", "--in-progress", f"translation={work}", "--in-progress",
@@ -103,6 +103,39 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
     race = {r["method"]: r.get("race_against_svd_ce") for r in rows}
     assert race["svd_ce"] is None and all(race[m]["compared_at"] == 4 for m in ("kd_alpha_0.5", "makd_no_layer"))
     assert "A race against svd_ce" in (tmp_path / "twice.md").read_text()
+
+    # an earlier report as an input (its work directories may be gone with a machine): its students kept as they
+    # were; one still training then is interrupted, unless an --in-progress directory goes on with it
+    earlier = tmp_path / "in_progress.json"
+    kept = tmp_path / "kept"
+    run(sys.executable, "-m", "benchmarks.diagnosis", earlier, "--out", kept, cwd=ROOT)
+    rows = json.loads((tmp_path / "kept.json").read_text())["students"]
+    assert [r["curve"] for r in rows] == [r["curve"] for r in json.loads(earlier.read_text())["students"]]
+    md = (tmp_path / "kept.md").read_text()
+    assert "| svd_ce | 50% | 1 | cpu | 6 / 2 / 2 | 6 (interrupted)" in md and "(in progress)" not in md
+    going_on = tmp_path / "going_on"
+    run(sys.executable, "-m", "benchmarks.diagnosis", earlier, "--in-progress", f"translation={work}", "--out",
+        going_on, cwd=ROOT)
+    rows = json.loads((tmp_path / "going_on.json").read_text())["students"]
+    assert sorted(r["method"] for r in rows) == sorted(s["method"] for s in students)  # each student once
+    assert [r.get("interrupted") for r in rows if r["method"] == "svd_ce"] == [None]
+
+    # the same students trained on a GPU are other students, and race against the GPU's svd_ce
+    report = json.loads(earlier.read_text())
+    gpu = [dict(r, device="cuda") for r in report["students"]]
+    gpu_ce = next(r for r in gpu if r["method"] == "svd_ce")
+    gpu_ce["curve"] = [[n, nll, 100.0] for n, nll, _ in gpu_ce["curve"]]  # far ahead: it wins every race
+    both = tmp_path / "both.json"
+    both.write_text(json.dumps({**report, "students": report["students"] + gpu}))
+    run(sys.executable, "-m", "benchmarks.diagnosis", both, "--out", tmp_path / "devices", cwd=ROOT)
+    rows = json.loads((tmp_path / "devices.json").read_text())["students"]
+    assert len(rows) == 2 * len(students)
+    races = {(r["method"], r["device"]): r.get("race_against_svd_ce") for r in rows}
+    assert races[("kd_alpha_0.5", "cuda")]["better"] == "baseline"
+    curves = {(r["method"], r["device"]): r["curve"] for r in rows}
+    assert races[("kd_alpha_0.5", "cpu")] == settles(curves[("kd_alpha_0.5", "cpu")], curves[("svd_ce", "cpu")], 3000)
+    assert "| translation | kd_alpha_0.5 | 50% | 1 | cuda | 6 / 2 / 2 |" in (tmp_path / "devices.md").read_text()
+
 
 
 def test_term_gradients_add_up_to_the_criterions_and_name_each_terms_pull(teacher, half_student, full_rank_student,
@@ -125,3 +158,17 @@ def test_term_gradients_add_up_to_the_criterions_and_name_each_terms_pull(teache
     for term in ("loss_mha", "loss_ffn", "loss_attn", "loss_hidn", "loss_model"):
         assert full["terms"][term]["value"] <= 1e-5 and full["terms"][term]["norm_vs_ce"] < 1e-3, term
     assert "| loss_attn |" in out.with_suffix(".md").read_text()
+
+
+def test_students_train_on_the_device_asked_for():
+    from argparse import Namespace
+
+    from benchmarks.commands import device_flags, student_training
+
+    on_cpu, on_gpu = Namespace(size="cpu"), Namespace(size="cpu", device="cuda")
+    assert student_training(on_cpu).count("--cpu") == 1 and device_flags(on_cpu) == ["--cpu"]
+    assert "--cpu" not in student_training(on_gpu) and device_flags(on_gpu) == []
+    # the rest of the recipe is the same (fp32 on the GPU: the CPU size's numbers, not a half-precision run)
+    assert [f for f in student_training(on_cpu) if f != "--cpu"] == student_training(on_gpu)
+    gpu_size = Namespace(size="gpu", device="cuda")
+    assert student_training(gpu_size).count("--fp16") == 1 and device_flags(gpu_size) == ["--fp16"]
