@@ -22,7 +22,9 @@ value where the standard-cap runs end, so that both compare at the same training
 ``--in-progress TASK=WORK`` (repeatable: a task's standard-cap and long runs live in two work directories) adds the
 students of a ``benchmarks.quality`` work directory that has no results file yet: their curves so far, read from each
 ``train.log``, with the stopping rule and commit of the command that started them (``train.log.provenance.json``);
-the table marks those whose training has not ended "in progress" (their rows can still change).
+the table marks those whose training has not ended "in progress" (their rows can still change). ``--stopped
+TASK=WORK`` reads a work directory whose trainings will not go on (copied back from a machine since given back):
+its unfinished trainings are marked "interrupted".
 
 Writes OUT.json (every curve and summary, with the commits the students trained at), OUT.md (the table) and OUT.png
 (metric and nll against updates).
@@ -106,9 +108,10 @@ def key(row):
     return row["task"], row["method"], row["budget"], row["seed"], row["stopping"]["max_update"], row["device"]
 
 
-def in_progress(task, work, known, cap=None):
+def in_progress(task, work, known, cap=None, going_on=True):
     """The students under ``work`` (WORK/b<budget>/<method>/seed<k>/train.log) whose ``key`` is not in ``known``, with
-    their curves so far and the stopping rule and device of the command that started them."""
+    their curves so far and the stopping rule and device of the command that started them. An unfinished training
+    is in progress, or interrupted when ``going_on`` is False (its machine is gone)."""
     rows = []
     for log in sorted(glob.glob(os.path.join(work, "b*", "*", "seed*", "train.log"))):
         budget_dir, method, seed_dir = log.split(os.sep)[-4:-1]
@@ -125,7 +128,9 @@ def in_progress(task, work, known, cap=None):
         device = "cpu" if "--cpu" in cmd else "cuda"
         if (task, method, budget, seed, stopping["max_update"], device) in known or not curve:
             continue
-        rows.append({"task": task, "results": None, "in_progress": not fairseq_logs.finished(text), "method": method,
+        unfinished = not fairseq_logs.finished(text)
+        rows.append({"task": task, "results": None, "in_progress": unfinished and going_on,
+                     "interrupted": unfinished and not going_on, "method": method,
                      "budget": budget, "seed": seed, "device": device, "flags": None, "stopping": stopping,
                      "selection": "metric" if metric else "nll", "updates": curve[-1][0],
                      "early_stopped": fairseq_logs.early_stopped(text),
@@ -205,6 +210,9 @@ def main(argv=None):
     parser.add_argument("results", nargs="*", help="benchmarks.quality --validation-only results files")
     parser.add_argument("--in-progress", action="append", default=[], metavar="TASK=WORK",
                         help="also the students still training in this benchmarks.quality --work directory")
+    parser.add_argument("--stopped", action="append", default=[], metavar="TASK=WORK",
+                        help="also the students of a work directory whose trainings will not go on (e.g. copied back "
+                             "from a machine since given back): the unfinished ones are marked interrupted")
     parser.add_argument("--cap", type=int, default=3000,
                         help="also each curve's best metric up to this many updates (default: the benchmark's "
                              "standard cap, where long runs compare with the standard-cap ones; 0: not reported)")
@@ -213,14 +221,15 @@ def main(argv=None):
     missing = [p for p in args.results if not os.path.isfile(p)]
     if missing:
         parser.error(f"no such results file: {missing[0]}")
-    work = [spec.split("=", 1) for spec in args.in_progress if "=" in spec]
-    if len(work) != len(args.in_progress) or any(not os.path.isdir(w) for _, w in work):
-        parser.error("--in-progress takes TASK=WORK, WORK a benchmarks.quality --work directory")
+    specs = [(spec, True) for spec in args.in_progress] + [(spec, False) for spec in args.stopped]
+    work = [(*spec.split("=", 1), going_on) for spec, going_on in specs if "=" in spec]
+    if len(work) != len(specs) or any(not os.path.isdir(w) for _, w, _ in work):
+        parser.error("--in-progress and --stopped take TASK=WORK, WORK a benchmarks.quality --work directory")
     cap = args.cap or None
     rows = collect(args.results, cap)
-    for task, directory in work:  # a TASK may have several (standard-cap and long runs)
-        going_on = in_progress(task, directory, {key(r) for r in rows if not r.get("interrupted")}, cap)
-        rows = [r for r in rows if key(r) not in {key(g) for g in going_on}] + going_on
+    for task, directory, going_on in work:  # a TASK may have several (standard-cap and long runs)
+        read = in_progress(task, directory, {key(r) for r in rows if not r.get("interrupted")}, cap, going_on)
+        rows = [r for r in rows if key(r) not in {key(g) for g in read}] + read
     if not rows:
         parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
     for r in rows if cap else ():  # how long a race against svd_ce (same task, budget, device) must be: makd-compress

@@ -54,13 +54,9 @@ def save_torch(state, path: str) -> None:
 
 
 def git_commit() -> str:
-    """The commit of the checkout this package runs from ('unknown (not a git checkout)' for an installed copy; a copy
-    of a checkout without its .git, e.g. one sent to a GPU machine, may name its commit in MAKD_SOURCE_COMMIT)."""
+    """The commit of the checkout this package runs from ('unknown (not a git checkout)' for an installed copy)."""
     proc = subprocess.run(["git", "-C", ROOT, "rev-parse", "HEAD"], capture_output=True, text=True)
-    if proc.returncode == 0:
-        return proc.stdout.strip()
-    copied = os.environ.get("MAKD_SOURCE_COMMIT")
-    return f"{copied} (a copy of that commit, not a checkout)" if copied else "unknown (not a git checkout)"
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown (not a git checkout)"
 
 
 def git_state() -> dict:

@@ -118,7 +118,12 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
         going_on, cwd=ROOT)
     rows = json.loads((tmp_path / "going_on.json").read_text())["students"]
     assert sorted(r["method"] for r in rows) == sorted(s["method"] for s in students)  # each student once
-    assert [r.get("interrupted") for r in rows if r["method"] == "svd_ce"] == [None]
+    assert [(r["in_progress"], r["interrupted"]) for r in rows if r["method"] == "svd_ce"] == [(True, False)]
+    # the same directory as one that will not go on (its machine given back): the unfinished training interrupted
+    run(sys.executable, "-m", "benchmarks.diagnosis", "--stopped", f"translation={work}", "--out", going_on, cwd=ROOT)
+    rows = json.loads((tmp_path / "going_on.json").read_text())["students"]
+    assert [(r["in_progress"], r["interrupted"]) for r in rows if r["method"] == "svd_ce"] == [(False, True)]
+    assert "6 (interrupted)" in (tmp_path / "going_on.md").read_text()
 
     # the same students trained on a GPU are other students, and race against the GPU's svd_ce
     report = json.loads(earlier.read_text())
