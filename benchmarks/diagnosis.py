@@ -189,17 +189,20 @@ def plot(rows, path):
     plt = pyplot()
     tasks = sorted({r["task"] for r in rows})
     fig, axes = plt.subplots(2, len(tasks), figsize=(6.5 * len(tasks), 8), squeeze=False)
+    colors = plt.get_cmap("tab20").colors
     for j, task in enumerate(tasks):
-        for r in (r for r in rows if r["task"] == task):
+        for i, r in enumerate(r for r in rows if r["task"] == task):
             label = (f"{r['method']} {r['budget']:.0%} s{r['seed']} (cap {r['stopping']['max_update']}"
                      f"{', ' + r['device'] if r['device'] != 'cpu' else ''})")
             updates = [c[0] for c in r["curve"]]
-            line, = axes[0][j].plot(updates, [c[2] for c in r["curve"]], label=label)
-            axes[1][j].plot(updates, [c[1] for c in r["curve"]], color=line.get_color())
+            style = {"color": colors[i % len(colors)], "ls": "--" if r["device"] != "cpu" else "-"}
+            line, = axes[0][j].plot(updates, [c[2] for c in r["curve"]], label=label, **style)
+            axes[1][j].plot(updates, [c[1] for c in r["curve"]], **style)
             axes[0][j].axvline(r["stopped_on_nll"]["stopped_at"], color=line.get_color(), ls=":", lw=0.8)
-        axes[0][j].set(title=f"{task}: validation metric (dotted: where nll stopping ends)", ylabel="metric")
+        axes[0][j].set(title=f"{task}: validation metric", ylabel="metric")
         axes[1][j].set(xlabel="updates", ylabel="validation nll (bits)")
         axes[0][j].legend(fontsize=7)
+    fig.suptitle("dotted lines: where nll stopping ends; dashed curves: trained on a GPU", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
