@@ -127,7 +127,7 @@ QUALITY_METHODS = {
 }
 # issue 34's diagnosis, on validation only (benchmarks.quality --validation-only, benchmarks/diagnose.sh): variants
 # of the KD target and of the aspects, each from the same whitened student as the methods above; not in the default set
-WORD_KD_T1 = ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0", "--kd-temperature", "1"]
+WORD_KD_T1 = DISTILL_METHODS["word_kd"]  # word_kd since the diagnosis chose it; the name its curves were kept under
 DIAGNOSIS_METHODS = {
     "word_kd_t1": ("svd", WORD_KD_T1),  # T 1, CE + KL: the teacher was trained with label smoothing (arXiv 2206.14532)
     "kd_alpha_0.1": ("svd", [*WORD_KD_T1, "--kd-alpha", "0.1"]),  # convex (1 - a)·CE + a·KD, fairseq's form

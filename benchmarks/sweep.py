@@ -52,7 +52,7 @@ TRAIN_INIT = "whiten"
 _NORM = ["--feature-norm", "teacher"]
 
 
-def _word_kd(t, w):  # the makd criterion with the model aspect only (spelled out: METHODS now holds the winner)
+def _word_kd(t, w):  # the makd criterion with the model aspect only (spelled out: METHODS holds the diagnosis's choice)
     return ["--criterion", "makd", "--matrix-weight", "0", "--layer-weight", "0", "--kd-temperature", str(t),
             "--model-weight", str(w)]
 
