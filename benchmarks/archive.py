@@ -23,17 +23,31 @@ def read_kept(path):
     return lzma.decompress(open(path, "rb").read()).decode("utf-8")[:-1].split("\n")
 
 
-def reusable_seeds(args, data_hash, teacher_log):
+def protocol(fields):
+    """What makes two runs' students comparable: their init, training flags (the device aside: ``--cpu``), stopping
+    rule and checkpoint choice (``quality.training_fields``)."""
+    return {"student_init": fields.get("student_init"), "stopping": fields.get("stopping"),
+            "checkpoint_selection": fields.get("checkpoint_selection"),
+            "student_training": " ".join(f for f in (fields.get("student_training") or "").split() if f != "--cpu")}
+
+
+def reusable_seeds(args, data_hash, teacher_log, training):
     """{(method, budget, seed): (its seed record, its test hypotheses)} of the trained students of ``--reuse``'s
     results file, e.g. of a run on a machine since lost. Only when they were distilled from this run's teacher on
-    this run's data: the same data hash, and this teacher's test hypotheses (and the references) byte for byte those
-    kept next to that file; otherwise one clear error."""
+    this run's data under this run's protocol (``training``: this run's ``quality.training_fields``): the same data
+    hash, init, training flags, stopping rule and checkpoint choice, and this teacher's test hypotheses (and the
+    references) byte for byte those kept next to that file; otherwise one clear error."""
     path = args.reuse
     old = json.load(open(path))
     kept = os.path.join(os.path.dirname(os.path.abspath(path)), "hypotheses", args.task)
     if (old.get("task"), old.get("size")) != (args.task, args.size):
         raise SystemExit(f"benchmarks.quality: --reuse {path} is a {old.get('task')} run of size {old.get('size')}, "
                          f"not {args.task} of size {args.size}")
+    theirs, ours = protocol(old), protocol(training)
+    differ = [name for name in ours if theirs[name] != ours[name]]
+    if differ:
+        raise SystemExit(f"benchmarks.quality: --reuse {path}: its students were trained under another protocol "
+                         f"({', '.join(differ)} differ: {theirs[differ[0]]!r} there, {ours[differ[0]]!r} here)")
     if data_hash is None or old.get("data_sha256") != data_hash:
         raise SystemExit(f"benchmarks.quality: --reuse {path}: its data hash {old.get('data_sha256')} is not this "
                          f"data's ({data_hash}; prepare.py's manifest.json): its students saw other data")

@@ -7,7 +7,7 @@
 #
 # Resumable. DIAG_JOBS (default 2): trainings run at once by this call, one thread each. STAGEs run in the order
 # given (default candidates,long,variants: what decides the recipe and the rerun's cap before the ablations).
-# 1. WORK/data: prepare.py's data from the apt lists of 2026-11-29 (docs/benchmarks.md, "Data"); refused when the
+# 1. WORK/data: prepare.py's data from the apt lists of 2026-11-29 (benchmarks/offline_data.sh); refused when the
 #    lists' sha256 differ from benchmarks/results/data_manifest.json's inputs (another split: the teachers would not fit).
 # 2. WORK/teachers/TASK.pt: the run's teacher, from git history (1f2f84e:benchmarks/run_state/TASK/teacher/).
 # 3. candidates: the recipes item 2 chooses between, at the standard cap (3,000) on the long runs' validation grid
@@ -42,30 +42,10 @@ done
 case $jobs in [1-9]|[1-3][0-9]) ;; *) echo "diagnose.sh: DIAG_JOBS must be 1 to 39, got $jobs" >&2; exit 2 ;; esac
 case $device in cpu) suffix= ;; cuda) suffix=.cuda ;; *) echo "diagnose.sh: DIAG_DEVICE is cpu or cuda, got $device" >&2; exit 2 ;; esac
 case $report in none) report= ;; *) [ -f "$report" ] || { echo "diagnose.sh: DIAG_REPORT $report: no such file" >&2; exit 2; } ;; esac
-mkdir -p "$work/teachers"
-
-if [ ! -f "$work/data/manifest.json" ]; then
-  lists="$work/lists"
-  mkdir -p "$lists"
-  ls /var/lib/apt/lists/*_i18n_Translation-*.lz4 >/dev/null 2>&1 || apt-get update -o Acquire::Languages=en,de
-  cp /var/lib/apt/lists/*_i18n_Translation-*.lz4 "$lists/"
-  cp "$root"/examples/debian_descriptions/apt_lists_2026-11-29/*.lz4 "$lists/"
-  python3 - "$lists" "$root/benchmarks/results/data_manifest.json" <<'EOF'
-import hashlib, json, os, sys
-lists, manifest = sys.argv[1:]
-want = json.load(open(manifest))["inputs"]
-have = {name: hashlib.sha256(open(os.path.join(lists, name), "rb").read()).hexdigest() for name in want
-        if os.path.isfile(os.path.join(lists, name))}
-differ = sorted(name for name in want if have.get(name) != want[name])
-if differ:
-    sys.exit(f"diagnose.sh: these apt lists differ from the benchmark's (data_manifest.json inputs): {differ}; "
-             "the split, the vocabulary and so the teachers would not fit")
-EOF
-  python3 "$root/examples/debian_descriptions/prepare.py" --out "$work/data" --spm-vocab 1000 --max-source-words 120 \
-    --lists-dir "$lists"
-fi
-teacher="$work/teachers/$task.pt"
-[ -f "$teacher" ] || git -C "$root" show "1f2f84e:benchmarks/run_state/$task/teacher/checkpoint_best.pt" > "$teacher"
+# shellcheck source=benchmarks/offline_data.sh
+source "$root/benchmarks/offline_data.sh"
+offline_data "$work"
+teacher=$(run_teacher "$work" "$task")
 
 quality() {  # NAME [benchmarks.quality flags]
   local name=$1

@@ -84,7 +84,8 @@ def collect(paths, cap=None):
         result = json.load(open(path))
         if "students" in result:  # still training then: interrupted, unless an --in-progress directory goes on with it
             rows += [{**{k: v for k, v in r.items() if k not in ("race_against_svd_ce", "in_progress")},
-                      "device": r.get("device", "cpu"), "interrupted": bool(r.get("in_progress") or r.get("interrupted")),
+                      "device": r.get("device", "cpu"),
+                      "interrupted": bool(r.get("in_progress") or r.get("interrupted")),
                       **summarize(r["curve"], r["stopping"]["patience"], cap)} for r in result["students"]]
             continue
         patience = result["stopping"]["patience"]
@@ -168,8 +169,8 @@ def fmt(value, digits=2):
 
 def table(rows):
     capped = rows and "best_metric_at_cap" in rows[0]
-    lines = ["| task | method | budget | seed | device | cap / every / patience | updates | lowest nll (at) | metric there | "
-             "best metric (at) | stopped on nll: at, metric |"
+    lines = ["| task | method | budget | seed | device | cap / every / patience | updates | lowest nll (at) | "
+             "metric there | best metric (at) | stopped on nll: at, metric |"
              + (f" best metric up to {rows[0]['best_metric_at_cap']['cap']} (at) |" if capped else ""),
              "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if capped else "")]
     for r in rows:

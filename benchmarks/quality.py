@@ -188,7 +188,7 @@ def main(argv=None):
         log = run.path("generate", "teacher.txt")
         run.stage("generate teacher", generate_command(args, teacher), log,
                   lambda: has(log, "Generate test with beam"))
-        reused = reusable_seeds(args, data_hash, log)
+        reused = reusable_seeds(args, data_hash, log, training_fields(args))
 
     models, inits_of, jobs = plan(run, teacher, reused)
     seq_kd_data, seq_kd_lock = run.path("seq_kd_data"), threading.Lock()
@@ -226,7 +226,7 @@ def main(argv=None):
     races = add_races(run, args.races, models, scored,
                       default_race(stopping["max_update"], stopping["validate_interval_updates"]))
     methods = with_races(method_entries(run, models, scored, reused, inits_of, speeds), races)
-    for anchor in ["makd", *args.races]:  # against makd, and against makd-compress's default recipe when raced
+    for anchor in ["makd", *args.races]:  # against makd, and against each raced recipe (makd-compress's) run
         compare_with_makd(args.task, methods, models, scored, references, anchor=anchor)
     result = {
         "task": args.task, "size": args.size, "teacher_arch": teacher_arch(teacher),

@@ -56,7 +56,7 @@ def read_lm_scores(eval_log, hyps, refs):
 
 
 def compare_with_makd(task, methods, models, scored, references, samples=1000, anchor="makd"):
-    """Every method's ``vs_<anchor>`` (``vs_makd``; ``vs_makd_race`` against makd-compress's default recipe): its
+    """Every method's ``vs_<anchor>`` (``vs_makd``; ``vs_word_kd_race``, ``vs_makd_race``: makd-compress's recipes): its
     metric minus the anchor's at the same budget (each side's seeds averaged), with a 95% interval that resamples
     test items and each side's seeds (``makd_fairseq.score.seeds_and_items_bootstrap``; ``INTERVAL``). ``models``:
     (method, budget, seed, checkpoint); ``scored``: (method, budget, seed) -> (metrics, hypotheses)."""

@@ -145,11 +145,12 @@ DIAGNOSIS_METHODS = {
 }
 # every method a run can name: (initial student, criterion flags)
 ALL_METHODS = {**QUALITY_METHODS, **DIAGNOSIS_METHODS}
-# methods a run derives from two it trains, training nothing itself: makd-compress's default recipe, the method
-# raced against plain fine-tuning over its default race length on the validation metric; per seed, the winner's
+# methods a run derives from two it trains, training nothing itself: a method raced against plain fine-tuning over
+# makd-compress's default race length on the validation metric, as makd-compress races it; per seed, the winner's
 # student (makd-compress continues the winner from its race checkpoint: the same training, fairseq's patience counter
-# aside). (method, baseline)
-RACES = {"makd_race": ("makd", "svd_ce")}
+# aside). (method, baseline). word_kd_race is makd-compress's default recipe (--method word_kd, issue 34's
+# diagnosis); makd_race its recipe with --method makd, the default before.
+RACES = {"word_kd_race": ("svd_word_kd", "svd_ce"), "makd_race": ("makd", "svd_ce")}
 # how each kind of initial student is made: (tool, flags); "svd" and "vocab" also take benchmarks.quality's --init
 STUDENT_KINDS = {
     "svd": ("makd-init", []),

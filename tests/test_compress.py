@@ -55,26 +55,29 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
 
 
 def test_by_default_the_method_races_plain_fine_tuning_and_the_checkpoint_is_chosen_on_the_metric(compressed):
-    """What a user gets without --race / --select-on (a sequence-to-sequence teacher): a race of a quarter of the cap in
-    whole validation intervals (2 of 6 updates here), then the winner to the cap, chosen on validation BLEU."""
+    """What a user gets without --method / --race / --select-on (a sequence-to-sequence teacher): word KD racing plain
+    fine-tuning over a quarter of the cap in whole validation intervals (2 of 6 updates here), then the winner to the
+    cap, chosen on validation BLEU."""
     out, proc = compressed
     report = json.loads((out / "report.json").read_text())
     assert report["arguments"]["select_on"] == "metric" and report["arguments"]["race"] == 2
-    assert report["race"]["updates"] == 2 and sorted(report["race"]["values"]) == ["ce", "makd"]
+    assert report["method"] == "word_kd" and report["race"]["updates"] == 2
+    assert sorted(report["race"]["values"]) == ["ce", "word_kd"]
     assert report["training"]["selected_on"] == "bleu" and report["trained_method"] == report["race"]["winner"]
-    assert "[makd-compress] race: makd, 2 updates" in proc.stdout and "Race over the first 2 updates" in (
+    assert "[makd-compress] race: word_kd, 2 updates" in proc.stdout and "Race over the first 2 updates" in (
         out / "report.md").read_text()
 
 
 @pytest.mark.parametrize("given, lm, expected", [
-    ({}, False, ("metric", 750)),  # the defaults: a quarter of 3,000 updates, validations every 250
-    ({"max_update": 1000}, False, ("metric", 250)),  # 250 is a whole validation interval
-    ({"max_update": 900, "validate_interval_updates": 100}, False, ("metric", 200)),
-    ({"max_update": 250}, False, ("metric", 0)),  # no validation before the cap: no race
-    ({"method": "ce"}, False, ("metric", 0)),  # the method is the baseline
-    ({"select_on": "nll"}, False, ("nll", 0)),
-    ({"race": 100}, False, ("metric", 100)),  # given: kept
-    ({}, True, ("nll", 0)),  # a language model: its metric is the nll
+    ({}, False, ("word_kd", "metric", 750)),  # the defaults: word KD racing ce over a quarter of 3,000 updates
+    ({"max_update": 1000}, False, ("word_kd", "metric", 250)),  # 250 is a whole validation interval
+    ({"max_update": 900, "validate_interval_updates": 100}, False, ("word_kd", "metric", 200)),
+    ({"max_update": 250}, False, ("word_kd", "metric", 0)),  # no validation before the cap: no race
+    ({"method": "ce"}, False, ("ce", "metric", 0)),  # the method is the baseline
+    ({"method": "makd"}, False, ("makd", "metric", 750)),
+    ({"select_on": "nll"}, False, ("word_kd", "nll", 0)),
+    ({"race": 100}, False, ("word_kd", "metric", 100)),  # given: kept
+    ({}, True, ("makd", "nll", 0)),  # a language model: makd (not diagnosed), its metric is the nll
 ])
 def test_defaults_depend_on_the_teacher_and_the_cap(given, lm, expected):
     from makd_fairseq.cli.compress import get_parser, resolve_defaults
@@ -82,7 +85,7 @@ def test_defaults_depend_on_the_teacher_and_the_cap(given, lm, expected):
     args = get_parser().parse_args(["--teacher", "t.pt", "--data", "d", "--param-budget", "0.5", "--out", "o"])
     vars(args).update(given)
     resolve_defaults(args, lm)
-    assert (args.select_on, args.race) == expected
+    assert (args.method, args.select_on, args.race) == expected
 
 
 def test_the_speed_line_is_timed_as_the_speed_benchmark_times_it(compressed):

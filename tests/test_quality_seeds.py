@@ -171,6 +171,16 @@ def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(summarizat
                "--out", tmp_path / "refused.json", check=False, cwd=ROOT)
     assert proc.returncode != 0 and not (tmp_path / "refused.json").exists()
     assert "this run's teacher does not reproduce that run's (1 of" in proc.stdout + proc.stderr
+    # students trained under another protocol (here another patience) are not taken over either
+    changed = tmp_path / "changed"
+    shutil.copytree(first.parent, changed)
+    results = json.loads((changed / "summarization.json").read_text())
+    results["stopping"]["patience"] += 1
+    (changed / "summarization.json").write_text(json.dumps(results))
+    proc = run(sys.executable, *QUALITY, *flags, "--work", tmp_path / "work2", "--reuse", changed / "summarization.json",
+               "--out", tmp_path / "refused.json", check=False, cwd=ROOT)
+    assert proc.returncode != 0 and not (tmp_path / "refused.json").exists()
+    assert "its students were trained under another protocol (stopping differ" in proc.stdout + proc.stderr
 
 
 def test_two_commands_on_one_work_directory_keep_each_others_stage_times(tmp_path):

@@ -159,7 +159,7 @@ def test_makd_compress_selects_on_the_metric_and_reports_it(teacher, mt_data, tm
     validation BLEU continued from its own checkpoint to the cap; the report says which and on what values."""
     out = tmp_path / "run"
     run(sys.executable, "-m", "makd_fairseq.cli.compress", "--teacher", teacher, "--data", mt_data, "--out", out,
-        *COMPRESS, "--race", "2", "--quiet")
+        *COMPRESS, "--method", "makd", "--race", "2", "--quiet")
     report = json.loads((out / "report.json").read_text())
     raced = json.loads((out / "race.json").read_text())
     races = {m: validations((out / "race" / f"{m}.log").read_text(), "bleu") for m in ("makd", "ce")}

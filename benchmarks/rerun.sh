@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 34's rerun (item 4): the quality benchmark under the protocol the diagnosis chose, with the committed teachers
+# (not retrained):
+#
+#   bash benchmarks/rerun.sh WORK translation|summarization [TEACHER.pt NAME]
+#   RERUN_JOBS=1 bash benchmarks/rerun.sh WORK translation &     # the two tasks side by side on 2 cores,
+#   RERUN_JOBS=1 bash benchmarks/rerun.sh WORK summarization &   # one training of one thread each
+#   RERUN_PARTIAL=1 bash benchmarks/rerun.sh WORK TASK           # score what has finished training so far
+#
+# Protocol (docs/benchmarks.md, "The rerun"): every student stops and is chosen on the task's validation metric (BLEU
+# / ROUGE-L of beam-search hypotheses, every 250 updates, patience 4: the diagnosis's grid), with the teachers' cap of
+# 15,000 updates (the diagnosis's long runs stopped by patience at 4,250 to 6,500, best at 3,250 to 5,500). Methods:
+# svd_ce, svd_word_kd (CE + KL at T 1), svd_seq_kd, makd, makd_seq_kd, dense_sft_kd, and the raced recipes
+# word_kd_race (makd-compress's default) and makd_race; 50% with seeds 1, 2, 3 (in that order: every method's
+# seed 1 first), 25% with seed 1.
+# Data and teacher: benchmarks/offline_data.sh (the run's teacher from git history); TEACHER.pt NAME: another
+# teacher (e.g. NAME replicate), its run in WORK/TASK.NAME and benchmarks/results/rerun/NAME/.
+# Results: benchmarks/results/rerun/[NAME/]TASK.{json,md,png} and hypotheses/TASK/. Resumable in WORK; on another
+# machine the seeds already in that results file are taken over (benchmarks.quality --reuse: same teacher, data and
+# protocol), so a session can commit what finished (RERUN_PARTIAL=1) and the next one go on from there.
+set -euo pipefail
+usage="usage: rerun.sh WORK translation|summarization [TEACHER.pt NAME]"
+work=${1:?$usage} task=${2:?$usage} other=${3:-} name=${4:-} jobs=${RERUN_JOBS:-2}
+root=$(cd "$(dirname "$0")/.." && pwd)
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+case $task in translation|summarization) ;; *) echo "rerun.sh: task must be translation or summarization" >&2; exit 2 ;; esac
+case $jobs in [1-9]|[1-3][0-9]) ;; *) echo "rerun.sh: RERUN_JOBS must be 1 to 39, got $jobs" >&2; exit 2 ;; esac
+if [ -n "$other" ]; then
+  [ -f "$other" ] || { echo "rerun.sh: teacher $other: no such file" >&2; exit 2; }
+  case $name in [a-z]*) ;; *) echo "rerun.sh: a second teacher needs a NAME (letters first), e.g. replicate" >&2; exit 2 ;; esac
+fi
+# shellcheck source=benchmarks/offline_data.sh
+source "$root/benchmarks/offline_data.sh"
+offline_data "$work"
+teacher=${other:-$(run_teacher "$work" "$task")}
+out=$root/benchmarks/results/rerun${name:+/$name}
+mkdir -p "$out"
+results=$out/$task.json
+flags=(--task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" --budgets 0.5 0.25
+       --seeds 1 2 3 --seeded-budgets 0.5 --select-on metric --stopping 15000 250 4 --jobs "$jobs" --threads 1
+       --work "$work/$task${name:+.$name}" --out "$results"
+       --methods svd_only svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race)
+[ -f "$results" ] && flags+=(--reuse "$results")
+[ -n "${RERUN_PARTIAL:-}" ] && flags+=(--partial)
+python3 -m benchmarks.quality "${flags[@]}" >> "$work/$task${name:+.$name}.rerun.log" 2>&1 \
+  || { echo "rerun.sh: $task failed, see $work/$task${name:+.$name}.rerun.log" >&2; exit 1; }
+tail -n 40 "$work/$task${name:+.$name}.rerun.log" | grep '^|' || true
