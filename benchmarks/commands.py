@@ -82,15 +82,16 @@ def teacher_data_command(args, teacher, out):
             *(["--cpu"] if device_flags(args) == ["--cpu"] else [])]
 
 
-def generate_command(args, checkpoint):
-    """makd-compress's fairseq-generate (test split) with the benchmark's beam, lengths, batch and truncation."""
+def generate_command(args, checkpoint, subset="test"):
+    """makd-compress's fairseq-generate (test split, or ``subset``) with the benchmark's beam, lengths, batch and
+    truncation."""
     from makd_fairseq.compress import generate_command as generate
 
     train = common_flags(args.size) + STUDENT_TRAIN[args.size]
     return generate(args.data, checkpoint, [
         *GENERATE[args.task], "--batch-size", str(args.batch_size), "--truncate-source",
         "--max-source-positions", flag_value(train, "--max-source-positions"), *shlex.split(args.generate_args)],
-        args.remove_bpe, device_flags(args))
+        args.remove_bpe, device_flags(args), subset)
 
 
 def eval_lm_command(args, checkpoint):

@@ -26,6 +26,9 @@ the table marks those whose training has not ended "in progress" (their rows can
 TASK=WORK`` reads a work directory whose trainings will not go on (copied back from a machine since given back):
 its unfinished trainings are marked "interrupted".
 
+A results file's ``teacher_valid`` (the teacher decoded on the valid split as the students are validated) gives each
+task's teacher metric; the table shows each best metric's share of it.
+
 Writes OUT.json (every curve and summary, with the commits the students trained at), OUT.md (the table) and OUT.png
 (metric and nll against updates).
 """
@@ -38,7 +41,7 @@ import os
 from makd_fairseq import fairseq_logs
 from makd_fairseq.files import git_state, write_json, write_text
 
-from .commands import flag_value
+from .commands import VALID_METRIC, flag_value
 from .provenance import command
 from .report import pyplot
 
@@ -74,6 +77,18 @@ def summarize(curve, patience, cap=None):
     if cap is not None:
         summary["best_metric_at_cap"] = {"cap": cap, **(point(best_on_metric(curve, cap)) or {})}
     return summary
+
+
+def teachers(paths):
+    """{task: the teacher's validation metric} from the results files (``teacher_valid``) and earlier reports."""
+    found = {}
+    for path in paths:
+        result = json.load(open(path))
+        if "students" in result:
+            found.update(result.get("teacher_valid") or {})
+        elif result.get("teacher_valid"):
+            found[result["task"]] = result["teacher_valid"][VALID_METRIC[result["task"]]]
+    return found
 
 
 def collect(paths, cap=None):
@@ -167,6 +182,12 @@ def fmt(value, digits=2):
     return "–" if value is None else f"{value:.{digits}f}"
 
 
+def share(row, value):
+    """``value`` as a share of the row's teacher on validation ('' when the report has no teacher for its task)."""
+    teacher = row.get("teacher_metric")
+    return "" if value is None or not teacher else f" = {value / teacher:.1%}"
+
+
 def table(rows):
     capped = rows and "best_metric_at_cap" in rows[0]
     lines = ["| task | method | budget | seed | device | cap / every / patience | updates | lowest nll (at) | "
@@ -181,7 +202,8 @@ def table(rows):
             f"{s['validate_interval_updates']} / {s['patience']} | {r['updates']}"
             f"{' (in progress)' if r.get('in_progress') else ' (interrupted)' if r.get('interrupted') else ''} | "
             f"{n['nll']:.3f} ({n['updates']}) | "
-            f"{fmt(n['metric'])} | {fmt(b and b['metric'])} ({b and b['updates']}) | {o['stopped_at']}, "
+            f"{fmt(n['metric'])} | {fmt(b and b['metric'])}{share(r, b and b['metric'])} ({b and b['updates']}) | "
+            f"{o['stopped_at']}, "
             f"{fmt(o['metric'])} |" + (f" {fmt(c.get('metric'))} ({c.get('updates')}) |" if capped else ""))
     return "\n".join(lines)
 
@@ -236,12 +258,16 @@ def main(argv=None):
         rows = [r for r in rows if key(r) not in {key(g) for g in read}] + read
     if not rows:
         parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
+    teacher_valid = teachers(args.results)
+    for r in rows:  # the same teacher for every student of a task
+        r["teacher_metric"] = teacher_valid.get(r["task"])
     for r in rows if cap else ():  # how long a race against svd_ce (same task, budget, device) must be: makd-compress
         base = [b for b in rows if b["method"] == "svd_ce" and (b["task"], b["budget"], b["device"]) == (
             r["task"], r["budget"], r["device"])]
         if base and r["method"] != "svd_ce":
             r["race_against_svd_ce"] = settles(r["curve"], base[0]["curve"], cap)
-    write_json(args.out + ".json", {"students": rows, "command": command("benchmarks.diagnosis", argv),
+    write_json(args.out + ".json", {"students": rows, "teacher_valid": teacher_valid,
+                                    "command": command("benchmarks.diagnosis", argv),
                                     "reported_at": git_state()})
     raced = [r for r in rows if r.get("race_against_svd_ce")]
     races = ["A race against svd_ce (`makd-compress --race N`, best validation metric so far at N): which racer "
@@ -253,7 +279,10 @@ def main(argv=None):
         f"| {x['settled_at'] if x['settled_at'] is not None else '–'} | "
         f"{' '.join(f'{n}:{p[0]}' for n, p in x['picks']).replace(':b', ':c')} |"
         for r in raced for x in [r["race_against_svd_ce"]]] if raced else []
-    text = "\n\n".join([f"`{command('benchmarks.diagnosis', argv)}`", table(rows), "\n".join(races), ""])
+    teacher_line = ["The teacher on validation (each best metric's share of it follows the metric): " + ", ".join(
+        f"{task} {value:.2f}" for task, value in sorted(teacher_valid.items()))] if teacher_valid else []
+    text = "\n\n".join([f"`{command('benchmarks.diagnosis', argv)}`", *teacher_line, table(rows), "\n".join(races),
+                         ""])
     write_text(args.out + ".md", text)
     plot(rows, args.out + ".png")
     print(table(rows))

@@ -55,7 +55,7 @@ from .diagnosis import table as diagnosis_table
 from .records import add_races, method_entries, seed_record, seq_kd_manifest, teacher_arch, with_races
 from .report import plot, table
 from .runner import Run, model_name, seeds_of
-from .scoring import INTERVAL, METRICS, compare_with_makd
+from .scoring import INTERVAL, METRICS, compare_with_makd, read_generation, score
 from .sizes import (ALL_METHODS, GENERATE, QUALITY_METHODS, RACES, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH,
                     common_flags, is_lm_size)
 from .stages import evaluations, finished, has, plan, score_models, time_generation
@@ -280,9 +280,19 @@ def provenance(run, argv, data_hash, started):
             "wall_s": round(time.time() - started, 1)}
 
 
+def teacher_on_valid(run, teacher):
+    """The teacher's scores on the valid split, as the students' ``valid_<metric>`` measures theirs (makd_fairseq/
+    validation.py: makd-score of fairseq-generate with the test generation's flags): what their share of the teacher
+    is taken of in the diagnosis."""
+    log = run.path("generate", "teacher.valid.txt")
+    run.stage("generate teacher valid", generate_command(run.args, teacher, subset="valid"), log,
+              lambda: has(log, "Generate valid with beam"))
+    return score(run.args.task, *read_generation(log))[0]
+
+
 def report_validation(run, argv, models, pending, data_hash, started):
-    """--validation-only: each trained student's record (validation curve, updates, the commits it trained at) and
-    the diagnosis table of its curves; nothing is decoded on test."""
+    """--validation-only: each trained student's record (validation curve, updates, the commits it trained at), the
+    teacher's scores on the valid split and the diagnosis table of the curves; nothing is decoded on test."""
     args = run.args
     methods = []
     for method, budget in dict.fromkeys((m, b) for m, b, s, _ in models if s is not None):
@@ -290,7 +300,7 @@ def report_validation(run, argv, models, pending, data_hash, started):
                  if (m, b) == (method, budget) and c is not None and model_name(m, b, s) not in pending]
         methods.append({"method": method, "budget": budget, "flags": ALL_METHODS[method][1], "seeds": seeds})
     write_json(args.out, {"task": args.task, "size": args.size, "device": args.device, "validation_only": True,
-                          "methods": methods,
+                          "teacher_valid": teacher_on_valid(run, models[0][3]), "methods": methods,
                           "pending": pending, **training_fields(args), **provenance(run, argv, data_hash, started)})
     text = diagnosis_table(collect_curves([args.out]))
     write_text(os.path.splitext(args.out)[0] + ".md", text + "\n")

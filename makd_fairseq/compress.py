@@ -246,14 +246,14 @@ def race_line(r) -> str:
                                     if r["winner"] == RACE_BASELINE else "."))
 
 
-def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",)):
-    """fairseq-generate on the test split (``flags``: beam, batch, lengths, ...): the command makd-compress and the
-    quality benchmark evaluate encoder-decoder models with; ``makd_translation``'s generator keeps encoder states once
-    per source sentence (fairseq's hypotheses, faster)."""
+def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",), subset="test"):
+    """fairseq-generate on the test split (``subset``; ``flags``: beam, batch, lengths, ...): the command makd-compress
+    and the quality benchmark evaluate encoder-decoder models with; ``makd_translation``'s generator keeps encoder
+    states once per source sentence (fairseq's hypotheses, faster)."""
     # --required-batch-size-multiple 1: fairseq main's default of 8 drops the last batch's remainder, i.e. up to 7
     # test sentences (fairseq#5036)
     return ["fairseq-generate", data, "--user-dir", USER_DIR, "--task", "makd_translation", "--path", checkpoint,
-            "--gen-subset", "test", *flags,
+            "--gen-subset", subset, *flags,
             "--required-batch-size-multiple", "1", "--num-workers", "0",
             *(["--remove-bpe", remove_bpe] if remove_bpe != "none" else []),
             "--skip-invalid-size-inputs-valid-test", *device]

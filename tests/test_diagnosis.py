@@ -67,13 +67,23 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
         assert [row[0] for row in seed["curve"]] == list(range(2, seed["updates"] + 1, 2)), m["method"]
         assert all(row[2] is not None for row in seed["curve"])  # the BLEU of every validation
         assert seed["trained_at"]
-    assert not (work / "generate").exists()  # nothing decoded on test
+    # nothing decoded on test; the teacher on the valid split, as the students' valid_bleu measures them
+    assert sorted(p.name for p in (work / "generate").iterdir()) == ["teacher.valid.txt",
+                                                                     "teacher.valid.txt.provenance.json"]
+    assert "Generate valid with beam" in (work / "generate" / "teacher.valid.txt").read_text()
+    assert set(result["teacher_valid"]) == {"bleu", "chrf"}
     report = tmp_path / "diagnosis"
     run(sys.executable, "-m", "benchmarks.diagnosis", out, "--out", report, cwd=ROOT)
     students = json.loads((tmp_path / "diagnosis.json").read_text())["students"]
     assert [s["method"] for s in students] == ["svd_ce", "kd_alpha_0.5", "makd_no_layer"]
     assert all(s["stopped_on_nll"]["stopped_at"] <= s["updates"] for s in students)
-    assert "| translation | kd_alpha_0.5 | 50% | 1 | cpu | 6 / 2 / 2 |" in (tmp_path / "diagnosis.md").read_text()
+    md = (tmp_path / "diagnosis.md").read_text()
+    assert "| translation | kd_alpha_0.5 | 50% | 1 | cpu | 6 / 2 / 2 |" in md
+    teacher_bleu = result["teacher_valid"]["bleu"]
+    assert json.loads((tmp_path / "diagnosis.json").read_text())["teacher_valid"] == {"translation": teacher_bleu}
+    assert f"translation {teacher_bleu:.2f}" in md
+    best = students[1]["best_metric"]["metric"]
+    assert f"{best:.2f} = {best / teacher_bleu:.1%} (" in md
     assert (tmp_path / "diagnosis.png").stat().st_size > 0
 
     # the same work directory read without its results file: the same curves; a training whose log has not ended
