@@ -69,12 +69,14 @@ def test_by_default_the_method_races_plain_fine_tuning_and_the_checkpoint_is_cho
 
 
 @pytest.mark.parametrize("given, lm, expected", [
-    ({}, False, ("word_kd", "metric", 750)),  # the defaults: word KD racing ce over a quarter of 3,000 updates
+    ({}, False, ("word_kd", "metric", 1000)),  # the defaults: word KD racing ce, 1,000 of the cap of 15,000
+    ({"max_update": 3000}, False, ("word_kd", "metric", 750)),  # a quarter of the cap below 1,000
     ({"max_update": 1000}, False, ("word_kd", "metric", 250)),  # 250 is a whole validation interval
     ({"max_update": 900, "validate_interval_updates": 100}, False, ("word_kd", "metric", 200)),
+    ({"max_update": 8000, "validate_interval_updates": 300}, False, ("word_kd", "metric", 900)),  # at most 1,000
     ({"max_update": 250}, False, ("word_kd", "metric", 0)),  # no validation before the cap: no race
     ({"method": "ce"}, False, ("ce", "metric", 0)),  # the method is the baseline
-    ({"method": "makd"}, False, ("makd", "metric", 750)),
+    ({"method": "makd"}, False, ("makd", "metric", 1000)),
     ({"select_on": "nll"}, False, ("word_kd", "nll", 0)),
     ({"race": 100}, False, ("word_kd", "metric", 100)),  # given: kept
     ({}, True, ("makd", "nll", 0)),  # a language model: makd (not diagnosed), its metric is the nll

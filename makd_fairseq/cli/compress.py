@@ -36,7 +36,9 @@ def get_parser():
                              "the diagnosis (validation; docs/benchmarks.md), makd for language models")
     parser.add_argument("--init", choices=("whiten", "svd"), default="whiten")
     parser.add_argument("--calibration-tokens", type=int, default=32768)
-    parser.add_argument("--max-update", type=int, default=3000, help="cap on training updates")
+    parser.add_argument("--max-update", type=int, default=15000,
+                        help="cap on training updates (a training ends earlier when validation stops improving: "
+                             "--patience; on the diagnosis's curves that took 4,250 to 6,500 updates)")
     parser.add_argument("--validate-interval-updates", type=int, default=250)
     parser.add_argument("--patience", type=int, default=4,
                         help="validations without a better value (--select-on) before stopping")
@@ -48,8 +50,8 @@ def get_parser():
     parser.add_argument("--race", type=int, metavar="N",
                         help="first train --method and plain cross-entropy fine-tuning (ce) N updates each from the "
                              "same init and continue the one with the better validation metric to --max-update; the "
-                             "report says which. Default: a quarter of --max-update in whole validation intervals "
-                             "(750 of 3000) with --select-on metric, else 0 (no race)")
+                             "report says which. Default: a quarter of --max-update, at most 1000 updates, in whole "
+                             "validation intervals (1000 of 15000) with --select-on metric, else 0 (no race)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-tokens", type=int, default=4000)
     parser.add_argument("--metric", choices=METRICS, help="default: ppl for language models, else rouge")
@@ -75,7 +77,9 @@ def resolve_defaults(args, lm) -> None:
     quarter of the cap in whole validation intervals. On the diagnosis's curves (docs/benchmarks.md, "Diagnosis"; one
     seed per task, validation) this recipe gives the best student of makd, word_kd and ce on both tasks: it keeps
     plain fine-tuning on en→de and word KD on summarization, where a race of makd keeps makd, 0.6 ROUGE-L below word
-    KD. Language models: makd (not diagnosed), the validation nll (their perplexity), no race."""
+    KD. The race lasts at most 1,000 updates (``compress.default_race``), the cap is 15,000: trainings end when
+    validation stops improving. Language models: makd (not diagnosed), the validation nll (their perplexity), no
+    race."""
     if args.method is None:
         args.method = "makd" if lm else "word_kd"
     if args.select_on is None:
