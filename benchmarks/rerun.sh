@@ -14,7 +14,8 @@
 # word_kd_race (makd-compress's default) and makd_race; 50% with seeds 1, 2, 3 (in that order: every method's
 # seed 1 first), 25% with seed 1.
 # Data and teacher: benchmarks/offline_data.sh (the run's teacher from git history); TEACHER.pt NAME: another
-# teacher (e.g. NAME replicate), its run in WORK/TASK.NAME and benchmarks/results/rerun/NAME/.
+# teacher (e.g. NAME replicate), its run in WORK/rerun/TASK.NAME and benchmarks/results/rerun/NAME/. The students train
+# in WORK/rerun/ (not WORK/TASK: diagnose.sh's trainings of the same names under another protocol live there).
 # Results: benchmarks/results/rerun/[NAME/]TASK.{json,md,png} and hypotheses/TASK/. Resumable in WORK; on another
 # machine the seeds already in that results file are taken over (benchmarks.quality --reuse: same teacher, data and
 # protocol), so a session can commit what finished (RERUN_PARTIAL=1) and the next one go on from there.
@@ -38,10 +39,11 @@ mkdir -p "$out"
 results=$out/$task.json
 flags=(--task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" --budgets 0.5 0.25
        --seeds 1 2 3 --seeded-budgets 0.5 --select-on metric --stopping 15000 250 4 --jobs "$jobs" --threads 1
-       --work "$work/$task${name:+.$name}" --out "$results"
+       --work "$work/rerun/$task${name:+.$name}" --out "$results"
        --methods svd_only svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race)
 [ -f "$results" ] && flags+=(--reuse "$results")
 [ -n "${RERUN_PARTIAL:-}" ] && flags+=(--partial)
-python3 -m benchmarks.quality "${flags[@]}" >> "$work/$task${name:+.$name}.rerun.log" 2>&1 \
-  || { echo "rerun.sh: $task failed, see $work/$task${name:+.$name}.rerun.log" >&2; exit 1; }
-tail -n 40 "$work/$task${name:+.$name}.rerun.log" | grep '^|' || true
+log=$work/rerun/$task${name:+.$name}.log
+mkdir -p "$work/rerun"
+python3 -m benchmarks.quality "${flags[@]}" >> "$log" 2>&1 || { echo "rerun.sh: $task failed, see $log" >&2; exit 1; }
+tail -n 40 "$log" | grep '^|' || true
