@@ -93,7 +93,8 @@ def teachers(paths):
 
 def collect(paths, cap=None):
     """Every trained student of the given results files, with its summary. A file may also be an earlier report
-    (OUT.json): its students are kept as they are (their work directories may be gone with a machine)."""
+    (OUT.json): its students are kept as they are (their work directories may be gone with a machine). A student in
+    several files is taken from the last (give the earlier report first)."""
     rows = []
     for path in paths:
         result = json.load(open(path))
@@ -115,7 +116,8 @@ def collect(paths, cap=None):
                              "updates": seed["updates"], "early_stopped": seed["early_stopped"],
                              "trained_at": seed.get("trained_at"), "curve": seed["curve"],
                              **summarize(seed["curve"], patience, cap)})
-    return rows
+    latest = {key(r): r for r in rows}  # one student read twice (an earlier report, then its results file): the later
+    return [r for r in rows if latest[key(r)] is r]
 
 
 def key(row):

@@ -135,6 +135,12 @@ def test_validation_only_run_trains_diagnosis_methods_and_decodes_nothing_on_tes
     assert [(r["in_progress"], r["interrupted"]) for r in rows if r["method"] == "svd_ce"] == [(False, True)]
     assert "6 (interrupted)" in (tmp_path / "going_on.md").read_text()
 
+    # an earlier report that had a student in progress, then the results file it finished in: the student once, finished
+    run(sys.executable, "-m", "benchmarks.diagnosis", earlier, out, "--out", tmp_path / "finished", cwd=ROOT)
+    rows = json.loads((tmp_path / "finished.json").read_text())["students"]
+    assert sorted(r["method"] for r in rows) == sorted(s["method"] for s in students)
+    assert not any(r.get("interrupted") or r.get("in_progress") for r in rows)
+
     # the same students trained on a GPU are other students, and race against the GPU's svd_ce
     report = json.loads(earlier.read_text())
     gpu = [dict(r, device="cuda") for r in report["students"]]
