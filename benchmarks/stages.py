@@ -33,8 +33,10 @@ def extend(source, save, cmd):
     cap) ended: its checkpoints, log and provenance are copied into ``save``, whose fairseq-train then continues from
     the checkpoint_last.pt to its own cap, the log keeping every validation. fairseq reseeds every update from the
     seed and the update number and restores the optimizer, schedule (inverse_sqrt: no cap in it) and data position, so
-    the result is the training to the higher cap, less the updates done twice; one that stopped early stopped where
-    the longer one would (same grid, same patience) and is kept whole, finished. Nothing is copied when ``save``
+    the result is a training to the higher cap, less the updates done twice (on the fixtures the very curve of a
+    straight run; on the real data it leaves that curve after the resume point, by as much as another run of the same
+    recipe: docs/benchmarks.md); one that stopped early stopped where the longer one would (same grid, same patience)
+    and is kept whole, finished. Nothing is copied when ``save``
     has begun or ``source`` has not finished; a source whose command differs in more than ``FREE`` is refused (the
     initial student is not compared: the training goes on from the source's weights)."""
     log = os.path.join(source, "train.log")
