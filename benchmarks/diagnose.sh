@@ -30,8 +30,8 @@
 set -euo pipefail
 usage="usage: diagnose.sh WORK [translation|summarization] [STAGE,... of candidates, long, variants, standard]"
 work=${1:?$usage} task=${2:-translation} stages=${3:-candidates,long,variants} jobs=${DIAG_JOBS:-2}
-device=${DIAG_DEVICE:-cpu} report=${DIAG_REPORT:-$(cd "$(dirname "$0")/.." && pwd)/benchmarks/results/diagnosis.json}
 root=$(cd "$(dirname "$0")/.." && pwd)
+device=${DIAG_DEVICE:-cpu} report=${DIAG_REPORT:-$root/benchmarks/results/diagnosis.json}
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 case $task in translation|summarization) ;; *) echo "diagnose.sh: task must be translation or summarization" >&2; exit 2 ;; esac
 IFS=, read -r -a stages <<< "$stages"

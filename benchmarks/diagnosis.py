@@ -143,17 +143,17 @@ def in_progress(task, work, known, cap=None, going_on=True):
         stopping = {"max_update": int(flag_value(cmd, "--max-update")),
                     "validate_interval_updates": int(flag_value(cmd, "--validate-interval-updates")),
                     "patience": int(flag_value(cmd, "--patience"))}
-        device = "cpu" if "--cpu" in cmd else "cuda"
-        if (task, method, budget, seed, stopping["max_update"], device) in known or not curve:
+        if not curve:
             continue
         unfinished = not fairseq_logs.finished(text)
-        rows.append({"task": task, "results": None, "in_progress": unfinished and going_on,
-                     "interrupted": unfinished and not going_on, "method": method,
-                     "budget": budget, "seed": seed, "device": device, "flags": None, "stopping": stopping,
-                     "selection": "metric" if metric else "nll", "updates": curve[-1][0],
-                     "early_stopped": fairseq_logs.early_stopped(text),
-                     "trained_at": [s["commit"] for s in started], "curve": curve,
-                     **summarize(curve, stopping["patience"], cap)})
+        row = {"task": task, "results": None, "in_progress": unfinished and going_on,
+               "interrupted": unfinished and not going_on, "method": method, "budget": budget, "seed": seed,
+               "device": "cpu" if "--cpu" in cmd else "cuda", "flags": None, "stopping": stopping,
+               "selection": "metric" if metric else "nll", "updates": curve[-1][0],
+               "early_stopped": fairseq_logs.early_stopped(text), "trained_at": [s["commit"] for s in started],
+               "curve": curve}
+        if key(row) not in known:
+            rows.append({**row, **summarize(curve, stopping["patience"], cap)})
     return rows
 
 
@@ -257,7 +257,8 @@ def main(argv=None):
     rows = collect(args.results, cap)
     for task, directory, going_on in work:  # a TASK may have several (standard-cap and long runs)
         read = in_progress(task, directory, {key(r) for r in rows if not r.get("interrupted")}, cap, going_on)
-        rows = [r for r in rows if key(r) not in {key(g) for g in read}] + read
+        replaced = {key(r) for r in read}
+        rows = [r for r in rows if key(r) not in replaced] + read
     if not rows:
         parser.error("no student with a validation curve in these files (run benchmarks.quality --validation-only)")
     teacher_valid = teachers(args.results)
