@@ -8,6 +8,7 @@
     python3 -m benchmarks.rescore A.json      # a results file's intervals again, over test items and seeds
     python3 -m benchmarks.diagnosis A.json    # validation curves of --validation-only runs (diagnose.sh: issue 34)
     python3 -m benchmarks.train_teacher --help    # a benchmark teacher alone
+    python3 -m benchmarks.carry --help        # trainings begun on another machine (a lent GPU), carried by tar
 
 The modules: ``sizes`` (model and training presets), ``runner`` (a run's work directory and its stages),
 ``commands`` (the fairseq / makd commands a run starts), ``scoring`` (metrics of kept outputs), ``archive`` (the

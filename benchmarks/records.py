@@ -25,14 +25,20 @@ def training_record(log, metric=None):
             else [row + [None] for row in fairseq_logs.valid_curve(text)]}
 
 
+def device_of(command):
+    """Where a recorded command ran: ``cpu`` (fairseq's --cpu) or ``gpu``."""
+    return "cpu" if "--cpu" in command else "gpu"
+
+
 def seed_record(run, method, seed, checkpoint, metrics):
-    """One trained model: its scores, best validation nll, updates, validation curve, and the commit(s) it was
-    trained at."""
+    """One trained model: its scores, best validation nll, updates, validation curve, and the commit(s) and device(s)
+    it was trained at (one record per start of its training)."""
     log = run.path("teacher.log") if method == "teacher" else os.path.join(os.path.dirname(checkpoint), "train.log")
     prov = log + ".provenance.json"
     return {"seed": seed, "metrics": metrics, **training_record(log, VALID_METRIC.get(run.args.task)),
             "checkpoint": os.path.relpath(checkpoint, run.work),
-            "trained_at": [{k: r[k] for k in ("commit", "dirty", "started")} for r in json.load(open(prov))]
+            "trained_at": [{**{k: r[k] for k in ("commit", "dirty", "started")}, "device": device_of(r["command"])}
+                           for r in json.load(open(prov))]
             if os.path.isfile(prov) else None}
 
 

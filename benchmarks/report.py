@@ -5,7 +5,7 @@ JSON."""
 import textwrap
 
 from .scoring import METRICS
-from .sizes import QUALITY_METHODS, SEQ_KD_METHODS
+from .sizes import QUALITY_METHODS, RACES, SEQ_KD_METHODS
 
 
 def standing(vs, anchor="makd"):
@@ -79,9 +79,32 @@ def table(result):
     if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]):
         lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
                       "sources (what they are trained on), not against the references as the other rows."]
+    if gpu_trained(result):
+        lines += ["", "Trained on a GPU (the same fp32 recipe; the rest of each training on the CPU, resumed from its "
+                      f"checkpoint_last.pt): {'; '.join(gpu_trained(result))}."]
     if result.get("pending"):
         lines += ["", f"Partial: {len(result['pending'])} trainings not finished yet ({', '.join(result['pending'])})."]
     return "\n".join(lines) + "\n"
+
+
+def gpu_trained(result):
+    """``b50/makd/seed1 (updates 0–3,000)`` for each student whose training (or a start of it) ran on a GPU: the
+    updates of each GPU start where every start is matched by a resumption in its log, else ``(partly)``."""
+    found = []
+    for m in result["methods"]:
+        for r in m.get("seeds") or []:
+            starts = r.get("trained_at") or []
+            if m["budget"] is None or m["method"] in RACES or not any(s.get("device") == "gpu" for s in starts):
+                continue
+            resumed = r.get("resumed_at") or []
+            name = f"b{round(m['budget'] * 100)}/{m['method']}/seed{r['seed']}"
+            if len(starts) != len(resumed) + 1:
+                found.append(f"{name} (partly)")
+                continue
+            ends = [*resumed, r["updates"]]
+            spans = [f"{a:,}–{b:,}" for s, a, b in zip(starts, [0, *resumed], ends) if s.get("device") == "gpu"]
+            found.append(f"{name} (updates {', '.join(spans)})")
+    return found
 
 
 def pyplot():

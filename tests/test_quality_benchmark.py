@@ -42,7 +42,7 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     for m in result["methods"][2:]:
         assert [r["seed"] for r in m["seeds"]] == [1] and m["sd"] is None
         assert len(m["seeds"][0]["trained_at"][0]["commit"]) == 40 and m["seeds"][0]["trained_at"][0]["dirty"] in (
-            True, False)
+            True, False) and m["seeds"][0]["trained_at"][0]["device"] == "cpu"
     kept = tmp_path / "hypotheses" / "translation"
     assert result["hypotheses"] == "hypotheses/translation"  # relative to the results file, wherever it is kept
     assert len(list(kept.glob("*.txt.xz"))) == 1 + 10  # references, the teacher and 9 students

@@ -113,6 +113,31 @@ def test_table_says_how_many_seeds_stopped_early():
     assert cells == {"svd_ce": "2,700 (early stop: 1 of 2)", "svd_word_kd": "2,700 (early stop)", "makd": "2,700"}
 
 
+def test_table_names_the_students_trained_on_a_gpu_and_their_updates_there():
+    """A student whose training started (or resumed) on a GPU is named under the table with the updates each GPU
+    start covered; one whose starts do not match its log's resumptions is said to be trained there partly; raced rows
+    (copies of a racer) and CPU-only students are not listed."""
+    from benchmarks.records import device_of
+    from benchmarks.report import table
+
+    assert device_of(["fairseq-train", "DATA", "--cpu"]) == "cpu" and device_of(["fairseq-train", "DATA"]) == "gpu"
+
+    def row(method, devices, resumed, updates=4200):
+        starts = [{"commit": "0" * 40, "dirty": False, "started": "", "device": d} for d in devices]
+        seeds = [{"seed": 1, "trained_at": starts, "resumed_at": resumed, "updates": updates}]
+        return {"method": method, "budget": 0.5, "params": 10, "metrics": {"rougeL": 20.0, "rouge1": 22.0,
+                "rouge2": 8.0}, "seeds": seeds, "updates": updates}
+
+    teacher = {"method": "teacher", "budget": None, "params": 20, "metrics": {"rougeL": 25.0, "rouge1": 27.0,
+               "rouge2": 10.0}}
+    rows = [row("makd", ["gpu", "gpu", "cpu"], [2500, 3000], 6250), row("svd_seq_kd", ["gpu"], [], 3000),
+            row("svd_ce", ["cpu", "cpu"], [3000]), row("svd_word_kd", ["gpu", "cpu"], []),
+            row("makd_race", ["gpu", "gpu", "cpu"], [2500, 3000], 6250)]
+    text = table({"task": "summarization", "methods": [teacher, *rows]})
+    assert ("checkpoint_last.pt): b50/makd/seed1 (updates 0–2,500, 2,500–3,000); b50/svd_seq_kd/seed1 (updates "
+            "0–3,000); b50/svd_word_kd/seed1 (partly).") in text
+
+
 def test_table_says_where_makd_stands_against_each_method():
     """The vs-makd cell names makd's standing: ahead when the method's interval lies below 0, behind when above,
     level when it contains 0."""

@@ -14,12 +14,16 @@ N, M = 3, 3
 
 
 def train(data, teacher, student, save_dir, max_update, *extra):
-    return run("fairseq-train", data, "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path",
+    return run("fairseq-train", *train_args(data, teacher, student, save_dir, max_update, *extra))
+
+
+def train_args(data, teacher, student, save_dir, max_update, *extra):
+    return [data, "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path",
                teacher, "--arch", "lowrank_transformer", "--finetune-from-model", student, *TINY_ARCH,
                "--criterion", "makd", "--cpu", "--seed", "1", "--optimizer", "adam", "--lr", "0.001",
                "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "4", "--max-tokens", "512",
                "--max-update", str(max_update), "--log-format", "simple", "--log-interval", "1",
-               "--num-workers", "0", "--no-progress-bar", "--save-dir", save_dir, "--no-epoch-checkpoints", *extra)
+               "--num-workers", "0", "--no-progress-bar", "--save-dir", save_dir, "--no-epoch-checkpoints", *extra]
 
 
 def losses(log: str) -> dict:
@@ -52,6 +56,58 @@ def test_resumed_run_equals_uninterrupted_run(mt_data, teacher, tmp_path):
     assert a["optimizer_history"][-1]["num_updates"] == b["optimizer_history"][-1]["num_updates"] == N + M
     for key, value in a["model"].items():
         assert torch.allclose(value, b["model"][key], rtol=0, atol=1e-6), key
+
+
+def test_a_training_carried_to_another_work_directory_goes_on_there(mt_data, teacher, tmp_path):
+    """benchmarks.carry: a training killed after its first checkpoint (as when a lent machine is given back), packed,
+    and unpacked into another work directory goes on there from that checkpoint, its updates after it those of an
+    uninterrupted run; its best checkpoint travels without the optimizer state; a second unpack is refused and
+    leaves the training as it is."""
+    import json
+    import os
+    import subprocess
+    import time
+
+    from benchmarks import carry
+
+    END = 30  # far enough past the first checkpoint (update 3) for the kill to land before the end
+
+    student = tmp_path / "s.pt"
+    makd_init("--teacher", teacher, "--param-budget", "0.5", "--out", student)
+    expected = losses(train(mt_data, teacher, student, tmp_path / "whole", END).stdout)
+    began = tmp_path / "a" / "b50" / "makd" / "seed1"
+    began.mkdir(parents=True)
+    args = [str(a) for a in train_args(mt_data, teacher, student, began, END, "--save-interval-updates", "3")]
+    (began / "train.log.provenance.json").write_text(json.dumps([{"command": ["fairseq-train", *args]}]))
+    with open(began / "train.log", "w") as log:
+        proc = subprocess.Popen(["fairseq-train", *args], stdout=log, stderr=subprocess.STDOUT,
+                                env=dict(os.environ, OMP_NUM_THREADS="1"))
+        try:
+            while proc.poll() is None and carry.loads(began / "checkpoint_last.pt") is None:
+                time.sleep(0.05)
+        finally:
+            proc.kill()
+            proc.wait()
+    resumes_at = torch.load(began / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"]
+    assert 3 <= resumes_at < END
+
+    assert carry.main(["pack", str(tmp_path / "a"), str(tmp_path / "tars")]) == 0
+    tar = tmp_path / "tars" / "b50.makd.seed1.tar"
+    work = tmp_path / "b"
+    work.mkdir()
+    assert carry.main(["unpack", str(work), str(tar)]) == 0
+    save = work / "b50" / "makd" / "seed1"
+    assert "last_optimizer_state" not in torch.load(save / "checkpoint_best.pt")
+    assert (save / "checkpoint_last.pt").read_bytes() != b"" and (save / "train.log.provenance.json").is_file()
+    resumed = train(mt_data, teacher, student, save, END, "--save-interval-updates", "3")
+    got = losses(resumed.stdout)
+    assert sorted(got) == list(range(resumes_at + 1, END + 1))
+    for update in got:
+        assert got[update] == expected[update], update
+
+    kept = {p.name: p.read_bytes() for p in save.iterdir()}
+    assert carry.main(["unpack", str(work), str(tar)]) == 2
+    assert {p.name: p.read_bytes() for p in save.iterdir()} == kept
 
 
 def test_resumed_run_stops_early_where_the_uninterrupted_run_stops(mt_data, teacher, tmp_path):

@@ -199,3 +199,35 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, mt_data, teacher
     assert rc == 2 and err.count("\n") == 1 and err.startswith("makd-teacher-data: error: "), err
     assert message in err, err
     assert [files(d) for d in watched] == before and not (tmp_path / "out").exists()
+
+
+def test_carry_moves_the_data_as_its_targets_and_rebuilds_the_rest_byte_for_byte(kd_data, mt_data, tmp_path):
+    """benchmarks.carry packs a work directory's sequence-KD data as the teacher's targets and manifest only (the rest
+    is copied from the data directory the manifest names) and unpacks it into another work directory byte for byte,
+    the manifest written; an unpack where the data exists is refused."""
+    from benchmarks import carry
+
+    began, work = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(kd_data, began / "seq_kd_data")
+    (began / "seq_kd_data.log").write_text("the stage's log\n")
+    work.mkdir()
+    assert carry.main(["pack", str(began), str(tmp_path / "tars")]) == 0
+    tar = tmp_path / "tars" / "seq_kd_data.tar"
+    import tarfile
+
+    with tarfile.open(tar) as t:
+        assert sorted(t.getnames()) == ["seq_kd_data.log", "seq_kd_data/teacher_data.json",
+                                        "seq_kd_data/train.en-de.de.bin", "seq_kd_data/train.en-de.de.idx"]
+    assert carry.main(["unpack", str(work), str(tar)]) == 0
+    assert files(work / "seq_kd_data") == files(kd_data)
+    assert (work / "seq_kd_data.log").read_text() == "the stage's log\n"
+    assert carry.main(["unpack", str(work), str(tar)]) == 2
+    assert files(work / "seq_kd_data") == files(kd_data)
+    foreign = tmp_path / "foreign.tar"
+    with tarfile.open(foreign, "w") as t:
+        t.add(tmp_path / "a" / "seq_kd_data.log", arcname="notes.txt")
+    with pytest.raises(SystemExit) as exit_:  # no such work directory: argparse's one-line error
+        carry.main(["unpack", str(tmp_path / "c"), str(foreign)])
+    assert exit_.value.code == 2
+    (tmp_path / "c").mkdir()
+    assert carry.main(["unpack", str(tmp_path / "c"), str(foreign)]) == 2 and not any((tmp_path / "c").iterdir())
