@@ -80,7 +80,7 @@ def table(result):
         lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
                       "sources (what they are trained on), not against the references as the other rows."]
     if gpu_trained(result):
-        lines += ["", "Trained on a GPU (the same fp32 recipe; the rest of each training on the CPU, resumed from its "
+        lines += ["", "Trained on a GPU (the same fp32 recipe; a later start on the CPU resumed from its "
                       f"checkpoint_last.pt): {'; '.join(gpu_trained(result))}."]
     if result.get("pending"):
         lines += ["", f"Partial: {len(result['pending'])} trainings not finished yet ({', '.join(result['pending'])})."]
