@@ -6,6 +6,7 @@
 #   RERUN_JOBS=1 bash benchmarks/rerun.sh WORK translation &     # the two tasks side by side on 2 cores,
 #   RERUN_JOBS=1 bash benchmarks/rerun.sh WORK summarization &   # one training of one thread each
 #   RERUN_PARTIAL=1 bash benchmarks/rerun.sh WORK TASK           # score what has finished training so far
+#   RERUN_DEVICE=cuda RERUN_METHODS="makd" RERUN_SEEDS="2" ...   # some trainings, elsewhere (benchmarks/lease.sh)
 #
 # Protocol (docs/benchmarks.md, "The rerun"): every student stops and is chosen on the task's validation metric (BLEU
 # / ROUGE-L of beam-search hypotheses, every 250 updates, patience 4: the diagnosis's grid), with the teachers' cap of
@@ -37,10 +38,16 @@ teacher=${other:-$(run_teacher "$work" "$task")}
 out=$root/benchmarks/results/rerun${name:+/$name}
 mkdir -p "$out"
 results=$out/$task.json
-flags=(--task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" --budgets 0.5 0.25
-       --seeds 1 2 3 --seeded-budgets 0.5 --select-on metric --stopping 15000 250 4 --jobs "$jobs" --threads 1
-       --work "$work/rerun/$task${name:+.$name}" --out "$results"
-       --methods svd_only svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race)
+# a subset of the trainings (RERUN_METHODS / RERUN_SEEDS / RERUN_BUDGETS, e.g. on a lent GPU: benchmarks/lease.sh)
+# writes its results beside its work directory, never over the committed file of every method
+read -r -a methods <<< "${RERUN_METHODS:-svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race}"
+read -r -a seeds <<< "${RERUN_SEEDS:-1 2 3}"
+read -r -a budgets <<< "${RERUN_BUDGETS:-0.5 0.25}"
+[ -n "${RERUN_METHODS:-}${RERUN_SEEDS:-}${RERUN_BUDGETS:-}" ] && results=$work/rerun/$task${name:+.$name}.subset.json
+flags=(--task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" --budgets "${budgets[@]}"
+       --seeds "${seeds[@]}" --seeded-budgets 0.5 --select-on metric --stopping 15000 250 4 --jobs "$jobs" --threads 1
+       --work "$work/rerun/$task${name:+.$name}" --out "$results" --device "${RERUN_DEVICE:-cpu}"
+       --methods svd_only "${methods[@]}")
 [ -f "$results" ] && flags+=(--reuse "$results")
 [ -n "${RERUN_PARTIAL:-}" ] && flags+=(--partial)
 log=$work/rerun/$task${name:+.$name}.log

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Some of the rerun's trainings on a machine held for a while (a lent GPU), handed back as tar files that the rerun's
+# own machine unpacks and goes on from (benchmarks/carry.py; docs/benchmarks.md, "Trainings begun on a lent GPU"):
+#
+#   bash benchmarks/lease.sh WORK OUT SECONDS TASK[:METHODS[:SEEDS[:BUDGETS]]] ...
+#   bash benchmarks/lease.sh /work/w "$OUT" 520 translation:makd:2 summarization:makd,svd_seq_kd:2
+#
+# Each TASK runs benchmarks/rerun.sh WORK TASK with RERUN_DEVICE=${LEASE_DEVICE:-cuda} and only those trainings
+# (METHODS and SEEDS comma-separated; default every method, seeds 1, 2, 3; BUDGETS default 0.5), all at once. WORK
+# must hold the rerun's data (WORK/data) and, for students that the rerun's machine will go on with, its initial
+# students (WORK/rerun/TASK/b50/svd.pt, dense.pt and their logs): carry them in, so that every start of a seed
+# begins from the same weights. SECONDS after the start (or once all have finished) the trainings are stopped and
+# `python3 -m benchmarks.carry pack WORK/rerun/TASK OUT/TASK` writes what they reached.
+# Then, on the rerun's machine: python3 -m benchmarks.carry unpack WORK/rerun/TASK OUT/TASK/*.tar
+set -uo pipefail
+usage="usage: lease.sh WORK OUT SECONDS TASK[:METHODS[:SEEDS[:BUDGETS]]] ..."
+work=${1:?$usage} out=${2:?$usage} seconds=${3:?$usage}
+shift 3
+[ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
+case $seconds in ''|*[!0-9]*) echo "lease.sh: SECONDS must be a whole number, got $seconds" >&2; exit 2 ;; esac
+[ -f "$work/data/manifest.json" ] || { echo "lease.sh: $work/data/manifest.json: no rerun data in WORK" >&2; exit 2; }
+root=$(cd "$(dirname "$0")/.." && pwd)
+start=$(date +%s) groups=() tasks=()
+for spec in "$@"; do
+  IFS=: read -r task methods seeds budgets <<< "$spec"
+  case $task in translation|summarization) ;; *) echo "lease.sh: $spec: task must be translation or summarization" >&2; exit 2 ;; esac
+  methods=${methods//,/ } seeds=${seeds//,/ } budgets=${budgets//,/ }
+  read -r -a m <<< "${methods:-svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd}"
+  read -r -a s <<< "${seeds:-1 2 3}"
+  read -r -a b <<< "${budgets:-0.5}"
+  mkdir -p "$out/$task"
+  RERUN_DEVICE=${LEASE_DEVICE:-cuda} RERUN_METHODS="${m[*]}" RERUN_SEEDS="${s[*]}" RERUN_BUDGETS="${b[*]}" \
+    RERUN_JOBS=$(( ${#m[@]} * ${#s[@]} * ${#b[@]} )) \
+    setsid bash "$root/benchmarks/rerun.sh" "$work" "$task" > "$out/$task/rerun.log" 2>&1 &
+  groups+=($!) tasks+=("$task")
+done
+while [ $(( $(date +%s) - start )) -lt "$seconds" ]; do
+  running=0
+  for g in "${groups[@]}"; do kill -0 "$g" 2>/dev/null && running=1; done
+  [ $running = 1 ] || break
+  sleep 5
+done
+for g in "${groups[@]}"; do kill -TERM -- -"$g" 2>/dev/null; done
+sleep 3
+for g in "${groups[@]}"; do kill -KILL -- -"$g" 2>/dev/null; done
+echo "lease.sh: stopped after $(( $(date +%s) - start )) s"
+for task in $(printf '%s\n' "${tasks[@]}" | sort -u); do
+  (cd "$root" && python3 -m benchmarks.carry pack "$work/rerun/$task" "$out/$task")
+  cp "$work/rerun/$task.log" "$out/$task/quality.log" 2>/dev/null
+done
