@@ -89,7 +89,7 @@ def table(result):
 
 def gpu_trained(result):
     """``b50/makd/seed1 (updates 0–3,000)`` for each student whose training (or a start of it) ran on a GPU: the
-    updates of each GPU start where every start is matched by a resumption in its log, else ``(partly)``."""
+    updates its GPU starts covered where every start is matched by a resumption in its log, else ``(partly)``."""
     found = []
     for m in result["methods"]:
         for r in m.get("seeds") or []:
@@ -101,9 +101,15 @@ def gpu_trained(result):
             if len(starts) != len(resumed) + 1:
                 found.append(f"{name} (partly)")
                 continue
-            ends = [*resumed, r["updates"]]
-            spans = [f"{a:,}–{b:,}" for s, a, b in zip(starts, [0, *resumed], ends) if s.get("device") == "gpu"]
-            found.append(f"{name} (updates {', '.join(spans)})")
+            spans = []
+            for start, a, b in zip(starts, [0, *resumed], [*resumed, r["updates"]]):
+                if start.get("device") != "gpu":
+                    continue
+                if spans and spans[-1][1] == a:  # GPU starts one after another make one span
+                    spans[-1] = (spans[-1][0], b)
+                else:
+                    spans.append((a, b))
+            found.append(f"{name} (updates {', '.join(f'{a:,}–{b:,}' for a, b in spans)})")
     return found
 
 

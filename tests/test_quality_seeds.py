@@ -130,11 +130,11 @@ def test_table_names_the_students_trained_on_a_gpu_and_their_updates_there():
 
     teacher = {"method": "teacher", "budget": None, "params": 20, "metrics": {"rougeL": 25.0, "rouge1": 27.0,
                "rouge2": 10.0}}
-    rows = [row("makd", ["gpu", "gpu", "cpu"], [2500, 3000], 6250), row("svd_seq_kd", ["gpu"], [], 3000),
+    rows = [row("makd", ["gpu", "gpu", "cpu", "gpu"], [2500, 3000, 4000], 6250), row("svd_seq_kd", ["gpu"], [], 3000),
             row("svd_ce", ["cpu", "cpu"], [3000]), row("svd_word_kd", ["gpu", "cpu"], []),
             row("makd_race", ["gpu", "gpu", "cpu"], [2500, 3000], 6250)]
     text = table({"task": "summarization", "methods": [teacher, *rows]})
-    assert ("checkpoint_last.pt): b50/makd/seed1 (updates 0–2,500, 2,500–3,000); b50/svd_seq_kd/seed1 (updates "
+    assert ("checkpoint_last.pt): b50/makd/seed1 (updates 0–3,000, 4,000–6,250); b50/svd_seq_kd/seed1 (updates "
             "0–3,000); b50/svd_word_kd/seed1 (partly).") in text
 
 
