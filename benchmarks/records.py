@@ -91,12 +91,14 @@ def teacher_arch(checkpoint):
 
 
 def seq_kd_manifest(data):
-    """What makd-teacher-data recorded about the sequence-level KD data (None if this run built none)."""
+    """What makd-teacher-data recorded about the sequence-level KD data, and where it ran (None if this run built
+    none)."""
     path = os.path.join(data, "teacher_data.json")
     if not os.path.isfile(path):
         return None
     m = json.load(open(path))
-    return {k: m[k] for k in ("beam", "max_len_a", "max_len_b", "sentences", "decode_seconds", "command")}
+    return {**{k: m[k] for k in ("beam", "max_len_a", "max_len_b", "sentences", "decode_seconds", "command")},
+            "device": device_of(m["command"].split())}
 
 
 def method_entries(run, models, scored, reused, inits_of, speeds):

@@ -62,6 +62,7 @@ def test_quality_benchmark_smoke_translation(mt_data, tmp_path):
     # the seq-KD methods train on the teacher's beam outputs (the benchmark's beam) and validate on its outputs for
     # the valid sources: the stopping rule measures the objective they train on
     assert result["seq_kd_data"]["beam"] == 4 and result["seq_kd_data"]["sentences"] == {"train": 400, "valid": 50}
+    assert result["seq_kd_data"]["device"] == "cpu"  # the benchmark built it with --cpu
     for method in ("svd_seq_kd", "makd_seq_kd"):
         log = (work / "b50" / method / "seed1" / "train.log").read_text()
         assert str(work / "seq_kd_data" / "train.en-de.de") in log and str(mt_data / "valid") not in log
