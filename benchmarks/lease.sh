@@ -7,9 +7,9 @@
 #
 # Each TASK runs benchmarks/rerun.sh WORK TASK with RERUN_DEVICE=${LEASE_DEVICE:-cuda} and only those trainings
 # (METHODS and SEEDS comma-separated; default every method, seeds 1, 2, 3; BUDGETS default 0.5), all at once. WORK
-# must hold the rerun's data (WORK/data) and, for students that the rerun's machine will go on with, its initial
-# students (WORK/rerun/TASK/b50/svd.pt, dense.pt and their logs): carry them in, so that every start of a seed
-# begins from the same weights. SECONDS after the start (or once all have finished) the trainings are stopped and
+# must hold the rerun's data (WORK/data), its teachers (WORK/teachers: git history may not travel) and its initial
+# students (WORK/rerun/TASK/b50/svd.pt, dense.pt and their logs), carried from the rerun's machine at the same path,
+# so that every start of a seed begins from the same weights. SECONDS after the start (or once all have finished) the trainings are stopped and
 # `python3 -m benchmarks.carry pack WORK/rerun/TASK OUT/TASK` writes what they reached.
 # Then, on the rerun's machine: python3 -m benchmarks.carry unpack WORK/rerun/TASK OUT/TASK/*.tar
 set -uo pipefail
