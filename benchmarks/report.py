@@ -76,7 +76,8 @@ def table(result):
                      + f" | {share:.1f}% | {vs} | {nll} | {updates} | {speed} |")
     if interval_note(result):
         lines += ["", interval_note(result)]
-    if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]):
+    decoded = (result.get("seq_kd_data") or {}).get("sentences") or {"valid": None}  # older results: train and valid
+    if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]) and "valid" in decoded:
         lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
                       "sources (what they are trained on), not against the references as the other rows."]
     if gpu_trained(result):

@@ -133,7 +133,8 @@ def test_table_names_the_students_trained_on_a_gpu_and_their_updates_there():
     rows = [row("makd", ["gpu", "gpu", "cpu", "gpu"], [2500, 3000, 4000], 6250), row("svd_seq_kd", ["gpu"], [], 3000),
             row("svd_ce", ["cpu", "cpu"], [3000]), row("svd_word_kd", ["gpu", "cpu"], []),
             row("makd_race", ["gpu", "gpu", "cpu"], [2500, 3000], 6250)]
-    text = table({"task": "summarization", "methods": [teacher, *rows]})
+    text = table({"task": "summarization", "methods": [teacher, *rows], "seq_kd_data": {"sentences": {"train": 9}}})
+    assert "best valid nll against the teacher's outputs" not in text  # valid kept its references (--select-on metric)
     assert ("checkpoint_last.pt): b50/makd/seed1 (updates 0–3,000, 4,000–6,250); b50/svd_seq_kd/seed1 (updates "
             "0–3,000); b50/svd_word_kd/seed1 (partly).") in text
 
