@@ -28,10 +28,10 @@ for spec in "$@"; do
   read -r -a m <<< "${methods:-svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd}"
   read -r -a s <<< "${seeds:-1 2 3}"
   read -r -a b <<< "${budgets:-0.5}"
-  mkdir -p "$out/$task"
+  mkdir -p "$out/$task" "$work/rerun"
   RERUN_DEVICE=${LEASE_DEVICE:-cuda} RERUN_METHODS="${m[*]}" RERUN_SEEDS="${s[*]}" RERUN_BUDGETS="${b[*]}" \
     RERUN_JOBS=$(( ${#m[@]} * ${#s[@]} * ${#b[@]} )) \
-    setsid bash "$root/benchmarks/rerun.sh" "$work" "$task" > "$out/$task/rerun.log" 2>&1 &
+    setsid bash "$root/benchmarks/rerun.sh" "$work" "$task" > "$work/rerun/$task.lease.log" 2>&1 &
   groups+=($!) tasks+=("$task")
 done
 while [ $(( $(date +%s) - start )) -lt "$seconds" ]; do
@@ -46,5 +46,6 @@ for g in "${groups[@]}"; do kill -KILL -- -"$g" 2>/dev/null; done
 echo "lease.sh: stopped after $(( $(date +%s) - start )) s"
 for task in $(printf '%s\n' "${tasks[@]}" | sort -u); do
   (cd "$root" && python3 -m benchmarks.carry pack "$work/rerun/$task" "$out/$task")
-  cp "$work/rerun/$task.log" "$out/$task/quality.log" 2>/dev/null
+  # the logs in one file per task (what comes back from a lent machine may be limited in files)
+  (cd "$work/rerun" && tar -cf "$out/$task/logs.tar" "$task.log" "$task.lease.log" 2>/dev/null)
 done
