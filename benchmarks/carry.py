@@ -37,11 +37,14 @@ MANIFEST = "teacher_data.json"  # makd_fairseq.teacher_data.MANIFEST
 
 
 def loads(path):
-    """The checkpoint at ``path``, or None (with a line saying why) when it does not load."""
+    """The checkpoint at ``path`` (torch's weights_only loading, with the types fairseq checkpoints hold allow-listed
+    by importing makd_fairseq), or None (with a line saying why) when it does not load."""
     import torch
 
+    import makd_fairseq  # noqa: F401  (the checkpoint allow-list)
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu")
     except Exception as e:  # noqa: BLE001  (a truncated file raises whatever the unpickler meets)
         print(f"carry: {path} does not load ({type(e).__name__}); trying an older checkpoint")
         return None
