@@ -2,18 +2,18 @@
 # Some of the rerun's trainings on a machine held for a while (a lent GPU), handed back as tar files that the rerun's
 # own machine unpacks and goes on from (benchmarks/carry.py; docs/benchmarks.md, "Trainings begun on a lent GPU"):
 #
-#   bash benchmarks/lease.sh WORK OUT SECONDS TASK[:METHODS[:SEEDS[:BUDGETS]]] ...
+#   bash benchmarks/lease.sh WORK OUT SECONDS TASK:METHODS:SEEDS[:BUDGETS] ...
 #   bash benchmarks/lease.sh /work/w "$OUT" 520 translation:makd:2 summarization:makd,svd_seq_kd:2
 #
 # Each TASK runs benchmarks/rerun.sh WORK TASK with RERUN_DEVICE=${LEASE_DEVICE:-cuda} and only those trainings
-# (METHODS and SEEDS comma-separated; default every method, seeds 1, 2, 3; BUDGETS default 0.5), all at once. WORK
+# (METHODS, SEEDS and BUDGETS comma-separated; BUDGETS default 0.5), all at once. WORK
 # must hold the rerun's data (WORK/data), its teachers (WORK/teachers: git history may not travel) and its initial
 # students (WORK/rerun/TASK/b50/svd.pt, dense.pt and their logs), carried from the rerun's machine at the same path,
 # so that every start of a seed begins from the same weights. SECONDS after the start (or once all have finished) the trainings are stopped and
 # `python3 -m benchmarks.carry pack WORK/rerun/TASK OUT/TASK` writes what they reached.
 # Then, on the rerun's machine: python3 -m benchmarks.carry unpack WORK/rerun/TASK OUT/TASK/*.tar
 set -uo pipefail
-usage="usage: lease.sh WORK OUT SECONDS TASK[:METHODS[:SEEDS[:BUDGETS]]] ..."
+usage="usage: lease.sh WORK OUT SECONDS TASK:METHODS:SEEDS[:BUDGETS] ..."
 work=${1:?$usage} out=${2:?$usage} seconds=${3:?$usage}
 shift 3
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
@@ -24,10 +24,11 @@ start=$(date +%s) groups=() tasks=()
 for spec in "$@"; do
   IFS=: read -r task methods seeds budgets <<< "$spec"
   case $task in translation|summarization) ;; *) echo "lease.sh: $spec: task must be translation or summarization" >&2; exit 2 ;; esac
-  methods=${methods//,/ } seeds=${seeds//,/ } budgets=${budgets//,/ }
-  read -r -a m <<< "${methods:-svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd}"
-  read -r -a s <<< "${seeds:-1 2 3}"
-  read -r -a b <<< "${budgets:-0.5}"
+  [ -n "$methods" ] && [ -n "$seeds" ] || { echo "lease.sh: $spec: name the methods and seeds (TASK:METHODS:SEEDS)" >&2; exit 2; }
+  read -r -a m <<< "${methods//,/ }"
+  read -r -a s <<< "${seeds//,/ }"
+  read -r -a b <<< "${budgets//,/ }"
+  [ ${#b[@]} -gt 0 ] || b=(0.5)
   mkdir -p "$out/$task" "$work/rerun"
   RERUN_DEVICE=${LEASE_DEVICE:-cuda} RERUN_METHODS="${m[*]}" RERUN_SEEDS="${s[*]}" RERUN_BUDGETS="${b[*]}" \
     RERUN_JOBS=$(( ${#m[@]} * ${#s[@]} * ${#b[@]} )) \
