@@ -80,9 +80,10 @@ def table(result):
     if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]) and "valid" in decoded:
         lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
                       "sources (what they are trained on), not against the references as the other rows."]
-    if gpu_trained(result):
+    on_gpu = gpu_trained(result)
+    if on_gpu:
         lines += ["", "Trained on a GPU (the same fp32 recipe; a later start on the CPU resumed from its "
-                      f"checkpoint_last.pt): {'; '.join(gpu_trained(result))}."]
+                      f"checkpoint_last.pt): {'; '.join(on_gpu)}."]
     if result.get("pending"):
         lines += ["", f"Partial: {len(result['pending'])} trainings not finished yet ({', '.join(result['pending'])})."]
     return "\n".join(lines) + "\n"
