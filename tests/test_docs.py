@@ -138,9 +138,9 @@ def option_strings(help_text):
 HELP_RUNNER = """
 import contextlib, io, json, runpy, sys
 results = {}
-for kind, target in json.loads(sys.argv[1]):
+for kind, target, verb in json.loads(sys.argv[1]):
     out = io.StringIO()
-    sys.argv = [target, "--help"]
+    sys.argv = [target, *([verb] if verb else []), "--help"]
     try:
         with contextlib.redirect_stdout(out):
             if kind == "module":
@@ -152,7 +152,7 @@ for kind, target in json.loads(sys.argv[1]):
         code = exit_.code or 0
     except BaseException as error:
         code = repr(error)
-    results[kind + " " + target] = [code, out.getvalue()]
+    results[" ".join([kind, target, verb]).strip()] = [code, out.getvalue()]
 print(json.dumps(results))
 """
 
@@ -165,9 +165,11 @@ def python_helps():
     for _, words in COMMANDS:
         if words[0] in ("python3", "python") and len(words) > 1:
             if words[1] == "-m" and words[2].startswith("benchmarks."):
-                targets.add(("module", words[2]))
+                targets.add(("module", words[2], ""))
+                if len(words) > 3 and re.fullmatch(r"[a-z][a-z_-]*", words[3]):  # maybe a subcommand (``verbs``)
+                    targets.add(("module", words[2], words[3]))
             elif words[1].endswith(".py") and (ROOT / words[1]).is_file():
-                targets.add(("file", words[1]))
+                targets.add(("file", words[1], ""))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore", COLUMNS="200")
     proc = subprocess.run([sys.executable, "-c", HELP_RUNNER, json.dumps(sorted(targets))], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=HELP_TIMEOUT)
@@ -175,9 +177,9 @@ def python_helps():
     return json.loads(proc.stdout.splitlines()[-1])
 
 
-def python_help(kind, target):
-    code, out = python_helps()[f"{kind} {target}"]
-    assert code == 0, f"python3 {'-m ' if kind == 'module' else ''}{target} --help: exit {code}"
+def python_help(kind, target, verb=""):
+    code, out = python_helps()[" ".join([kind, target, verb]).strip()]
+    assert code == 0, f"python3 {'-m ' if kind == 'module' else ''}{target} {verb} --help: exit {code}"
     return out
 
 
@@ -232,6 +234,12 @@ def fairseq_selectors(words):
     return tuple(selectors)
 
 
+def verbs(help_text):
+    """The subcommands an argparse --help offers (``{replay,score}`` in its usage), or none."""
+    usage = help_text.split("\n\n")[0]
+    return {verb for group in re.findall(r"\{([a-z_,-]+)\}", usage) for verb in group.split(",")}
+
+
 def python_options(words):
     """`python3 -m MODULE ...` or `python3 FILE.py ...`: the module or file exists; its options."""
     args = words[1:]
@@ -247,7 +255,8 @@ def python_options(words):
         relative = Path(*module.split("."))
         assert (ROOT / relative.with_suffix(".py")).is_file() or (ROOT / relative / "__main__.py").is_file(), \
             f"python3 -m {module}: no {relative}.py in the repository"
-        return option_strings(python_help("module", module))
+        verb = args[2] if len(args) > 2 and args[2] in verbs(python_help("module", module)) else ""
+        return option_strings(python_help("module", module, verb))  # a subcommand's own options
     script = args[0]
     assert script.endswith(".py") and (ROOT / script).is_file(), f"python3 {script}: no such file in the repository"
     return option_strings(python_help("file", script))
@@ -294,6 +303,10 @@ def test_flag_check_refuses_a_flag_the_parser_does_not_have():
                "makd", "--arch", "lowrank_transformer", "--kd-temprature", "2"])
     with pytest.raises(AssertionError, match="--partal"):
         check(["python3", "-m", "benchmarks.quality", "--task", "summarization", "--partal"])
+    # a subcommand's flags are its own: score has --max-k, replay has not (both documented)
+    check(["python3", "-m", "benchmarks.averaging", "score", "W", "--task", "summarization", "--max-k", "3"])
+    with pytest.raises(AssertionError, match="--max-k"):
+        check(["python3", "-m", "benchmarks.averaging", "replay", "S", "W", "--max-k", "3"])
     with pytest.raises(AssertionError, match="no benchmarks/nonexistent.py"):
         check(["python3", "-m", "benchmarks.nonexistent", "--help"])
     with pytest.raises(AssertionError, match="does not know this command"):
