@@ -21,7 +21,7 @@ import json
 import os
 import sys
 
-from makd_fairseq.files import write_json
+from makd_fairseq.files import git_state, write_json
 
 from .provenance import command
 from .runner import read_json
@@ -149,6 +149,9 @@ def score_verb(args):
         "best_updates": best, "kept_updates": list(kept), "valid": valid, "chosen_on_valid": chosen,
         "test": {n: t["scores"] for n, t in test.items()},
         "test_chosen_minus_best": difference,
+        "trained_at": [{k: v for k, v in start.items() if k != "command"}
+                       for start in read_json(os.path.join(save_dir, "train.log.provenance.json"), [])],
+        "scored_at": git_state(),
         "note": "k chosen on the valid split only; test decoded for the best checkpoint (best1: the rerun's student "
                 "when replay_identical) and the chosen average; interval: paired bootstrap over test items (one "
                 "student, one seed, one teacher)",
@@ -165,7 +168,8 @@ def report(r):
     lines = [f"# Checkpoint averaging on {r['task']} ({m}), measured on validation", "",
              f"Student: `{r['original']}`, replayed with every interval checkpoint kept; replay's validation curve "
              f"identical to the original's: **{'yes' if r['replay_identical'] else 'no'}**. Best validation at "
-             f"{r['best_updates']:,} updates, stop at {r['kept_updates'][-1]:,}.", "",
+             f"{r['best_updates']:,} updates, stop at {r['kept_updates'][-1]:,}. Replay trained at "
+             + ", ".join(f"{t['commit'][:7]}{' (dirty)' if t['dirty'] else ''}" for t in r["trained_at"]) + ".", "",
              f"| average | updates | valid {m} |", "|---|---|---|"]
     for name, v in r["valid"].items():
         mark = " (chosen)" if name == r["chosen_on_valid"] else ""

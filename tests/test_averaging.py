@@ -45,6 +45,7 @@ def test_a_replayed_training_is_averaged_and_chosen_on_valid(mt_data, teacher, h
                     "--max-k", "3", "--remove-bpe", "none", "--out", str(out)])
     r = json.loads((tmp_path / "averaging.json").read_text())
     assert r["replay_identical"] is True and r["replay_curve"] == r["original_curve"] and len(r["replay_curve"]) == 3
+    assert len(r["trained_at"]) == 1 and len(r["trained_at"][0]["commit"]) == 40 and "scored_at" in r
     best = r["best_updates"]
     windows = [v["updates"] for v in r["valid"].values()]
     assert r["valid"]["best1"]["updates"] == [best] and [3, 6, 9] in windows
