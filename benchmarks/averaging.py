@@ -17,14 +17,14 @@ validation, and decodes the valid split with each (the validation's own generati
 only, and the chosen average and the best checkpoint are then decoded on test.
 """
 import argparse
-import json
 import os
 import sys
 
 from makd_fairseq.files import git_state, write_json
 
 from .provenance import command
-from .runner import read_json
+from .runner import Run, read_json
+from .stages import finished, has
 
 
 def replay_command(student_dir, out_dir):
@@ -44,13 +44,11 @@ def replay_command(student_dir, out_dir):
 
 
 def replay(args):
-    from .runner import Run
-
     out = os.path.join(args.work, "replay")
     cmd = replay_command(args.student, out)
     run = Run(argparse.Namespace(work=args.work, threads=args.threads, jobs=1))
     log = os.path.join(out, "train.log")
-    run.stage("replay", cmd, log, lambda: os.path.isfile(log) and "done training" in open(log).read(), resumes=True)
+    run.stage("replay", cmd, log, lambda: finished(log), resumes=True)
     write_json(os.path.join(args.work, "replay.json"), {"original": os.path.abspath(args.student), "command": cmd,
                                                        "by": command("benchmarks.averaging")})
 
@@ -89,7 +87,7 @@ def candidates(curve, kept, max_k):
     """{name: updates averaged}: the last k checkpoints at the stop and the k ending at the best validation (fairseq's
     best: the last of equal maxima), k = 1..max_k; ``curve``: [updates, value] rows of the validations."""
     best = max(curve, key=lambda row: (row[1], row[0]))[0]
-    updates = [u for u in kept]
+    updates = list(kept)
     out = {}
     for k in range(1, max_k + 1):
         for name, window in ((f"best{k}", [u for u in updates if u <= best][-k:]), (f"last{k}", updates[-k:])):
@@ -103,13 +101,12 @@ def score_verb(args):
     from makd_fairseq.score import seeds_and_items_bootstrap
 
     from .commands import VALID_METRIC, generate_command
-    from .runner import Run
     from .scoring import read_generation, score
 
     metric = VALID_METRIC[args.task]
     save_dir = os.path.join(args.work, "replay")
-    replayed = [row for row in valid_curve(read(os.path.join(save_dir, "train.log")), (metric,))]
-    original = [row for row in valid_curve(read(os.path.join(args.original, "train.log")), (metric,))]
+    replayed = valid_curve(read(os.path.join(save_dir, "train.log")), (metric,))
+    original = valid_curve(read(os.path.join(args.original, "train.log")), (metric,))
     if not replayed:
         raise SystemExit(f"benchmarks.averaging: {save_dir}/train.log: no validation yet (run replay first)")
     identical = replayed == original
@@ -129,7 +126,7 @@ def score_verb(args):
             average([kept[u] for u in updates], ckpt)
         log = os.path.join(args.work, "generate", f"{name}.{subset}.log")
         run.stage(f"generate {name} {subset}", generate_command(gen_args, ckpt, subset), log,
-                  lambda: os.path.isfile(log) and "Generate " in read(log))
+                  lambda: has(log, f"Generate {subset} with beam"))
         return read_generation(log)
 
     valid = {}
