@@ -5,7 +5,8 @@
   python3 -m benchmarks.averaging score WORK --task summarization --data BIN --original STUDENT_DIR \
       --out benchmarks/results/averaging
 
-A finished rerun student keeps only its best and last checkpoints (``--keep-interval-updates 1``). ``replay`` trains it
+A rerun student trained before benchmarks.commands.KEEP_INTERVAL kept only its best and last checkpoints
+(``--keep-interval-updates 1``; those since keep the last 9, every window scored here). ``replay`` trains it
 again from its recorded command (one start only: a training resumed midway is not replayed) with every interval
 checkpoint kept; on the CPU the same command at the same thread count repeats the same updates, and ``score`` checks
 that (the replay's validation curve against the original's, value for value) before it pairs anything with the

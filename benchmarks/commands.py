@@ -59,12 +59,18 @@ def student_training(args):
     return [*recipe, *(until_converged(*stopping) if stopping else [])]  # later flags win
 
 
+# interval checkpoints a student keeps: with patience 4 the best is at most 4 validations before the last, and the 5
+# ending at the best go back 4 more, so 9 hold every window benchmarks.averaging scores (k <= 5, at the stop and at
+# the best); not part of the protocol (student_training): it changes what stays on disk, not the training
+KEEP_INTERVAL = 9
+
+
 def train_command(args, teacher, init, method_flags, save_dir, data=None):
     """fairseq-train distilling ``init`` from ``teacher`` on ``data`` (default: the benchmark's data)."""
     from makd_fairseq.student import distill_command
 
     return distill_command(data or args.data, teacher, init, [
-        *common_flags(args.size), *student_training(args), "--keep-interval-updates", "1",
+        *common_flags(args.size), *student_training(args), "--keep-interval-updates", str(KEEP_INTERVAL),
         *selection_flags(args), "--save-dir", save_dir, *method_flags])
 
 

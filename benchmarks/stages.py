@@ -19,7 +19,8 @@ def finished(log):
     return fairseq_logs.finished(fairseq_logs.read(log))
 
 
-FREE = ("--max-update", "--save-dir", "--finetune-from-model")  # what may differ from the training one extends
+FREE = ("--max-update", "--save-dir", "--finetune-from-model", "--keep-interval-updates")  # what may differ from the
+# training one extends (the last: what stays on disk)
 
 
 def _fixed(cmd):
