@@ -81,10 +81,11 @@ def parse(argv):
                         help="students validate every EVERY updates and stop after PATIENCE validations without "
                              "improvement, at most CAP updates (default: the size's rule in sizes.STUDENT_TRAIN)")
     parser.add_argument("--extend", metavar="WORK",
-                        help="the work directory of a run with a lower --stopping cap and otherwise the same "
-                             "trainings: each training not begun here continues that run's finished training of the "
-                             "same student from its last checkpoint instead of starting over (its log and "
-                             "validations kept; one that stopped early is taken as it is)")
+                        help="the work directory of a run with a lower --stopping cap or patience and otherwise "
+                             "the same trainings: each training not begun here continues that run's finished "
+                             "training of the same student from its last checkpoint instead of starting over (its "
+                             "log and validations kept; one that stopped early under the same patience is taken as "
+                             "it is)")
     parser.add_argument("--validation-only", action="store_true",
                         help="train the students and report their validation curves only (nothing is decoded on "
                              "test): issue 34's diagnosis, read by python3 -m benchmarks.diagnosis")

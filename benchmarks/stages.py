@@ -19,8 +19,9 @@ def finished(log):
     return fairseq_logs.finished(fairseq_logs.read(log))
 
 
-FREE = ("--max-update", "--save-dir", "--finetune-from-model", "--keep-interval-updates")  # what may differ from the
-# training one extends (the last: what stays on disk)
+FREE = ("--max-update", "--patience", "--save-dir", "--finetune-from-model", "--keep-interval-updates")  # what may
+# differ from the training one extends (the last: what stays on disk)
+LONGER = ("--max-update", "--patience")  # of which the extension's may only be higher
 
 
 def _fixed(cmd):
@@ -31,30 +32,36 @@ def _fixed(cmd):
 
 def extend(source, save, cmd):
     """Begin the training ``cmd`` (into ``save``) where the same student's training in ``source`` (a run with a lower
-    cap) ended: its checkpoints, log and provenance are copied into ``save``, whose fairseq-train then continues from
-    the checkpoint_last.pt to its own cap, the log keeping every validation. fairseq reseeds every update from the
-    seed and the update number and restores the optimizer, schedule (inverse_sqrt: no cap in it) and data position, so
-    the result is a training to the higher cap, less the updates done twice (on the fixtures the very curve of a
-    straight run; on the real data it leaves that curve after the resume point, by as much as another run of the same
-    recipe: docs/benchmarks.md); one that stopped early stopped where the longer one would (same grid, same patience)
-    and is kept whole, finished. Nothing is copied when ``save``
-    has begun or ``source`` has not finished; a source whose command differs in more than ``FREE`` is refused (the
-    initial student is not compared: the training goes on from the source's weights)."""
+    cap or a lower patience) ended: its checkpoints, log and provenance are copied into ``save``, whose fairseq-train
+    then continues from the checkpoint_last.pt to its own stop, the log keeping every validation. fairseq reseeds every
+    update from the seed and the update number and restores the optimizer, schedule (inverse_sqrt: no cap in it) and
+    data position, and our tasks the patience count (``makd_fairseq.tasks.patience``), so the result is a training to
+    the higher cap or patience, less the updates done twice (on the fixtures the very curve of a straight run; on the
+    real data it leaves that curve after the resume point, by as much as another run of the same recipe:
+    docs/benchmarks.md). One that stopped early under the same patience stopped where the longer one would (same
+    grid) and is kept whole, finished; under a lower patience it goes on, its count of validations without
+    improvement carried over. Nothing is copied when ``save`` has begun or ``source`` has not finished; a source whose
+    command differs in more than ``FREE``, or has a higher cap or patience, is refused (the initial student is not
+    compared: the training goes on from the source's weights)."""
     log = os.path.join(source, "train.log")
     if os.path.exists(os.path.join(save, "train.log")) or not finished(log):
         return False
     started = read_json(log + ".provenance.json", [])
     theirs = started[-1]["command"] if started else []
-    if _fixed(theirs) != _fixed(cmd) or int(flag_value(theirs, "--max-update")) > int(flag_value(cmd, "--max-update")):
-        raise SystemExit(f"benchmarks: --extend: the training in {source} is not this one with a lower cap (its "
-                         f"fairseq-train command differs beyond {', '.join(FREE)}, or its cap is higher)")
+    if _fixed(theirs) != _fixed(cmd) or any(int(flag_value(theirs, f)) > int(flag_value(cmd, f)) for f in LONGER):
+        raise SystemExit(f"benchmarks: --extend: the training in {source} is not this one with a lower cap or "
+                         f"patience (its fairseq-train command differs beyond {', '.join(FREE)}, or its cap or "
+                         "patience is higher)")
     text = fairseq_logs.read(log)
     os.makedirs(save, exist_ok=True)
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         if os.path.isfile(os.path.join(source, name)):
             copy_file(os.path.join(source, name), os.path.join(save, name))
-    if not fairseq_logs.early_stopped(text):  # ended at its cap: this one goes on (a log without the end is resumed)
-        text = "".join(line for line in text.splitlines(keepends=True) if fairseq_logs.DONE not in line)
+    # ended at its cap, or stopped early with less patience than this one's: it goes on (a log without the end is
+    # resumed)
+    if not fairseq_logs.early_stopped(text) or flag_value(theirs, "--patience") != flag_value(cmd, "--patience"):
+        text = "".join(line for line in text.splitlines(keepends=True)
+                       if fairseq_logs.DONE not in line and fairseq_logs.EARLY_STOP not in line)
     write_json(os.path.join(save, "train.log.provenance.json"), started)
     write_text(os.path.join(save, "train.log"), text)
     return True

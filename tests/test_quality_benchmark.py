@@ -236,3 +236,32 @@ def test_extend_continues_a_shorter_run_as_if_trained_straight_to_the_longer_cap
     starts = json.loads((seed / "train.log.provenance.json").read_text())
     assert [flag_value(s["command"], "--max-update") for s in starts] == ["2", "4"]
     assert (tmp_path / "short" / "b50" / "svd_ce" / "seed1" / "train.log").read_text() == short_log
+
+
+def test_extend_to_a_higher_patience_goes_on_where_the_lower_one_stopped(mt_data, teacher, tmp_path):
+    """--extend WORK with a higher --stopping patience: a training WORK stopped early goes on from its last checkpoint
+    with its count of validations without improvement carried over (makd_fairseq.tasks.patience): the curve of a
+    training run straight with the higher patience. A lower patience is refused."""
+    def quality(work, patience, *extra, check=True):
+        return run(sys.executable, "-m", "benchmarks.quality", "--task", "translation", "--data", mt_data, "--size",
+                   "smoke", "--teacher", teacher, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce",
+                   "--validation-only", "--select-on", "metric", "--remove-bpe", "none", "--stopping", "12", "1",
+                   str(patience), "--work", tmp_path / work, "--out", tmp_path / f"{work}.json", *extra, cwd=ROOT,
+                   check=check)
+
+    def seed(work):
+        methods = json.loads((tmp_path / f"{work}.json").read_text())["methods"]
+        return next(m for m in methods if m["method"] == "svd_ce")["seeds"][0]
+
+    quality("short", 2)
+    assert seed("short")["early_stopped"] and seed("short")["updates"] < 10  # the smoke student's BLEU stalls
+    proc = quality("lower", 1, "--extend", tmp_path / "short", check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith("benchmarks: --extend: the training")
+    assert not (tmp_path / "lower" / "b50" / "svd_ce" / "seed1").exists()
+    quality("long", 4, "--extend", tmp_path / "short")
+    quality("straight", 4)
+    assert seed("long")["curve"] == seed("straight")["curve"]
+    assert seed("long")["updates"] > seed("short")["updates"]
+    assert seed("long")["early_stopped"] == seed("straight")["early_stopped"]
+    log = (tmp_path / "long" / "b50" / "svd_ce" / "seed1" / "train.log").read_text()
+    assert log.count("done training in") == 1 and log.count("early stop since") <= 1
