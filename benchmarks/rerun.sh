@@ -7,6 +7,8 @@
 #   RERUN_JOBS=1 bash benchmarks/rerun.sh WORK summarization &   # one training of one thread each
 #   RERUN_PARTIAL=1 bash benchmarks/rerun.sh WORK TASK           # score what has finished training so far
 #   RERUN_DEVICE=cuda RERUN_METHODS="makd" RERUN_SEEDS="2" ...   # some trainings, elsewhere (benchmarks/lease.sh)
+#   RERUN_PATIENCE=8 bash benchmarks/rerun.sh WORK TASK          # the same trainings with a higher patience, each
+#                                                                # going on from its stop under patience 4 (--extend)
 #
 # Protocol (docs/benchmarks.md, "The rerun"): every student stops and is chosen on the task's validation metric (BLEU
 # / ROUGE-L of beam-search hypotheses, every 250 updates, patience 4: the diagnosis's grid), with the teachers' cap of
@@ -22,11 +24,15 @@
 # protocol), so a session can commit what finished (RERUN_PARTIAL=1) and the next one go on from there.
 set -euo pipefail
 usage="usage: rerun.sh WORK translation|summarization [TEACHER.pt NAME]"
-work=${1:?$usage} task=${2:?$usage} other=${3:-} name=${4:-} jobs=${RERUN_JOBS:-2}
+work=${1:?$usage} task=${2:?$usage} other=${3:-} name=${4:-} jobs=${RERUN_JOBS:-2} patience=${RERUN_PATIENCE:-4}
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
 case $task in translation|summarization) ;; *) echo "rerun.sh: task must be translation or summarization" >&2; exit 2 ;; esac
 case $jobs in [1-9]|[1-3][0-9]) ;; *) echo "rerun.sh: RERUN_JOBS must be 1 to 39, got $jobs" >&2; exit 2 ;; esac
+case $patience in [4-9]|[1-9][0-9]) ;; *) echo "rerun.sh: RERUN_PATIENCE must be 4 (the protocol's) to 99, got $patience" >&2; exit 2 ;; esac
+# another patience: its own work and results (rerun/TASK[.NAME].patienceP, results/rerun/[NAME/]patienceP/)
+variant=$name
+[ "$patience" = 4 ] || variant=${variant:+$variant/}patience$patience
 if [ -n "$other" ]; then
   [ -f "$other" ] || { echo "rerun.sh: teacher $other: no such file" >&2; exit 2; }
   case $name in [a-z]*) ;; *) echo "rerun.sh: a second teacher needs a NAME (letters first), e.g. replicate" >&2; exit 2 ;; esac
@@ -35,7 +41,7 @@ fi
 source "$root/benchmarks/offline_data.sh"
 offline_data "$work"
 teacher=${other:-$(run_teacher "$work" "$task")}
-out=$root/benchmarks/results/rerun${name:+/$name}
+out=$root/benchmarks/results/rerun${variant:+/$variant}
 mkdir -p "$out"
 results=$out/$task.json
 # a subset of the trainings (RERUN_METHODS / RERUN_SEEDS / RERUN_BUDGETS, e.g. on a lent GPU: benchmarks/lease.sh)
@@ -43,14 +49,19 @@ results=$out/$task.json
 read -r -a methods <<< "${RERUN_METHODS:-svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race}"
 read -r -a seeds <<< "${RERUN_SEEDS:-1 2 3}"
 read -r -a budgets <<< "${RERUN_BUDGETS:-0.5 0.25}"
-[ -n "${RERUN_METHODS:-}${RERUN_SEEDS:-}${RERUN_BUDGETS:-}" ] && results=$work/rerun/$task${name:+.$name}.subset.json
+base=$work/rerun/$task${name:+.$name}
+run=$base
+[ "$patience" = 4 ] || run=$base.patience$patience
+[ -n "${RERUN_METHODS:-}${RERUN_SEEDS:-}${RERUN_BUDGETS:-}" ] && results=$run.subset.json
 flags=(--task "$task" --data "$work/data/$task/bin" --size cpu --teacher "$teacher" --budgets "${budgets[@]}"
-       --seeds "${seeds[@]}" --seeded-budgets 0.5 --select-on metric --stopping 15000 250 4 --jobs "$jobs" --threads 1
-       --work "$work/rerun/$task${name:+.$name}" --out "$results" --device "${RERUN_DEVICE:-cpu}"
-       --methods svd_only "${methods[@]}")
+       --seeds "${seeds[@]}" --seeded-budgets 0.5 --select-on metric --stopping 15000 250 "$patience" --jobs "$jobs"
+       --threads 1 --work "$run" --out "$results" --device "${RERUN_DEVICE:-cpu}" --methods svd_only "${methods[@]}")
 [ -f "$results" ] && flags+=(--reuse "$results")
 [ -n "${RERUN_PARTIAL:-}" ] && flags+=(--partial)
-log=$work/rerun/$task${name:+.$name}.log
+# a higher patience goes on from the protocol's trainings where they stopped (a training not finished there starts
+# afresh: run those after the protocol's have finished)
+[ "$run" = "$base" ] || flags+=(--extend "$base")
+log=$run.log
 mkdir -p "$work/rerun"
 python3 -m benchmarks.quality "${flags[@]}" >> "$log" 2>&1 || { echo "rerun.sh: $task failed, see $log" >&2; exit 1; }
 tail -n 40 "$log" | grep '^|' || true
