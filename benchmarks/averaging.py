@@ -86,13 +86,14 @@ def average(paths, out):
 
 def candidates(curve, kept, max_k):
     """{name: updates averaged}: the last k checkpoints at the stop and the k ending at the best validation (fairseq's
-    best: the last of equal maxima), k = 1..max_k; ``curve``: [updates, value] rows of the validations."""
+    best: the last of equal maxima), k = 1..max_k, each only where ``kept`` (sorted updates) has all k;
+    ``curve``: [updates, value] rows of the validations."""
     best = max(curve, key=lambda row: (row[1], row[0]))[0]
     updates = list(kept)
     out = {}
     for k in range(1, max_k + 1):
         for name, window in ((f"best{k}", [u for u in updates if u <= best][-k:]), (f"last{k}", updates[-k:])):
-            if window not in out.values():  # the same checkpoints under another name are decoded once
+            if len(window) == k and window not in out.values():  # the same checkpoints are decoded once
                 out[name] = window
     return out, best
 
@@ -105,24 +106,29 @@ def score_verb(args):
     from .scoring import read_generation, score
 
     metric = VALID_METRIC[args.task]
-    save_dir = os.path.join(args.work, "replay")
+    # the replay's checkpoints, or (--in-place) the student's own: a training that kept its last ones
+    save_dir = args.original if args.in_place else os.path.join(args.work, "replay")
     replayed = valid_curve(read(os.path.join(save_dir, "train.log")), (metric,))
     original = valid_curve(read(os.path.join(args.original, "train.log")), (metric,))
-    if not replayed:
-        raise SystemExit(f"benchmarks.averaging: {save_dir}/train.log: no validation yet (run replay first)")
-    identical = replayed == original
+    if not replayed or (args.in_place and not finished(os.path.join(save_dir, "train.log"))):
+        raise SystemExit(f"benchmarks.averaging: {save_dir}/train.log: not a finished training"
+                         + ("" if args.in_place else " (run replay first)"))
+    identical = None if args.in_place else replayed == original
     kept = interval_checkpoints(save_dir)
+    best = max(replayed, key=lambda row: (row[1], row[0]))[0]
+    if best not in kept:  # deleted (--keep-interval-updates), or at an epoch's end (no interval checkpoint there)
+        if not args.in_place:
+            raise SystemExit(f"benchmarks.averaging: {save_dir} has no interval checkpoint of its best validation "
+                             f"({best} updates)")
+        kept = dict(sorted({**kept, best: os.path.join(save_dir, "checkpoint_best.pt")}.items()))
     named, best = candidates(replayed, kept, args.max_k)
-    if best not in kept:  # fairseq writes no interval checkpoint where an epoch ends
-        raise SystemExit(f"benchmarks.averaging: {save_dir} has no interval checkpoint of its best validation "
-                         f"({best} updates)")
     gen_args = argparse.Namespace(task=args.task, size="cpu", data=args.data, batch_size=64, generate_args="",
                                   remove_bpe=args.remove_bpe, device="cpu")
     run = Run(argparse.Namespace(work=args.work, threads=args.threads, jobs=1))
     os.makedirs(os.path.join(args.work, "avg"), exist_ok=True)
 
     def decoded(name, updates, subset):
-        ckpt = os.path.join(args.work, "avg", f"{name}.pt")
+        ckpt = kept[updates[0]] if len(updates) == 1 else os.path.join(args.work, "avg", f"{name}.pt")
         if not os.path.isfile(ckpt):
             average([kept[u] for u in updates], ckpt)
         log = os.path.join(args.work, "generate", f"{name}.{subset}.log")
@@ -150,9 +156,10 @@ def score_verb(args):
         "trained_at": [{k: v for k, v in start.items() if k != "command"}
                        for start in read_json(os.path.join(save_dir, "train.log.provenance.json"), [])],
         "scored_at": git_state(),
+        "in_place": args.in_place,
         "note": "k chosen on the valid split only; test decoded for the best checkpoint (best1: the rerun's student "
-                "when replay_identical) and the chosen average; interval: paired bootstrap over test items (one "
-                "student, one seed, one teacher)",
+                "when replay_identical or in_place) and the chosen average; interval: paired bootstrap over test items "
+                "(one student, one seed, one teacher)",
         "by": command("benchmarks.averaging"),
     }
     write_json(args.out + ".json", results)
@@ -164,9 +171,12 @@ def score_verb(args):
 def report(r):
     m = r["metric"]
     lines = [f"# Checkpoint averaging on {r['task']} ({m}), measured on validation", "",
-             f"Student: `{r['original']}`, replayed with every interval checkpoint kept; replay's validation curve "
-             f"identical to the original's: **{'yes' if r['replay_identical'] else 'no'}**. Best validation at "
-             f"{r['best_updates']:,} updates, stop at {r['kept_updates'][-1]:,}. Replay trained at "
+             (f"Student: `{r['original']}`, averaged from the checkpoints it kept. Best validation at "
+              if r.get("in_place") else
+              f"Student: `{r['original']}`, replayed with every interval checkpoint kept; replay's validation curve "
+              f"identical to the original's: **{'yes' if r['replay_identical'] else 'no'}**. Best validation at ")
+             + f"{r['best_updates']:,} updates, stop at {r['kept_updates'][-1]:,}. "
+             + ("Trained at " if r.get("in_place") else "Replay trained at ")
              + ", ".join(f"{t['commit'][:7]}{' (dirty)' if t['dirty'] else ''}" for t in r["trained_at"]) + ".", "",
              f"| average | updates | valid {m} |", "|---|---|---|"]
     for name, v in r["valid"].items():
@@ -186,10 +196,14 @@ def main(argv=None):
     p.add_argument("work", help="WORK: the replay trains in WORK/replay")
     p.add_argument("--threads", type=int, default=1, help="OMP threads (the original's: the rerun trains with 1)")
     p = sub.add_parser("score", help="the averages of the replay's checkpoints on valid; the chosen one on test")
-    p.add_argument("work", help="WORK of a finished replay")
+    p.add_argument("work", help="WORK of a finished replay (with --in-place: where the averages and decodes go)")
     p.add_argument("--task", required=True, choices=("summarization", "translation"))
     p.add_argument("--data", required=True, help="the binarized data the student trained on")
     p.add_argument("--original", required=True, help="the replayed student's save dir (its validation curve)")
+    p.add_argument("--in-place", action="store_true",
+                   help="average the student's own interval checkpoints (a training that kept its last ones, "
+                        "benchmarks.commands.KEEP_INTERVAL) instead of a replay's; its checkpoint_best.pt stands for "
+                        "its best validation when that interval checkpoint is gone")
     p.add_argument("--max-k", type=int, default=5, help="average up to this many checkpoints (default 5: patience + 1)")
     p.add_argument("--remove-bpe", default="sentencepiece", help="as the benchmark's ('none' for word-level data)")
     p.add_argument("--threads", type=int, default=1)

@@ -16,13 +16,13 @@ from conftest import USER_DIR
 EVERY, UPDATES = 3, 9  # the fixture's epochs end at 4, 8: fairseq writes no interval checkpoint at an epoch's end
 
 
-def original_training(data, teacher, student, save_dir):
+def original_training(data, teacher, student, save_dir, keep=1):
     return ["fairseq-train", str(data), "--user-dir", USER_DIR, "--task", "makd_translation", "--teacher-path",
             str(teacher), "--arch", "lowrank_transformer", "--finetune-from-model", str(student), "--criterion", "makd",
             "--cpu", "--seed", "1", "--optimizer", "adam", "--lr", "0.005", "--max-tokens", "2048", "--log-format",
             "json", "--log-interval", "1", "--num-workers", "0", "--max-update", str(UPDATES),
             "--validate-interval-updates", str(EVERY), "--save-interval-updates", str(EVERY), "--validate-interval",
-            "1000000", "--save-interval", "1000000", "--no-epoch-checkpoints", "--keep-interval-updates", "1",
+            "1000000", "--save-interval", "1000000", "--no-epoch-checkpoints", "--keep-interval-updates", str(keep),
             "--eval-metric", "bleu", "--eval-metric-args", '{"beam": 4, "max_len_a": 1.5, "max_len_b": 10}',
             "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric", "--save-dir", str(save_dir)]
 
@@ -65,6 +65,33 @@ def test_a_replayed_training_is_averaged_and_chosen_on_valid(mt_data, teacher, h
         mean = sum(s["model"][key].double() for s in states) / 3 if value.is_floating_point() else value
         assert torch.equal(averaged["model"][key], mean.to(value.dtype)), key
     assert not torch.equal(averaged["model"][key], states[-1]["model"][key]) or not value.is_floating_point()
+
+
+def test_a_training_that_kept_its_last_checkpoints_is_averaged_in_place(mt_data, teacher, half_student, tmp_path):
+    """--in-place: no replay; the student's own last interval checkpoints are averaged (only windows it kept whole),
+    its checkpoint_best.pt standing for the best validation when that interval checkpoint was deleted."""
+    student = tmp_path / "rerun" / "seed1"
+    log = student / "train.log"
+    Run(SimpleNamespace(work=str(tmp_path / "rerun"), threads=1, jobs=1)).stage(
+        "train", original_training(mt_data, teacher, half_student, student, keep=2), str(log),
+        lambda: log.is_file() and "done training" in log.read_text())
+    assert list(averaging.interval_checkpoints(student)) == [6, 9]
+    before = sorted(os.listdir(student))
+    args = ["--task", "translation", "--data", str(mt_data), "--original", str(student), "--max-k", "3",
+            "--remove-bpe", "none", "--out", str(tmp_path / "avg")]
+    with pytest.raises(SystemExit, match="run replay first"):  # without --in-place: a replay's checkpoints
+        averaging.main(["score", str(tmp_path / "levers"), *args])
+    averaging.main(["score", str(tmp_path / "levers"), "--in-place", *args])
+    r = json.loads((tmp_path / "avg.json").read_text())
+    assert r["in_place"] and r["replay_identical"] is None and r["replay_curve"] == r["original_curve"]
+    best = r["best_updates"]
+    assert r["kept_updates"] == sorted({6, 9, best})
+    for name, v in r["valid"].items():
+        assert len(v["updates"]) == int(name[4:]) and set(v["updates"]) <= set(r["kept_updates"]), name
+    assert r["valid"]["best1"]["updates"] == [best] and ("last1" in r["valid"]) == (best != 9)
+    assert set(r["test"]) == {"best1", r["chosen_on_valid"]}
+    assert "averaged from the checkpoints it kept" in (tmp_path / "avg.md").read_text()
+    assert sorted(os.listdir(student)) == before  # the averages and decodes go to WORK, nothing into the student
 
 
 def test_a_training_started_twice_is_not_replayed(tmp_path):
