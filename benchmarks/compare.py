@@ -8,6 +8,11 @@ Prints a markdown table: per method and budget, each run's first metric (mean ±
 its difference to makd with the 95% interval and makd's standing (as ``benchmarks.quality``'s table), and whether
 the two runs give makd the same standing. The bootstrap intervals of one run cover student seeds and test items, not
 the teacher; a standing that changes between two teachers of the same recipe is one the benchmark cannot claim.
+
+``--difference`` adds, per trained method and budget both runs hold, the second run minus the first with its 95%
+interval from the kept hypotheses (``makd_fairseq.score.seeds_and_items_bootstrap``: test items resampled once for
+both, each run's seeds independently): how much a lever moves the same method, e.g. a rerun with a higher patience
+(``RERUN_PATIENCE``) against the protocol's.
 """
 import argparse
 import json
@@ -33,8 +38,34 @@ def main(argv=None):
     parser.add_argument("results", nargs=2, help="two quality results files (JSON) of the same task and data")
     parser.add_argument("--labels", nargs=2, default=("run A", "run B"), help="column headings of the two runs")
     parser.add_argument("--metric", help="the metric to compare (default: the task's first, as in benchmarks.quality)")
+    parser.add_argument("--difference", action="store_true",
+                        help="add each method's second-run-minus-first difference with its 95%% interval over test "
+                             "items and seeds, from the runs' kept hypotheses")
     args = parser.parse_args(argv)
-    print(side_by_side(load(args.results[0]), load(args.results[1]), args.labels, args.metric), end="")
+    a, b = load(args.results[0]), load(args.results[1])
+    differences = between(a, args.results[0], b, args.results[1], args.metric) if args.difference else None
+    print(side_by_side(a, b, args.labels, args.metric, differences), end="")
+
+
+def between(a, path_a, b, path_b, metric=None):
+    """{(method, budget): b minus a in ``metric``} (``seeds_and_items_bootstrap``) of the trained methods both runs
+    hold, from their kept hypotheses; an error when the runs' references differ."""
+    from makd_fairseq.score import seeds_and_items_bootstrap
+
+    from .rescore import kept_models
+
+    metric = metric or METRICS[a["task"]][0]
+    (_, scored_a, refs), (_, scored_b, refs_b) = kept_models(a, path_a), kept_models(b, path_b)
+    if refs != refs_b:
+        raise SystemExit(f"benchmarks.compare: {path_a} and {path_b} were scored against other references")
+
+    def seeds(scored, key):
+        return [hyps for (method, budget, seed), (_, hyps) in sorted(scored.items(), key=lambda kv: str(kv[0][2]))
+                if (method, budget) == key and seed is not None]
+    keys = {(m, budget) for m, budget, seed in scored_a if seed is not None} & {
+        (m, budget) for m, budget, seed in scored_b if seed is not None}
+    return {key: seeds_and_items_bootstrap(metric, seeds(scored_b, key), seeds(scored_a, key), refs)
+            for key in sorted(keys, key=str)}
 
 
 if __name__ == "__main__":

@@ -186,9 +186,10 @@ def cells(result, method, budget, metric):
     return value, vs_cell(vs), standing(vs)
 
 
-def side_by_side(a, b, labels, metric=None):
+def side_by_side(a, b, labels, metric=None, differences=None):
     """Markdown table of quality runs ``a`` and ``b`` (results dicts) under ``labels``: per method and budget each
-    run's metric (mean ± sd, seeds) and vs-makd cell, and whether the two runs give makd the same standing."""
+    run's metric (mean ± sd, seeds) and vs-makd cell, and whether the two runs give makd the same standing; with
+    ``differences`` ({(method, budget): b minus a with ci95}) a column of them."""
     if a["task"] != b["task"]:
         raise SystemExit(f"benchmarks.compare: the runs are of different tasks ({a['task']} and {b['task']})")
     if a.get("data_sha256") != b.get("data_sha256"):
@@ -202,14 +203,18 @@ def side_by_side(a, b, labels, metric=None):
         if (m["method"], m["budget"]) not in keys:
             keys.append((m["method"], m["budget"]))
     keys.sort(key=lambda k: -1 if k[1] is None else -k[1])  # teacher, then budgets from the largest (stable within)
+    extra = differences is not None
     lines = [f"| method | budget | {labels[0]}: {metric} (seeds) | vs makd (95% CI) | {labels[1]}: {metric} (seeds) "
-             "| vs makd (95% CI) | same standing |", "|---|---|---|---|---|---|---|"]
+             "| vs makd (95% CI) | same standing |" + (f" {labels[1]} minus {labels[0]} (95% CI) |" if extra else ""),
+             "|---|---|---|---|---|---|---|" + ("---|" if extra else "")]
     for method, budget in keys:
         value_a, vs_a, standing_a = cells(a, method, budget, metric)
         value_b, vs_b, standing_b = cells(b, method, budget, metric)
         same = "–" if standing_a is None or standing_b is None else "yes" if standing_a == standing_b else "no"
+        d = (differences or {}).get((method, budget))
+        change = f" {d['diff']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}] |" if d else " – |" if extra else ""
         lines.append(f"| {method} | {budget_label(budget)} | {value_a} | {vs_a} | "
-                     f"{value_b} | {vs_b} | {same} |")
+                     f"{value_b} | {vs_b} | {same} |{change}")
     return "\n".join(lines) + "\n"
 
 

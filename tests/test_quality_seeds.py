@@ -260,3 +260,45 @@ def test_compare_puts_two_runs_side_by_side_and_says_whether_makd_keeps_its_stan
         "| svd_seq_kd | 50% | 22.50 ± 0.50 (2) | -0.20 [-0.80, +0.40] level | – | – | – |"]
     with pytest.raises(SystemExit, match="different data"):
         main([str(paths[0]), str(paths[2])])
+
+
+def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hypotheses(tmp_path, capsys):
+    """benchmarks.compare --difference: per trained method both runs hold, run B minus run A with an interval that
+    resamples test items and each run's seeds, from the hypotheses kept beside each results file; a method one run
+    lacks gets a dash; runs scored against other references are refused."""
+    from benchmarks.archive import keep_text
+    from benchmarks.compare import main
+    from makd_fairseq.score import seeds_and_items_bootstrap
+
+    refs = [f"the package provides tool number {i} for the system" for i in range(30)]
+    half = [r if i % 2 else "a library" for i, r in enumerate(refs)]
+    worse = [r if i % 3 == 0 else "a library" for i, r in enumerate(refs)]
+
+    def run_of(name, students, references=refs):
+        folder = tmp_path / name / "hypotheses" / "summarization"
+        folder.mkdir(parents=True)
+        keep_text(str(folder / "references.txt.xz"), references)
+        methods = [{"method": "teacher", "budget": None, "metrics": {"rougeL": 30.0}}]
+        for method, seeds in students.items():
+            for seed, hyps in enumerate(seeds, 1):
+                keep_text(str(folder / f"b50_{method}_seed{seed}.txt.xz"), hyps)
+            methods.append({"method": method, "budget": 0.5, "metrics": {"rougeL": 1.0},
+                            "seeds": [{"seed": s, "metrics": {"rougeL": 1.0}} for s in range(1, len(seeds) + 1)]})
+        path = tmp_path / name / "summarization.json"
+        path.write_text(json.dumps({"task": "summarization", "data_sha256": "abc", "methods": methods}))
+        return str(path)
+
+    a = run_of("a", {"svd_ce": [worse, half], "svd_word_kd": [half]})
+    b = run_of("b", {"svd_ce": [refs, half], "svd_word_kd": [half], "makd": [half]})
+    main([a, b, "--labels", "p4", "p8", "--difference"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].endswith("| same standing | p8 minus p4 (95% CI) |")
+    rows = {line.split(" | ")[0][2:]: line for line in lines[2:]}
+    ce = seeds_and_items_bootstrap("rougeL", [refs, half], [worse, half], refs)
+    assert ce["diff"] > 0 and rows["svd_ce"].endswith(
+        f" {ce['diff']:+.2f} [{ce['ci95'][0]:+.2f}, {ce['ci95'][1]:+.2f}] |")
+    assert rows["svd_word_kd"].endswith(" +0.00 [+0.00, +0.00] |")  # the same students: no difference at all
+    assert rows["makd"].endswith(" – |") and rows["teacher"].endswith(" – |")
+    other = run_of("other", {"svd_ce": [half]}, references=list(reversed(refs)))
+    with pytest.raises(SystemExit, match="other references"):
+        main([a, other, "--difference"])
