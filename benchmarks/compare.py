@@ -13,12 +13,18 @@ the teacher; a standing that changes between two teachers of the same recipe is 
 interval from the kept hypotheses (``makd_fairseq.score.seeds_and_items_bootstrap``: test items resampled once for
 both, each run's seeds independently): how much a lever moves the same method, e.g. a rerun with a higher patience
 (``RERUN_PATIENCE``) against the protocol's.
+
+``--continued`` adds, for a second run whose trainings went on from the first's (``--extend`` to a higher patience
+or cap), per student the mean validation metric after the first run's stop minus the mean of the first run's last
+PATIENCE validations (those that led to its stop): positive where the curves were still rising when the first
+run's rule stopped them (docs/benchmarks.md, "A longer patience, measured": validation only, no test score).
 """
 import argparse
 import json
 
-from .report import side_by_side
+from .report import budget_label, side_by_side
 from .scoring import METRICS
+from .sizes import RACES
 
 
 def load(path):
@@ -41,10 +47,54 @@ def main(argv=None):
     parser.add_argument("--difference", action="store_true",
                         help="add each method's second-run-minus-first difference with its 95%% interval over test "
                              "items and seeds, from the runs' kept hypotheses")
+    parser.add_argument("--continued", action="store_true",
+                        help="a table of each student's validation metric after the first run's stop against its "
+                             "last PATIENCE validations before it (the second run's trainings went on from the first's)")
     args = parser.parse_args(argv)
     a, b = load(args.results[0]), load(args.results[1])
     differences = between(a, args.results[0], b, args.results[1], args.metric) if args.difference else None
     print(side_by_side(a, b, args.labels, args.metric, differences), end="")
+    if args.continued:
+        print("\n" + continued_table(continued(a, b), args.labels), end="")
+
+
+def continued(a, b):
+    """[(method, budget, seed, stop in a, stop in b, mean of a's last PATIENCE validation metrics, mean of b's after
+    a's stop or None)] of the trained students (not the races) both runs hold, whose curve in ``b`` begins with
+    their whole curve in ``a``; an error when one has another curve before a's stop (b did not go on from a)."""
+    patience = a["stopping"]["patience"]
+    rows = []
+    for entry in a["methods"]:
+        if entry["method"] in RACES:  # a race's students are the raced methods' own: counted once, there
+            continue
+        other = next((m for m in b["methods"] if (m["method"], m["budget"]) == (entry["method"], entry["budget"])), {})
+        theirs = {r["seed"]: r["curve"] for r in other.get("seeds") or [] if r.get("curve")}
+        for record in entry.get("seeds") or []:
+            mine, curve = record.get("curve"), theirs.get(record["seed"])
+            if not mine or not curve:
+                continue
+            if curve[:len(mine)] != mine:
+                raise SystemExit(f"benchmarks.compare: --continued: {entry['method']} seed {record['seed']} did not go "
+                                 "on from the first run's training (its curves differ before the first run's stop)")
+            after = [row[2] for row in curve[len(mine):]]
+            rows.append((entry["method"], entry["budget"], record["seed"], mine[-1][0], curve[-1][0],
+                         sum(row[2] for row in mine[-patience:]) / len(mine[-patience:]),
+                         sum(after) / len(after) if after else None))
+    return rows
+
+
+def continued_table(rows, labels):
+    lines = [f"| method | budget | seed | stop: {labels[0]} | stop: {labels[1]} | last validations before the first "
+             "stop (mean) | after it (mean) | after minus before |", "|---|---|---|---|---|---|---|---|"]
+    changes = []
+    for method, budget, seed, stop_a, stop_b, before, after in rows:
+        change = "–" if after is None else f"{after - before:+.2f}"
+        changes += [] if after is None else [after - before]
+        lines.append(f"| {method} | {budget_label(budget)} | {seed} | {stop_a:,} | {stop_b:,} | {before:.2f} | "
+                     + ("–" if after is None else f"{after:.2f}") + f" | {change} |")
+    if changes:
+        lines.append(f"| mean over {len(changes)} students | | | | | | | {sum(changes) / len(changes):+.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def between(a, path_a, b, path_b, metric=None):

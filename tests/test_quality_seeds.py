@@ -302,3 +302,35 @@ def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hy
     other = run_of("other", {"svd_ce": [half]}, references=list(reversed(refs)))
     with pytest.raises(SystemExit, match="other references"):
         main([a, other, "--difference"])
+
+
+def test_compare_continued_measures_the_curves_after_the_first_runs_stop(tmp_path, capsys):
+    """benchmarks.compare --continued: per student of a run that went on from the first's trainings, the mean of the
+    validations after the first stop minus the mean of the first run's last PATIENCE ones; races are not counted
+    twice; a second run whose curve differs before the first stop is refused."""
+    from benchmarks.compare import main
+
+    def run_of(curves, patience):
+        methods = [{"method": "teacher", "budget": None, "metrics": {"rougeL": 30.0}}]
+        for method, by_seed in curves.items():
+            methods.append({"method": method, "budget": 0.5, "metrics": {"rougeL": 1.0}, "seeds": [
+                {"seed": seed, "metrics": {"rougeL": 1.0}, "curve": [[250 * (i + 1), 4.0, v] for i, v in enumerate(c)]}
+                for seed, c in by_seed.items()]})
+        return {"task": "summarization", "data_sha256": "abc", "stopping": {"patience": patience}, "methods": methods}
+
+    ce = [20.0, 22.0, 21.0, 21.5]  # best at 500, stopped by patience 2 at 1,000
+    kd = [20.0, 21.0, 20.5, 20.7]
+    a = run_of({"svd_ce": {1: ce}, "svd_word_kd": {1: kd}, "word_kd_race": {1: kd}}, 2)
+    b = run_of({"svd_ce": {1: ce + [22.5, 23.5]}, "svd_word_kd": {1: kd}, "word_kd_race": {1: kd}}, 4)
+    paths = []
+    for name, result in (("a", a), ("b", b), ("other", run_of({"svd_ce": {1: [20.0, 22.5, 21.0, 21.5, 23.0]}}, 4))):
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    main([str(paths[0]), str(paths[1]), "--labels", "p2", "p4", "--continued"])
+    table = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert table[0].startswith("| method | budget | seed | stop: p2 | stop: p4 |")
+    assert table[2:] == ["| svd_ce | 50% | 1 | 1,000 | 1,500 | 21.25 | 23.00 | +1.75 |",
+                         "| svd_word_kd | 50% | 1 | 1,000 | 1,000 | 20.60 | – | – |",  # stopped where it was
+                         "| mean over 1 students | | | | | | | +1.75 |"]
+    with pytest.raises(SystemExit, match="did not go on"):
+        main([str(paths[0]), str(paths[2]), "--continued"])
