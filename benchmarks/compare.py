@@ -9,10 +9,10 @@ its difference to makd with the 95% interval and makd's standing (as ``benchmark
 the two runs give makd the same standing. The bootstrap intervals of one run cover student seeds and test items, not
 the teacher; a standing that changes between two teachers of the same recipe is one the benchmark cannot claim.
 
-``--difference`` adds, per trained method and budget both runs hold, the second run minus the first with its 95%
-interval from the kept hypotheses (``makd_fairseq.score.seeds_and_items_bootstrap``: test items resampled once for
-both, each run's seeds independently): how much a lever moves the same method, e.g. a rerun with a higher patience
-(``RERUN_PATIENCE``) against the protocol's.
+``--difference`` adds, per trained method and budget both runs hold, the second run minus the first over the seeds
+both hold, with its 95% interval from the kept hypotheses (``makd_fairseq.score.seeds_and_items_bootstrap``: test
+items resampled once for both, each run's seeds independently): how much a lever moves the same students, e.g. a
+rerun with a higher patience (``RERUN_PATIENCE``) against the protocol's.
 
 ``--continued`` adds, for a second run whose trainings went on from the first's (``--extend`` to a higher patience
 or cap), per student the mean validation metric after the first run's stop minus the mean of the first run's last
@@ -45,8 +45,8 @@ def main(argv=None):
     parser.add_argument("--labels", nargs=2, default=("run A", "run B"), help="column headings of the two runs")
     parser.add_argument("--metric", help="the metric to compare (default: the task's first, as in benchmarks.quality)")
     parser.add_argument("--difference", action="store_true",
-                        help="add each method's second-run-minus-first difference with its 95%% interval over test "
-                             "items and seeds, from the runs' kept hypotheses")
+                        help="add each method's second-run-minus-first difference over the seeds both hold, with its "
+                             "95%% interval over test items and seeds, from the runs' kept hypotheses")
     parser.add_argument("--continued", action="store_true",
                         help="a table of each student's validation metric after the first run's stop against its "
                              "last PATIENCE validations before it (the second run's trainings went on from the first's)")
@@ -110,12 +110,14 @@ def between(a, path_a, b, path_b, metric=None):
         raise SystemExit(f"benchmarks.compare: {path_a} and {path_b} were scored against other references")
 
     def seeds(scored, key):
-        return [hyps for (method, budget, seed), (_, hyps) in sorted(scored.items(), key=lambda kv: str(kv[0][2]))
-                if (method, budget) == key and seed is not None]
-    keys = {(m, budget) for m, budget, seed in scored_a if seed is not None} & {
-        (m, budget) for m, budget, seed in scored_b if seed is not None}
-    return {key: seeds_and_items_bootstrap(metric, seeds(scored_b, key), seeds(scored_a, key), refs)
-            for key in sorted(keys, key=str)}
+        return {seed for method, budget, seed in scored if (method, budget) == key and seed is not None}
+    differences = {}
+    for key in sorted({(m, budget) for m, budget, _ in scored_a} & {(m, budget) for m, budget, _ in scored_b}, key=str):
+        both = sorted(seeds(scored_a, key) & seeds(scored_b, key))  # the same students, where a lever moved them
+        if both:
+            differences[key] = seeds_and_items_bootstrap(metric, [scored_b[(*key, s)][1] for s in both],
+                                                         [scored_a[(*key, s)][1] for s in both], refs)
+    return differences
 
 
 if __name__ == "__main__":

@@ -263,9 +263,9 @@ def test_compare_puts_two_runs_side_by_side_and_says_whether_makd_keeps_its_stan
 
 
 def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hypotheses(tmp_path, capsys):
-    """benchmarks.compare --difference: per trained method both runs hold, run B minus run A with an interval that
-    resamples test items and each run's seeds, from the hypotheses kept beside each results file; a method one run
-    lacks gets a dash; runs scored against other references are refused."""
+    """benchmarks.compare --difference: per trained method both runs hold, run B minus run A over the seeds both
+    hold, with an interval that resamples test items and each run's seeds, from the hypotheses kept beside each
+    results file; a method one run lacks gets a dash; runs scored against other references are refused."""
     from benchmarks.archive import keep_text
     from benchmarks.compare import main
     from makd_fairseq.score import seeds_and_items_bootstrap
@@ -288,8 +288,8 @@ def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hy
         path.write_text(json.dumps({"task": "summarization", "data_sha256": "abc", "methods": methods}))
         return str(path)
 
-    a = run_of("a", {"svd_ce": [worse, half], "svd_word_kd": [half]})
-    b = run_of("b", {"svd_ce": [refs, half], "svd_word_kd": [half], "makd": [half]})
+    a = run_of("a", {"svd_ce": [worse, half], "svd_word_kd": [half], "svd_seq_kd": [worse, half]})
+    b = run_of("b", {"svd_ce": [refs, half], "svd_word_kd": [half], "makd": [half], "svd_seq_kd": [refs]})
     main([a, b, "--labels", "p4", "p8", "--difference"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].endswith("| same standing | p8 minus p4 (95% CI) |")
@@ -298,6 +298,8 @@ def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hy
     assert ce["diff"] > 0 and rows["svd_ce"].endswith(
         f" {ce['diff']:+.2f} [{ce['ci95'][0]:+.2f}, {ce['ci95'][1]:+.2f}] |")
     assert rows["svd_word_kd"].endswith(" +0.00 [+0.00, +0.00] |")  # the same students: no difference at all
+    seq = seeds_and_items_bootstrap("rougeL", [refs], [worse], refs)  # seed 1 only: the students both runs hold
+    assert rows["svd_seq_kd"].endswith(f" {seq['diff']:+.2f} [{seq['ci95'][0]:+.2f}, {seq['ci95'][1]:+.2f}] |")
     assert rows["makd"].endswith(" – |") and rows["teacher"].endswith(" – |")
     other = run_of("other", {"svd_ce": [half]}, references=list(reversed(refs)))
     with pytest.raises(SystemExit, match="other references"):
