@@ -58,7 +58,7 @@ from .runner import Run, model_name, seeds_of
 from .scoring import INTERVAL, METRICS, compare_with_makd, read_generation, score
 from .sizes import (ALL_METHODS, GENERATE, QUALITY_METHODS, RACES, SEQ_KD_METHODS, STUDENT_TRAIN, TEACHER_ARCH,
                     common_flags, is_lm_size)
-from .stages import evaluations, finished, has, plan, score_models, time_generation
+from .stages import evaluations, finished, has, plan, score_models, seq_kd_dir, time_generation
 
 # decoder-only students: no dense shrink-and-fine-tune baseline (makd-shrink cuts encoder-decoder models)
 LM_METHODS = ("teacher", "svd_only", "svd_ce", "svd_word_kd", "makd")
@@ -192,7 +192,7 @@ def main(argv=None):
         reused = reusable_seeds(args, data_hash, log, training_fields(args))
 
     models, inits_of, jobs = plan(run, teacher, reused)
-    seq_kd_data, seq_kd_lock = run.path("seq_kd_data"), threading.Lock()
+    seq_kd_data, seq_kd_lock = seq_kd_dir(run), threading.Lock()
     built = os.path.join(seq_kd_data, "teacher_data.json")
     if set(SEQ_KD_METHODS) & set(args.methods) and os.path.isfile(built) \
             and ",".join(json.load(open(built))["splits"]) != seq_kd_splits(args):

@@ -71,6 +71,16 @@ def has(path, text):
     return os.path.isfile(path) and text in open(path).read()
 
 
+def seq_kd_dir(run):
+    """Where the sequence-KD data is (built): WORK/seq_kd_data, or the --extend run's, whose trainings go on here on
+    the very data they began on (the same teacher's outputs: a beam search over every training source not run
+    twice)."""
+    extended = os.path.join(run.args.extend, "seq_kd_data") if getattr(run.args, "extend", None) else None
+    if extended and os.path.isfile(os.path.join(extended, "teacher_data.json")):
+        return extended
+    return run.path("seq_kd_data")
+
+
 def plan(run, teacher, reused):
     """The students to make and train: makes the initial students (stages), returns the models (method, budget, seed
     or None if untrained, checkpoint or None if taken over with --reuse), the student each trained method starts from
@@ -99,7 +109,7 @@ def plan(run, teacher, reused):
                 if (method, budget, seed) in reused and not finished(log):
                     models.append((method, budget, seed, None))
                     continue
-                data = run.path("seq_kd_data") if method in SEQ_KD_METHODS else None
+                data = seq_kd_dir(run) if method in SEQ_KD_METHODS else None
                 cmd = train_command(args, teacher, inits[init], [*flags, "--seed", str(seed)], save, data=data)
                 if args.extend:
                     extend(os.path.join(args.extend, os.path.relpath(save, run.work)), save, cmd)

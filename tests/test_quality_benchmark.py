@@ -265,3 +265,20 @@ def test_extend_to_a_higher_patience_goes_on_where_the_lower_one_stopped(mt_data
     assert seed("long")["early_stopped"] == seed("straight")["early_stopped"]
     log = (tmp_path / "long" / "b50" / "svd_ce" / "seed1" / "train.log").read_text()
     assert log.count("done training in") == 1 and log.count("early stop since") <= 1
+
+
+def test_extend_a_sequence_kd_training_goes_on_on_the_data_it_began_on(mt_data, teacher, tmp_path):
+    """--extend: a sequence-level KD training goes on on the extended run's seq-KD data (the teacher's outputs are
+    not decoded again, and the command is that training's, so it is not refused)."""
+    def quality(work, cap, *extra):
+        return run(sys.executable, "-m", "benchmarks.quality", "--task", "translation", "--data", mt_data, "--size",
+                   "smoke", "--teacher", teacher, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_seq_kd",
+                   "--validation-only", "--stopping", str(cap), "1", "10", "--work", tmp_path / work,
+                   "--out", tmp_path / f"{work}.json", *extra, cwd=ROOT)
+
+    quality("short", 2)
+    quality("long", 4, "--extend", tmp_path / "short")
+    assert not (tmp_path / "long" / "seq_kd_data").exists()
+    starts = json.loads((tmp_path / "long" / "b50" / "svd_seq_kd" / "seed1" / "train.log.provenance.json").read_text())
+    assert [s["command"][1] for s in starts] == [str(tmp_path / "short" / "seq_kd_data")] * 2
+    assert [flag_value(s["command"], "--max-update") for s in starts] == ["2", "4"]
