@@ -24,10 +24,14 @@ FREE = ("--max-update", "--patience", "--save-dir", "--finetune-from-model", "--
 LONGER = ("--max-update", "--patience")  # of which the extension's may only be higher
 
 
+DEVICE = ("--cpu",)  # where a training runs: one begun on a lent GPU goes on on the CPU (as a resumed one does)
+
+
 def _fixed(cmd):
-    """``cmd`` without the flags of ``FREE`` and their values."""
+    """``cmd`` without the flags of ``FREE`` and their values, and without ``DEVICE``."""
     cmd = [str(c) for c in cmd]
-    return [c for i, c in enumerate(cmd) if c not in FREE and (i == 0 or cmd[i - 1] not in FREE)]
+    return [c for i, c in enumerate(cmd)
+            if c not in FREE and c not in DEVICE and (i == 0 or cmd[i - 1] not in FREE)]
 
 
 def extend(source, save, cmd):
@@ -41,7 +45,7 @@ def extend(source, save, cmd):
     docs/benchmarks.md). One that stopped early under the same patience stopped where the longer one would (same
     grid) and is kept whole, finished; under a lower patience it goes on, its count of validations without
     improvement carried over. Nothing is copied when ``save`` has begun or ``source`` has not finished; a source whose
-    command differs in more than ``FREE``, or has a higher cap or patience, is refused (the initial student is not
+    command differs in more than ``FREE`` and the device, or has a higher cap or patience, is refused (the initial student is not
     compared: the training goes on from the source's weights)."""
     log = os.path.join(source, "train.log")
     if os.path.exists(os.path.join(save, "train.log")) or not finished(log):

@@ -282,3 +282,26 @@ def test_extend_a_sequence_kd_training_goes_on_on_the_data_it_began_on(mt_data, 
     starts = json.loads((tmp_path / "long" / "b50" / "svd_seq_kd" / "seed1" / "train.log.provenance.json").read_text())
     assert [s["command"][1] for s in starts] == [str(tmp_path / "short" / "seq_kd_data")] * 2
     assert [flag_value(s["command"], "--max-update") for s in starts] == ["2", "4"]
+
+
+def test_extend_takes_a_training_begun_on_a_gpu_and_refuses_another_recipe(tmp_path):
+    """stages.extend: the device flag (--cpu) is not the recipe, so a training begun on a lent GPU is extended on the
+    CPU; a higher patience or cap in the source, or another flag, is refused and nothing is copied."""
+    from benchmarks.stages import extend
+
+    source = tmp_path / "short"
+    source.mkdir()
+    gpu = ["fairseq-train", "data", "--lr", "0.0005", "--max-update", "3000", "--patience", "4", "--save-dir", "a"]
+    (source / "train.log.provenance.json").write_text(json.dumps([{"command": gpu}]))
+    (source / "train.log").write_text("early stop since valid performance hasn't improved for last 4 runs\n"
+                                      "done training in 10.0 seconds\n")
+    (source / "checkpoint_last.pt").write_bytes(b"weights")
+    cpu = ["fairseq-train", "data", "--lr", "0.0005", "--max-update", "3000", "--patience", "8", "--cpu",
+           "--save-dir", "b"]
+    for refused in ([*cpu[:3], "0.001", *cpu[4:]], [*cpu[:7], "2", *cpu[8:]], [*cpu[:5], "2000", *cpu[6:]]):
+        with pytest.raises(SystemExit, match="not this one with a lower cap or patience"):
+            extend(str(source), str(tmp_path / "refused"), refused)
+        assert not (tmp_path / "refused").exists()
+    assert extend(str(source), str(tmp_path / "long"), cpu)
+    assert (tmp_path / "long" / "checkpoint_last.pt").read_bytes() == b"weights"
+    assert (tmp_path / "long" / "train.log").read_text() == ""  # stopped under patience 4: goes on under 8
