@@ -28,8 +28,8 @@ from .scoring import PAIRED, compare_with_makd
 
 def kept_models(result, path):
     """(models, scored, references) of a results file as ``compare_with_makd`` takes them, from its kept hypotheses:
-    models (method, budget, seed, None) of every student (an untrained one has seed None), scored (method, budget,
-    seed) -> (metrics, hypotheses)."""
+    models (method, budget, seed, None) of every student (an untrained one has seed None; a race's, the winner's),
+    scored (method, budget, seed) -> (metrics, hypotheses)."""
     folder = os.path.join(os.path.dirname(os.path.abspath(path)), result.get("hypotheses") or
                           os.path.join("hypotheses", result["task"]))
 
@@ -45,7 +45,9 @@ def kept_models(result, path):
         for record in entry.get("seeds") or [{"seed": None, "metrics": entry["metrics"]}]:
             key = (entry["method"], entry["budget"], record["seed"])
             models.append((*key, None))
-            scored[key] = (record.get("metrics"), read(model_name(*key)))
+            # a race's student is the winner's own (its hypotheses kept once, under the winner's name)
+            kept_as = (record.get("race") or {}).get("winner", entry["method"])
+            scored[key] = (record.get("metrics"), read(model_name(kept_as, entry["budget"], record["seed"])))
     return models, scored, read("references")
 
 

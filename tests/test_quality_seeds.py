@@ -284,6 +284,10 @@ def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hy
                 keep_text(str(folder / f"b50_{method}_seed{seed}.txt.xz"), hyps)
             methods.append({"method": method, "budget": 0.5, "metrics": {"rougeL": 1.0},
                             "seeds": [{"seed": s, "metrics": {"rougeL": 1.0}} for s in range(1, len(seeds) + 1)]})
+        # a race keeps no hypotheses of its own: each seed's are its winner's
+        methods.append({"method": "word_kd_race", "budget": 0.5, "metrics": {"rougeL": 1.0}, "seeds": [
+            {"seed": s, "metrics": {"rougeL": 1.0}, "race": {"winner": "svd_ce"}}
+            for s in range(1, len(students["svd_ce"]) + 1)]})
         path = tmp_path / name / "summarization.json"
         path.write_text(json.dumps({"task": "summarization", "data_sha256": "abc", "methods": methods}))
         return str(path)
@@ -298,6 +302,7 @@ def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hy
     assert ce["diff"] > 0 and rows["svd_ce"].endswith(
         f" {ce['diff']:+.2f} [{ce['ci95'][0]:+.2f}, {ce['ci95'][1]:+.2f}] |")
     assert rows["svd_word_kd"].endswith(" +0.00 [+0.00, +0.00] |")  # the same students: no difference at all
+    assert rows["word_kd_race"].split(" | ")[-1] == rows["svd_ce"].split(" | ")[-1]  # its winner's students
     seq = seeds_and_items_bootstrap("rougeL", [refs], [worse], refs)  # seed 1 only: the students both runs hold
     assert rows["svd_seq_kd"].endswith(f" {seq['diff']:+.2f} [{seq['ci95'][0]:+.2f}, {seq['ci95'][1]:+.2f}] |")
     assert rows["makd"].endswith(" – |") and rows["teacher"].endswith(" – |")
