@@ -5,9 +5,9 @@
   python3 -m benchmarks.averaging score WORK --task summarization --data BIN --original STUDENT_DIR \
       --out benchmarks/results/averaging
 
-A rerun student trained before benchmarks.commands.KEEP_INTERVAL kept only its best and last checkpoints
-(``--keep-interval-updates 1``; those since keep the last 9, every window scored here). ``replay`` trains it
-again from its recorded command (one start only: a training resumed midway is not replayed) with every interval
+A rerun student trained before 15387be kept only its best and last checkpoints (``--keep-interval-updates 1``;
+those since keep their last ``benchmarks.commands.keep_interval(patience)``, every window scored here). ``replay``
+trains it again from its recorded command (one start only: a training resumed midway is not replayed) with every interval
 checkpoint kept; on the CPU the same command at the same thread count repeats the same updates, and ``score`` checks
 that (the replay's validation curve against the original's, value for value) before it pairs anything with the
 original's test score.
@@ -23,6 +23,7 @@ import sys
 
 from makd_fairseq.files import git_state, write_json
 
+from .commands import AVERAGED_AT_MOST
 from .provenance import command
 from .runner import Run, read_json
 from .stages import finished, has
@@ -202,9 +203,10 @@ def main(argv=None):
     p.add_argument("--original", required=True, help="the replayed student's save dir (its validation curve)")
     p.add_argument("--in-place", action="store_true",
                    help="average the student's own interval checkpoints (a training that kept its last ones, "
-                        "benchmarks.commands.KEEP_INTERVAL) instead of a replay's; its checkpoint_best.pt stands for "
+                        "benchmarks.commands.keep_interval) instead of a replay's; its checkpoint_best.pt stands for "
                         "its best validation when that interval checkpoint is gone")
-    p.add_argument("--max-k", type=int, default=5, help="average up to this many checkpoints (default 5: patience + 1)")
+    p.add_argument("--max-k", type=int, default=AVERAGED_AT_MOST,
+                   help="average up to this many checkpoints (default %(default)s)")
     p.add_argument("--remove-bpe", default="sentencepiece", help="as the benchmark's ('none' for word-level data)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", required=True, help="OUT.json and OUT.md are written")

@@ -59,10 +59,15 @@ def student_training(args):
     return [*recipe, *(until_converged(*stopping) if stopping else [])]  # later flags win
 
 
-# interval checkpoints a student keeps: with patience 4 the best is at most 4 validations before the last, and the 5
-# ending at the best go back 4 more, so 9 hold every window benchmarks.averaging scores (k <= 5, at the stop and at
-# the best); not part of the protocol (student_training): it changes what stays on disk, not the training
-KEEP_INTERVAL = 9
+AVERAGED_AT_MOST = 5  # benchmarks.averaging's largest window (score --max-k)
+
+
+def keep_interval(patience):
+    """Interval checkpoints a student keeps: the best is at most ``patience`` validations before the last, and the
+    windows ending there go back ``AVERAGED_AT_MOST - 1`` more, so these hold every window benchmarks.averaging scores
+    (at the stop and at the best); not part of the protocol (student_training): what stays on disk, not the
+    training."""
+    return patience + AVERAGED_AT_MOST
 
 
 def train_command(args, teacher, init, method_flags, save_dir, data=None):
@@ -70,7 +75,8 @@ def train_command(args, teacher, init, method_flags, save_dir, data=None):
     from makd_fairseq.student import distill_command
 
     return distill_command(data or args.data, teacher, init, [
-        *common_flags(args.size), *student_training(args), "--keep-interval-updates", str(KEEP_INTERVAL),
+        *common_flags(args.size), *student_training(args),
+        "--keep-interval-updates", str(keep_interval(int(flag_value(student_training(args), "--patience")))),
         *selection_flags(args), "--save-dir", save_dir, *method_flags])
 
 

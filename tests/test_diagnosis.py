@@ -193,3 +193,18 @@ def test_students_train_on_the_device_asked_for():
     assert [f for f in student_training(on_cpu) if f != "--cpu"] == student_training(on_gpu)
     gpu_size = Namespace(size="gpu", device="cuda")
     assert student_training(gpu_size).count("--fp16") == 1 and device_flags(gpu_size) == ["--fp16"]
+
+
+def test_students_keep_every_checkpoint_benchmarks_averaging_scores(mt_data, teacher, half_student):
+    """train_command keeps patience + 5 interval checkpoints: the best is at most PATIENCE validations back, and the
+    five ending there are all on disk."""
+    from argparse import Namespace
+
+    from benchmarks.commands import AVERAGED_AT_MOST, flag_value, train_command
+
+    for patience in (4, 8):
+        args = Namespace(size="cpu", task="summarization", data=str(mt_data), stopping=(15000, 250, patience),
+                         select_on="metric", generate_args="", remove_bpe="sentencepiece")
+        cmd = train_command(args, str(teacher), str(half_student), ["--criterion", "label_smoothed_cross_entropy"], "SAVE")
+        assert flag_value(cmd, "--patience") == str(patience)
+        assert flag_value(cmd, "--keep-interval-updates") == str(patience + AVERAGED_AT_MOST)
