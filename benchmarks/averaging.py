@@ -7,8 +7,8 @@
 
 A rerun student trained before 15387be kept only its best and last checkpoints (``--keep-interval-updates 1``;
 those since keep their last ``benchmarks.commands.keep_interval(patience)``, every window scored here). ``replay``
-trains it again from its recorded command (one start only: a training resumed midway is not replayed) with every interval
-checkpoint kept; on the CPU the same command at the same thread count repeats the same updates, and ``score`` checks
+trains it again from its recorded command (one start only: a training resumed midway is not replayed) with every
+interval checkpoint kept; on the CPU the same command at the same thread count repeats the same updates, and ``score`` checks
 that (the replay's validation curve against the original's, value for value) before it pairs anything with the
 original's test score.
 

@@ -49,7 +49,8 @@ def main(argv=None):
                              "95%% interval over test items and seeds, from the runs' kept hypotheses")
     parser.add_argument("--continued", action="store_true",
                         help="a table of each student's validation metric after the first run's stop against its "
-                             "last PATIENCE validations before it (the second run's trainings went on from the first's)")
+                             "last PATIENCE validations before it (the second run's trainings went on from the "
+                             "first's)")
     args = parser.parse_args(argv)
     a, b = load(args.results[0]), load(args.results[1])
     differences = between(a, args.results[0], b, args.results[1], args.metric) if args.difference else None

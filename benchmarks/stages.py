@@ -44,9 +44,9 @@ def extend(source, save, cmd):
     real data it leaves that curve after the resume point, by as much as another run of the same recipe:
     docs/benchmarks.md). One that stopped early under the same patience stopped where the longer one would (same
     grid) and is kept whole, finished; under a lower patience it goes on, its count of validations without
-    improvement carried over. Nothing is copied when ``save`` has begun or ``source`` has not finished; a source whose
-    command differs in more than ``FREE`` and the device, or has a higher cap or patience, is refused (the initial student is not
-    compared: the training goes on from the source's weights)."""
+    improvement carried over. Nothing is copied when ``save`` has begun or ``source`` has not finished; a source
+    whose command differs in more than ``FREE`` and the device, or has a higher cap or patience, is refused (the
+    initial student is not compared: the training goes on from the source's weights)."""
     log = os.path.join(source, "train.log")
     if os.path.exists(os.path.join(save, "train.log")) or not finished(log):
         return False

@@ -205,6 +205,7 @@ def test_students_keep_every_checkpoint_benchmarks_averaging_scores(mt_data, tea
     for patience in (4, 8):
         args = Namespace(size="cpu", task="summarization", data=str(mt_data), stopping=(15000, 250, patience),
                          select_on="metric", generate_args="", remove_bpe="sentencepiece")
-        cmd = train_command(args, str(teacher), str(half_student), ["--criterion", "label_smoothed_cross_entropy"], "SAVE")
+        cmd = train_command(args, str(teacher), str(half_student), ["--criterion", "label_smoothed_cross_entropy"],
+                            "SAVE")
         assert flag_value(cmd, "--patience") == str(patience)
         assert flag_value(cmd, "--keep-interval-updates") == str(patience + AVERAGED_AT_MOST)
