@@ -74,6 +74,9 @@ def continued(a, b):
             mine, curve = record.get("curve"), theirs.get(record["seed"])
             if not mine or not curve:
                 continue
+            if any(row[2] is None for row in curve):
+                raise SystemExit("benchmarks.compare: --continued: the curves hold no validation metric (a run chosen "
+                                 "on nll: --select-on metric logs it)")
             if curve[:len(mine)] != mine:
                 raise SystemExit(f"benchmarks.compare: --continued: {entry['method']} seed {record['seed']} did not go "
                                  "on from the first run's training (its curves differ before the first run's stop)")
