@@ -85,11 +85,16 @@ def average(paths, out):
     os.replace(out + ".tmp", out)
 
 
+def best_validation(curve):
+    """The updates of fairseq's best validation (the last of equal maxima); ``curve``: [updates, value] rows."""
+    return max(curve, key=lambda row: (row[1], row[0]))[0]
+
+
 def candidates(curve, kept, max_k):
     """{name: updates averaged}: the last k checkpoints at the stop and the k ending at the best validation (fairseq's
     best: the last of equal maxima), k = 1..max_k, each only where ``kept`` (sorted updates) has all k;
     ``curve``: [updates, value] rows of the validations."""
-    best = max(curve, key=lambda row: (row[1], row[0]))[0]
+    best = best_validation(curve)
     updates = list(kept)
     out = {}
     for k in range(1, max_k + 1):
@@ -116,13 +121,13 @@ def score_verb(args):
                          + ("" if args.in_place else " (run replay first)"))
     identical = None if args.in_place else replayed == original
     kept = interval_checkpoints(save_dir)
-    best = max(replayed, key=lambda row: (row[1], row[0]))[0]
+    best = best_validation(replayed)
     if best not in kept:  # deleted (--keep-interval-updates), or at an epoch's end (no interval checkpoint there)
         if not args.in_place:
             raise SystemExit(f"benchmarks.averaging: {save_dir} has no interval checkpoint of its best validation "
                              f"({best} updates)")
         kept = dict(sorted({**kept, best: os.path.join(save_dir, "checkpoint_best.pt")}.items()))
-    named, best = candidates(replayed, kept, args.max_k)
+    named, _ = candidates(replayed, kept, args.max_k)
     gen_args = argparse.Namespace(task=args.task, size="cpu", data=args.data, batch_size=64, generate_args="",
                                   remove_bpe=args.remove_bpe, device="cpu")
     run = Run(argparse.Namespace(work=args.work, threads=args.threads, jobs=1))

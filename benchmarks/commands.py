@@ -74,9 +74,10 @@ def train_command(args, teacher, init, method_flags, save_dir, data=None):
     """fairseq-train distilling ``init`` from ``teacher`` on ``data`` (default: the benchmark's data)."""
     from makd_fairseq.student import distill_command
 
+    training = student_training(args)
     return distill_command(data or args.data, teacher, init, [
-        *common_flags(args.size), *student_training(args),
-        "--keep-interval-updates", str(keep_interval(int(flag_value(student_training(args), "--patience")))),
+        *common_flags(args.size), *training,
+        "--keep-interval-updates", str(keep_interval(int(flag_value(training, "--patience")))),
         *selection_flags(args), "--save-dir", save_dir, *method_flags])
 
 
