@@ -44,6 +44,22 @@ def interval_note(result):
             "teacher, one per run.")
 
 
+def students(entry):
+    """{(trained method, seed)} of a quality entry: a race's seeds are its winners' students."""
+    return {((r.get("race") or {}).get("winner", entry["method"]), r["seed"]) for r in entry.get("seeds") or []}
+
+
+def same_students(result, entry, anchor):
+    """The table's cell for ``entry`` against ``anchor`` when both rows are the same students (a race and the racer
+    it kept on every seed, or two races that kept the same one): no difference to estimate. None otherwise."""
+    other = next((m for m in result["methods"] if (m["method"], m["budget"]) == (anchor, entry["budget"])), None)
+    if other is None or other is entry or not students(entry) or students(entry) != students(other):
+        return None
+    race = anchor if anchor in RACES else entry["method"]
+    kept = ", ".join(sorted({method for method, _ in students(entry)}))
+    return f"same students ({race} kept {kept})"
+
+
 def budget_label(budget):
     return "teacher" if budget is None else f"{budget:.0%}"
 
@@ -65,7 +81,8 @@ def table(result):
         sd = m.get("sd") or {}
         cells = [f"{m['metrics'][n]:.2f}" + (f" ± {sd[n]:.2f}" if n in sd else "") for n in names]
         share = 100 * m["metrics"][first] / max(teacher["metrics"][first], 1e-9)
-        vs = " | ".join(vs_cell((m.get(f"vs_{a}") or {}).get(first), a) for a in versus)
+        vs = " | ".join(same_students(result, m, a) or vs_cell((m.get(f"vs_{a}") or {}).get(first), a)
+                        for a in versus)
         nll = "–" if m.get("valid_nll") is None else f"{m['valid_nll']:.3f}"
         early = [bool(r.get("early_stopped")) for r in m.get("seeds", [])]
         updates = "–" if m.get("updates") is None else f"{m['updates']:,}" + (

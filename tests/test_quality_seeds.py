@@ -159,6 +159,30 @@ def test_table_says_where_makd_stands_against_each_method():
                      "svd_seq_kd": "+1.02 [+0.39, +1.64] makd behind", "makd": "–"}
 
 
+def test_table_names_a_comparison_of_the_same_students_instead_of_an_interval():
+    """A race that kept one racer on every seed is that racer's students: their row against each other says so
+    (its bootstrap, resampling the seeds on each side independently, would print a spread around +0.00); a race that
+    kept another racer on some seed is compared by its interval."""
+    from benchmarks.report import table
+
+    def row(method, winners, vs=None):
+        seeds = [{"seed": i + 1, **({"race": {"winner": w}} if w else {})} for i, w in enumerate(winners)]
+        return {"method": method, "budget": 0.5, "params": 10, "metrics": {"bleu": 12.0, "chrf": 40.0},
+                "seeds": seeds, **({"vs_word_kd_race": {"bleu": {"diff": vs[0], "ci95": vs[1:]}}} if vs else {})}
+
+    teacher = {"method": "teacher", "budget": None, "params": 20, "metrics": {"bleu": 13.0, "chrf": 43.0}}
+    rows = [row("svd_ce", [None, None], (0.01, -0.4, 0.4)), row("svd_word_kd", [None, None], (-0.6, -1.1, -0.1)),
+            row("word_kd_race", ["svd_ce", "svd_ce"]), row("makd_race", ["svd_ce", "svd_ce"], (0.02, -0.3, 0.3))]
+    lines = table({"task": "translation", "methods": [teacher, *rows]}).splitlines()
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[-4] for line in lines[3:7]}
+    assert cells == {"svd_ce": "same students (word_kd_race kept svd_ce)",
+                     "svd_word_kd": "-0.60 [-1.10, -0.10] word_kd_race ahead", "word_kd_race": "–",
+                     "makd_race": "same students (word_kd_race kept svd_ce)"}
+    rows[2] = row("word_kd_race", ["svd_ce", "svd_word_kd"])
+    lines = table({"task": "translation", "methods": [teacher, *rows]}).splitlines()
+    assert lines[3].split(" | ")[-4] == "+0.01 [-0.40, +0.40] level"
+
+
 def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(summarization_run, tmp_path):
     """--reuse (a run resumed on another machine): a fresh work directory retrains the teacher; once it writes the
     earlier run's test hypotheses, the earlier seeds are taken over from the results file and rescored, nothing else
