@@ -189,7 +189,8 @@ def plot(result, path):
 # ---------------------------------------------------------------- two quality runs side by side
 
 def cells(result, method, budget, metric):
-    """The metric (± sd, seeds) and vs-makd cells of one method at one budget in one run; dashes if it lacks it."""
+    """The metric (± sd, seeds) and vs-makd cells of one method at one budget in one run (the vs-makd cell of makd's
+    own students says so: ``same_students``); dashes if it lacks it."""
     row = next((m for m in result["methods"] if m["method"] == method and m["budget"] == budget), None)
     if row is None:
         return "–", "–", None
@@ -197,9 +198,9 @@ def cells(result, method, budget, metric):
     seeds = len(row.get("seeds") or []) if budget is not None else 0
     value = f"{row['metrics'][metric]:.2f}" + (f" ± {sd:.2f}" if sd is not None else "") + (
         f" ({seeds})" if seeds else "")
-    vs = (row.get("vs_makd") or {}).get(metric)
-    if vs is None:
-        return value, "–", None
+    vs, same = (row.get("vs_makd") or {}).get(metric), same_students(result, row, "makd")
+    if vs is None or same:
+        return value, same or "–", None
     return value, vs_cell(vs), standing(vs)
 
 

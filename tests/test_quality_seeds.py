@@ -163,7 +163,7 @@ def test_table_names_a_comparison_of_the_same_students_instead_of_an_interval():
     """A race that kept one racer on every seed is that racer's students: their row against each other says so
     (its bootstrap, resampling the seeds on each side independently, would print a spread around +0.00); a race that
     kept another racer on some seed is compared by its interval."""
-    from benchmarks.report import table
+    from benchmarks.report import side_by_side, table
 
     def row(method, winners, vs=None):
         seeds = [{"seed": i + 1, **({"race": {"winner": w}} if w else {})} for i, w in enumerate(winners)]
@@ -181,6 +181,11 @@ def test_table_names_a_comparison_of_the_same_students_instead_of_an_interval():
     rows[2] = row("word_kd_race", ["svd_ce", "svd_word_kd"])
     lines = table({"task": "translation", "methods": [teacher, *rows]}).splitlines()
     assert lines[3].split(" | ")[-4] == "+0.01 [-0.40, +0.40] level"
+    # two runs side by side: the vs-makd cell of a race that kept makd
+    run = {"task": "translation", "methods": [teacher, row("makd", [None]), row("makd_race", ["makd"])]}
+    run["methods"][2]["vs_makd"] = {"bleu": {"diff": 0.0, "ci95": [0.0, 0.0]}}
+    lines = side_by_side(run, run, ("A", "B")).splitlines()
+    assert lines[-1].split(" | ")[3] == "same students (makd_race kept makd)"
 
 
 def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(summarization_run, tmp_path):
