@@ -90,14 +90,17 @@ def continued(a, b):
 def continued_table(rows, labels):
     lines = [f"| method | budget | seed | stop: {labels[0]} | stop: {labels[1]} | last validations before the first "
              "stop (mean) | after it (mean) | after minus before |", "|---|---|---|---|---|---|---|---|"]
-    changes = []
+    changes = {}  # method -> its students' after minus before
     for method, budget, seed, stop_a, stop_b, before, after in rows:
         change = "–" if after is None else f"{after - before:+.2f}"
-        changes += [] if after is None else [after - before]
+        changes.setdefault(method, []).extend([] if after is None else [after - before])
         lines.append(f"| {method} | {budget_label(budget)} | {seed} | {stop_a:,} | {stop_b:,} | {before:.2f} | "
                      + ("–" if after is None else f"{after:.2f}") + f" | {change} |")
-    if changes:
-        lines.append(f"| mean over {len(changes)} students | | | | | | | {sum(changes) / len(changes):+.2f} |")
+    measured = {method: c for method, c in changes.items() if c}
+    groups = [(f"{method}'s", c) for method, c in measured.items()] if len(measured) > 1 else []
+    every = [x for c in measured.values() for x in c]
+    for label, c in groups + ([("all", every)] if every else []):
+        lines.append(f"| mean over {label} {len(c)} students | | | | | | | {sum(c) / len(c):+.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -367,6 +367,14 @@ def test_compare_continued_measures_the_curves_after_the_first_runs_stop(tmp_pat
     assert table[0].startswith("| method | budget | seed | stop: p2 | stop: p4 |")
     assert table[2:] == ["| svd_ce | 50% | 1 | 1,000 | 1,500 | 21.25 | 23.00 | +1.75 |",
                          "| svd_word_kd | 50% | 1 | 1,000 | 1,000 | 20.60 | – | – |",  # stopped where it was
-                         "| mean over 1 students | | | | | | | +1.75 |"]
+                         "| mean over all 1 students | | | | | | | +1.75 |"]
+    # with more than one method measured, each method's mean too (the patience rule's is over two of them)
+    b["methods"][2]["seeds"][0]["curve"] += [[1250, 4.0, 21.0], [1500, 4.0, 20.0]]
+    paths[1].write_text(json.dumps(b))
+    main([str(paths[0]), str(paths[1]), "--labels", "p2", "p4", "--continued"])
+    table = capsys.readouterr().out.split("\n\n")[1].splitlines()
+    assert table[-3:] == ["| mean over svd_ce's 1 students | | | | | | | +1.75 |",
+                          "| mean over svd_word_kd's 1 students | | | | | | | -0.10 |",
+                          "| mean over all 2 students | | | | | | | +0.82 |"]
     with pytest.raises(SystemExit, match="did not go on"):
         main([str(paths[0]), str(paths[2]), "--continued"])
