@@ -14,9 +14,9 @@
 # / ROUGE-L of beam-search hypotheses, every 250 updates), with the teachers' cap of 15,000 updates and patience 8
 # validations (first 4, the diagnosis's grid; five of the six summarization students of CE and word KD went on
 # improving after their patience-4 stop, and the pre-declared validation rule of docs/benchmarks.md, "A longer
-# patience, measured", adopted 8). A patience other than 4 has its own work and results (WORK/rerun/TASK.patienceP, results under
-# benchmarks/results/rerun/patienceP/), and its trainings go on from the patience-4 run's where that has finished
-# them (--extend: the same updates up to that stop; finish a begun patience-4 training first). Methods:
+# patience, measured", adopted 8). A patience other than 4 has its own work and results (WORK/rerun/TASK.patienceP,
+# results under benchmarks/results/rerun/patienceP/), and its trainings go on from the patience-4 run's where that
+# has finished them (--extend: the same updates up to that stop; finish a begun patience-4 training first). Methods:
 # svd_ce, svd_word_kd (CE + KL at T 1), svd_seq_kd, makd, makd_seq_kd, dense_sft_kd, and the raced recipes
 # word_kd_race (makd-compress's default) and makd_race; 50% with seeds 1, 2, 3 (in that order: every method's
 # seed 1 first), 25% with seed 1.
