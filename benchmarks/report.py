@@ -44,9 +44,14 @@ def interval_note(result):
             "teacher, one per run.")
 
 
+def trained_as(entry, record):
+    """The method whose student a seed record of a quality entry is: a race's, its winner (``records.with_races``)."""
+    return (record.get("race") or {}).get("winner", entry["method"])
+
+
 def students(entry):
     """{(trained method, seed)} of a quality entry: a race's seeds are its winners' students."""
-    return {((r.get("race") or {}).get("winner", entry["method"]), r["seed"]) for r in entry.get("seeds") or []}
+    return {(trained_as(entry, r), r["seed"]) for r in entry.get("seeds") or []}
 
 
 def same_students(result, entry, anchor):

@@ -21,7 +21,7 @@ from makd_fairseq.files import write_text
 
 from .archive import read_kept
 from .compare import load
-from .report import budget_label, standing, table, vs_cell
+from .report import budget_label, standing, table, trained_as, vs_cell
 from .runner import model_name
 from .scoring import PAIRED, compare_with_makd
 
@@ -46,8 +46,8 @@ def kept_models(result, path):
             key = (entry["method"], entry["budget"], record["seed"])
             models.append((*key, None))
             # a race's student is the winner's own (its hypotheses kept once, under the winner's name)
-            kept_as = (record.get("race") or {}).get("winner", entry["method"])
-            scored[key] = (record.get("metrics"), read(model_name(kept_as, entry["budget"], record["seed"])))
+            scored[key] = (record.get("metrics"), read(model_name(trained_as(entry, record), entry["budget"],
+                                                                  record["seed"])))
     return models, scored, read("references")
 
 
