@@ -10,7 +10,8 @@ follows a straight one)::
 
 A student's tar (``b50.makd.seed1.tar``) holds its train.log and train.log.provenance.json (every start of the training
 with its command: ``--cpu`` or not says where each ran, which the results record), its checkpoint_best.pt without the
-optimizer state (only generation reads it) and, for an unfinished training, its checkpoint_last.pt whole. A checkpoint
+optimizer state (only generation reads it) and, for an unfinished training, its checkpoint_last.pt whole (so a
+finished one cannot be extended to a higher patience: stages.extend trains it afresh and says so). A checkpoint
 that does not load (the training was killed while writing it) falls back to the newest numbered checkpoint that does;
 a student with none is left out. The sequence-KD data's tar (``seq_kd_data.tar``) holds the teacher's targets, the
 manifest and the stage's log: makd-teacher-data copies every other file unchanged from the data directory its manifest

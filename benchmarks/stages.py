@@ -3,6 +3,7 @@ None if taken over with --reuse): the students to make and train, their evaluati
 scoring what they wrote."""
 import json
 import os
+import sys
 
 from makd_fairseq import fairseq_logs
 from makd_fairseq.files import copy_file, write_json, write_text
@@ -46,7 +47,9 @@ def extend(source, save, cmd):
     grid) and is kept whole, finished; under a lower patience it goes on, its count of validations without
     improvement carried over. Nothing is copied when ``save`` has begun or ``source`` has not finished; a source
     whose command differs in more than ``FREE`` and the device, or has a higher cap or patience, is refused (the
-    initial student is not compared: the training goes on from the source's weights)."""
+    initial student is not compared: the training goes on from the source's weights). One that must go on but has no
+    checkpoint_last.pt (``benchmarks.carry`` brings a finished training back with its best checkpoint only) is not
+    copied: the training begins afresh, with its own log, and says so."""
     log = os.path.join(source, "train.log")
     if os.path.exists(os.path.join(save, "train.log")) or not finished(log):
         return False
@@ -57,13 +60,18 @@ def extend(source, save, cmd):
                          f"patience (its fairseq-train command differs beyond {', '.join(FREE)}, or its cap or "
                          "patience is higher)")
     text = fairseq_logs.read(log)
+    # ended at its cap, or stopped early with less patience than this one's: it goes on (a log without the end is
+    # resumed) from its checkpoint_last.pt, without which fairseq-train would begin afresh under the source's log
+    goes_on = not fairseq_logs.early_stopped(text) or flag_value(theirs, "--patience") != flag_value(cmd, "--patience")
+    if goes_on and not os.path.isfile(os.path.join(source, "checkpoint_last.pt")):
+        print(f"benchmarks: --extend: {source} has no checkpoint_last.pt to go on from (a finished training carried "
+              f"back from a lent machine holds its best checkpoint only): {save} trains afresh", file=sys.stderr)
+        return False
     os.makedirs(save, exist_ok=True)
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
         if os.path.isfile(os.path.join(source, name)):
             copy_file(os.path.join(source, name), os.path.join(save, name))
-    # ended at its cap, or stopped early with less patience than this one's: it goes on (a log without the end is
-    # resumed)
-    if not fairseq_logs.early_stopped(text) or flag_value(theirs, "--patience") != flag_value(cmd, "--patience"):
+    if goes_on:
         text = "".join(line for line in text.splitlines(keepends=True)
                        if fairseq_logs.DONE not in line and fairseq_logs.EARLY_STOP not in line)
     write_json(os.path.join(save, "train.log.provenance.json"), started)

@@ -305,3 +305,27 @@ def test_extend_takes_a_training_begun_on_a_gpu_and_refuses_another_recipe(tmp_p
     assert extend(str(source), str(tmp_path / "long"), cpu)
     assert (tmp_path / "long" / "checkpoint_last.pt").read_bytes() == b"weights"
     assert (tmp_path / "long" / "train.log").read_text() == ""  # stopped under patience 4: goes on under 8
+
+
+def test_extend_starts_afresh_a_training_with_no_checkpoint_last_to_go_on_from(tmp_path, capsys):
+    """stages.extend: a finished training carried back from a lent GPU holds checkpoint_best.pt only; going on from it
+    would make fairseq-train begin afresh beneath the source's log and provenance, so nothing is copied and it says
+    so. A training that stopped under the same patience needs no checkpoint_last.pt: it is kept whole."""
+    from benchmarks.stages import extend
+
+    source = tmp_path / "carried"
+    source.mkdir()
+    gpu = ["fairseq-train", "data", "--max-update", "15000", "--patience", "4", "--save-dir", "a"]
+    (source / "train.log.provenance.json").write_text(json.dumps([{"command": gpu}]))
+    log = ("early stop since valid performance hasn't improved for last 4 runs\n"
+           "done training in 10.0 seconds\n")
+    (source / "train.log").write_text(log)
+    (source / "checkpoint_best.pt").write_bytes(b"best")
+    longer = ["fairseq-train", "data", "--max-update", "15000", "--patience", "8", "--cpu", "--save-dir", "b"]
+    assert not extend(str(source), str(tmp_path / "longer"), longer)
+    assert not (tmp_path / "longer").exists()
+    assert "has no checkpoint_last.pt to go on from" in capsys.readouterr().err
+    same = [*longer[:5], "4", *longer[6:]]
+    assert extend(str(source), str(tmp_path / "same"), same)
+    assert (tmp_path / "same" / "train.log").read_text() == log
+    assert (tmp_path / "same" / "checkpoint_best.pt").read_bytes() == b"best"
