@@ -17,7 +17,8 @@ rerun with a higher patience (``RERUN_PATIENCE``) against the protocol's.
 ``--continued`` adds, for a second run whose trainings went on from the first's (``--extend`` to a higher patience
 or cap), per student the mean validation metric after the first run's stop minus the mean of the first run's last
 PATIENCE validations (those that led to its stop): positive where the curves were still rising when the first
-run's rule stopped them (docs/benchmarks.md, "A longer patience, measured": validation only, no test score).
+run's rule stopped them (docs/benchmarks.md, "A longer patience, measured": validation only, no test score); a
+student the second run trained afresh is named beneath the table.
 """
 import argparse
 import json
@@ -60,11 +61,13 @@ def main(argv=None):
 
 
 def continued(a, b):
-    """[(method, budget, seed, stop in a, stop in b, mean of a's last PATIENCE validation metrics, mean of b's after
-    a's stop or None)] of the trained students (not the races) both runs hold, whose curve in ``b`` begins with
-    their whole curve in ``a``; an error when one has another curve before a's stop (b did not go on from a)."""
+    """([(method, budget, seed, stop in a, stop in b, mean of a's last PATIENCE validation metrics, mean of b's after
+    a's stop or None)], [(method, budget, seed) trained afresh in b]) of the trained students (not the races) both
+    runs hold: a row for each whose curve in ``b`` begins with its whole curve in ``a``, the others (another curve
+    before a's stop: ``b`` trained it anew, e.g. stages.extend found nothing to go on from) listed apart; an error
+    when none went on from ``a``."""
     patience = a["stopping"]["patience"]
-    rows = []
+    rows, afresh = [], []
     for entry in a["methods"]:
         if entry["method"] in RACES:  # a race's students are the raced methods' own: counted once, there
             continue
@@ -78,16 +81,20 @@ def continued(a, b):
                 raise SystemExit("benchmarks.compare: --continued: the curves hold no validation metric (a run chosen "
                                  "on nll: --select-on metric logs it)")
             if curve[:len(mine)] != mine:
-                raise SystemExit(f"benchmarks.compare: --continued: {entry['method']} seed {record['seed']} did not go "
-                                 "on from the first run's training (its curves differ before the first run's stop)")
+                afresh.append((entry["method"], entry["budget"], record["seed"]))
+                continue
             after = [row[2] for row in curve[len(mine):]]
             rows.append((entry["method"], entry["budget"], record["seed"], mine[-1][0], curve[-1][0],
                          sum(row[2] for row in mine[-patience:]) / len(mine[-patience:]),
                          sum(after) / len(after) if after else None))
-    return rows
+    if afresh and not rows:
+        raise SystemExit("benchmarks.compare: --continued: no training of the second run went on from the first's "
+                         "(their curves differ before the first run's stop)")
+    return rows, afresh
 
 
-def continued_table(rows, labels):
+def continued_table(measured, labels):
+    rows, afresh = measured
     lines = [f"| method | budget | seed | stop: {labels[0]} | stop: {labels[1]} | last validations before the first "
              "stop (mean) | after it (mean) | after minus before |", "|---|---|---|---|---|---|---|---|"]
     changes = {}  # method -> its students' after minus before
@@ -101,6 +108,10 @@ def continued_table(rows, labels):
     every = [x for c in measured.values() for x in c]
     for label, c in groups + ([("all", every)] if every else []):
         lines.append(f"| mean over {label} {len(c)} students | | | | | | | {sum(c) / len(c):+.2f} |")
+    if afresh:
+        lines.append(f"\nTrained afresh under {labels[1]}, not continued from {labels[0]} (their curves differ before "
+                     f"its stop; not in the table): " + ", ".join(f"{m} {budget_label(b)} seed {s}" for m, b, s in afresh)
+                     + ".")
     return "\n".join(lines) + "\n"
 
 

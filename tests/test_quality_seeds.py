@@ -343,7 +343,8 @@ def test_compare_difference_is_the_second_run_minus_the_first_from_their_kept_hy
 def test_compare_continued_measures_the_curves_after_the_first_runs_stop(tmp_path, capsys):
     """benchmarks.compare --continued: per student of a run that went on from the first's trainings, the mean of the
     validations after the first stop minus the mean of the first run's last PATIENCE ones; races are not counted
-    twice; a second run whose curve differs before the first stop is refused."""
+    twice; a student whose curve differs before the first stop was trained afresh and is named apart, and a second
+    run with none that went on is refused."""
     from benchmarks.compare import main
 
     def run_of(curves, patience):
@@ -376,5 +377,13 @@ def test_compare_continued_measures_the_curves_after_the_first_runs_stop(tmp_pat
     assert table[-3:] == ["| mean over svd_ce's 1 students | | | | | | | +1.75 |",
                           "| mean over svd_word_kd's 1 students | | | | | | | -0.10 |",
                           "| mean over all 2 students | | | | | | | +0.82 |"]
-    with pytest.raises(SystemExit, match="did not go on"):
+    with pytest.raises(SystemExit, match="no training of the second run went on"):
         main([str(paths[0]), str(paths[2]), "--continued"])
+    # a student the second run trained anew (its curve differs before the first stop) is named apart, not measured
+    b["methods"][2]["seeds"][0]["curve"] = [[250, 4.0, 19.0], [500, 4.0, 23.0]]
+    paths[1].write_text(json.dumps(b))
+    main([str(paths[0]), str(paths[1]), "--labels", "p2", "p4", "--continued"])
+    table = capsys.readouterr().out.split("\n\n")[1:]
+    assert table[0].splitlines()[-1] == "| mean over all 1 students | | | | | | | +1.75 |"
+    assert table[1] == ("Trained afresh under p4, not continued from p2 (their curves differ before its stop; not in "
+                        "the table): svd_word_kd 50% seed 1.\n")
