@@ -160,7 +160,8 @@ def parse(argv):
         parser.error(f"{', '.join(args.races)}: a race is decided on the validation metric of an encoder-decoder "
                      "task: add --select-on metric")
     # what a race derives from is trained (named or not); the race itself trains nothing
-    args.methods = list(dict.fromkeys(m for name in args.methods for m in (RACES.get(name) or (name,))))
+    args.methods = list(dict.fromkeys(m for name in args.methods for m in (RACES[name][:2] if name in RACES
+                                                                             else (name,))))
     if "teacher" not in args.methods:
         args.methods.insert(0, "teacher")  # every score is also reported as a share of the teacher's
     return args

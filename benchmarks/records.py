@@ -9,7 +9,7 @@ from makd_fairseq import fairseq_logs
 
 from .commands import VALID_METRIC
 from .runner import first_seed
-from .sizes import RACES
+from .sizes import FULL, RACES
 
 
 def training_record(log, metric=None):
@@ -44,16 +44,18 @@ def seed_record(run, method, seed, checkpoint, metrics):
 
 def add_races(run, races, models, scored, updates):
     """Each derived method of ``races`` (``sizes.RACES``) at each budget and seed where both racers trained here:
-    appended to ``models`` and ``scored`` as the winner of the race over their first ``updates`` updates (the
-    higher best validation metric so far, the method on a tie: ``makd_fairseq.compress.race_winner``). Returns
-    (race, budget, seed) -> {"updates", "selected_on", "values", "winner"} (as makd-compress's race.json)."""
+    appended to ``models`` and ``scored`` as the winner of the race over their first ``updates`` updates, or over
+    their whole trainings for a race of length ``sizes.FULL`` (the higher best validation metric so far, the method
+    on a tie: ``makd_fairseq.compress.race_winner``). Returns (race, budget, seed) -> {"updates" (None: the whole
+    trainings), "selected_on", "values", "winner"} (as makd-compress's race.json)."""
     from makd_fairseq.compress import race_winner
 
     if not races:
         return {}
     key, races_run = VALID_METRIC[run.args.task], {}  # races are refused for language models (no metric)
     for race in races:
-        method, baseline = RACES[race]
+        method, baseline, length = RACES[race]
+        until = None if length == FULL else updates
         trained = {(m, b, s): c for m, b, s, c in models if s is not None and c is not None}
         for (m, budget, seed), checkpoint in list(trained.items()):
             other = trained.get((baseline, budget, seed))
@@ -61,16 +63,16 @@ def add_races(run, races, models, scored, updates):
                 continue
             # what makd-compress's race reads of each racer's log (fairseq_logs.best_valid), here up to the race's end
             values = {racer: fairseq_logs.best_valid(fairseq_logs.read(os.path.join(os.path.dirname(path),
-                                                                                    "train.log")), key, updates)
+                                                                                    "train.log")), key, until)
                       for racer, path in ((method, checkpoint), (baseline, other))}
             missing = [racer for racer, value in values.items() if value is None]
             if missing:
                 raise SystemExit(f"benchmarks.quality: {race}: {', '.join(missing)} at {budget:g}, seed {seed} logged "
-                                 f"no validation {key} in the first {updates} updates")
+                                 f"no validation {key}" + ("" if until is None else f" in the first {until} updates"))
             winner = race_winner(values, key, method)
             models.append((race, budget, seed, checkpoint if winner == method else other))
             scored[(race, budget, seed)] = scored[(winner, budget, seed)]
-            races_run[(race, budget, seed)] = {"updates": updates, "selected_on": key, "values": values,
+            races_run[(race, budget, seed)] = {"updates": until, "selected_on": key, "values": values,
                                                "winner": winner}
     return races_run
 

@@ -50,7 +50,8 @@ mkdir -p "$out"
 results=$out/$task.json
 # a subset of the trainings (RERUN_METHODS / RERUN_SEEDS / RERUN_BUDGETS, e.g. on a lent GPU: benchmarks/lease.sh)
 # writes its results beside its work directory, never over the committed file of every method
-read -r -a methods <<< "${RERUN_METHODS:-svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race}"
+every="svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race word_kd_race_full"
+read -r -a methods <<< "${RERUN_METHODS:-$every}"
 read -r -a seeds <<< "${RERUN_SEEDS:-1 2 3}"
 read -r -a budgets <<< "${RERUN_BUDGETS:-0.5 0.25}"
 base=$work/rerun/$task${name:+.$name}

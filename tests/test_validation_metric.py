@@ -196,13 +196,14 @@ def test_quality_benchmark_select_on_metric_keeps_each_validation_as_a_curve(mt_
     out, work = tmp_path / "translation.json", tmp_path / "work"
     args = [sys.executable, "-m", "benchmarks.quality", "--task", "translation", "--data", mt_data, "--size", "smoke",
             "--work", work, "--budgets", "0.5", "--seeds", "1", "--methods", "svd_ce", "svd_seq_kd", "makd_race",
-            "--remove-bpe", "none", "--out", out]
+            "word_kd_race_full", "--remove-bpe", "none", "--out", out]
     run(*args, "--select-on", "metric", cwd=ROOT)
     result = json.loads(out.read_text())
     # makd_race (makd-compress's default) trains nothing: makd, trained because it races, against svd_ce over their
     # first 2 updates (a quarter of the 4-update cap in whole validation intervals), the winner's student and scores
     entries = {m["method"]: m for m in result["methods"]}
-    assert [m["method"] for m in result["methods"]] == ["teacher", "svd_ce", "svd_seq_kd", "makd", "makd_race"]
+    assert [m["method"] for m in result["methods"]] == ["teacher", "svd_ce", "svd_seq_kd", "makd", "svd_word_kd",
+                                                        "makd_race", "word_kd_race_full"]
     race = entries["makd_race"]["seeds"][0]["race"]
     curves = {m: entries[m]["seeds"][0]["curve"] for m in ("makd", "svd_ce")}
     assert race == {"updates": 2, "selected_on": "bleu", "values": {m: c[0][2] for m, c in curves.items()},
@@ -211,10 +212,17 @@ def test_quality_benchmark_select_on_metric_keeps_each_validation_as_a_curve(mt_
     assert entries["makd_race"]["metrics"] == winner["metrics"]
     assert entries["makd_race"]["seeds"][0]["checkpoint"] == winner["seeds"][0]["checkpoint"]
     assert "vs_makd" in entries["makd_race"]  # what the race adds to makd, with its interval
+    # a full race (sizes.FULL) is decided on each racer's best validation over its whole training
+    full = entries["word_kd_race_full"]["seeds"][0]["race"]
+    ends = {m: max(row[2] for row in entries[m]["seeds"][0]["curve"]) for m in ("svd_word_kd", "svd_ce")}
+    assert full == {"updates": None, "selected_on": "bleu", "values": ends,
+                    "winner": race_winner(ends, "bleu", "svd_word_kd")}
+    assert entries["word_kd_race_full"]["metrics"] == entries[full["winner"]]["metrics"]
     # every method also against the default recipe, in its own column
     assert all("vs_makd_race" in entries[m] for m in ("svd_ce", "svd_seq_kd", "makd"))
     assert "vs_makd_race" not in entries["makd_race"] and "vs_makd_race" not in entries["teacher"]
-    assert "| bleu vs makd (95% CI) | bleu vs makd_race (95% CI) |" in (tmp_path / "translation.md").read_text()
+    assert ("| bleu vs makd (95% CI) | bleu vs makd_race (95% CI) | bleu vs word_kd_race_full (95% CI) |"
+            in (tmp_path / "translation.md").read_text())
     # the student validates on BLEU with the test generation's beam and lengths and is chosen on it
     assert result["checkpoint_selection"] == ('--eval-metric bleu --eval-metric-args {"beam": 4, "max_len_a": 1.5, '
                                               '"max_len_b": 10} --best-checkpoint-metric bleu '
@@ -236,6 +244,7 @@ def test_quality_benchmark_select_on_metric_keeps_each_validation_as_a_curve(mt_
     assert [row[2] is not None for row in result["methods"][2]["seeds"][0]["curve"]] == [True, True]
     # an nll run in the same WORK would validate seq-KD on the references it no longer has there: refused
     proc = run(*args, cwd=ROOT, check=False)
-    assert proc.returncode == 2 and "makd_race: a race is decided on the validation metric" in proc.stderr
-    proc = run(*[a for a in args if a != "makd_race"], cwd=ROOT, check=False)
+    assert proc.returncode == 2
+    assert "makd_race, word_kd_race_full: a race is decided on the validation metric" in proc.stderr
+    proc = run(*[a for a in args if a not in ("makd_race", "word_kd_race_full")], cwd=ROOT, check=False)
     assert proc.returncode != 0 and "use another --work" in proc.stderr.splitlines()[-1], proc.stderr[-2000:]
