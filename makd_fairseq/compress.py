@@ -14,7 +14,8 @@ Stages, each reused when its output exists (an interrupted training continues fr
    With ``--race N`` the method and plain cross-entropy fine-tuning (``ce``) first train N updates each from the same
    init (DIR/race/METHOD, DIR/race/METHOD.log); the one with the better validation value continues from its own
    checkpoint to the cap (DIR/train), and DIR/race.json and the report say what was chosen and on what values: a
-   student worse than plain fine-tuning on validation is never returned unannounced.
+   student worse than plain fine-tuning on validation is never returned unannounced. ``--race full`` trains both
+   to their own stop and keeps the better on validation (twice the training; no continuation).
 3. ``evaluate``: ``fairseq-generate`` on the test split for teacher and student with the same beam, batch and
    threads (``fairseq-eval-lm`` for language models), scored with ``score``'s functions. The speed is then timed as
    the speed benchmark times it (``timing.interleaved``): after a warm-up, ``--speed-rounds`` rounds of teacher and
@@ -52,6 +53,7 @@ METHODS = {
 OWN_FILES = ("init.pt", "init.txt", "student.pt", "race", "race.json", "train", "train.log", "generate", "report.md",
              "report.json")
 RACE_BASELINE = "ce"  # what --race runs the method against
+FULL_RACE = "full"  # --race full: both racers trained to their own stop, the better on validation kept
 
 
 class CompressError(ValueError):
@@ -198,19 +200,23 @@ def train(args, lm, student_path: str, log: str, method=None, max_update=None, s
 def race(args, lm, student_path: str) -> dict:
     """``--race N``: the method and ``RACE_BASELINE`` trained N updates each from ``student_path`` (each reused when
     finished), the winner the one with the better validation value (``selection``; the method on a tie); its
-    checkpoints become DIR/train's, from which ``train`` continues it to the cap. DIR/race.json:
-    {"updates", "selected_on", "values": {method: best value}, "winner"}."""
+    checkpoints become DIR/train's, from which ``train`` continues it to the cap. ``--race full``: each trained to
+    its own stop (the cap or the patience), the winner's checkpoints DIR/train's, nothing left to train
+    (``full_race``). DIR/race.json: {"updates" (None: the whole trainings), "selected_on", "values": {method: best
+    value}, "winner"}."""
     path = os.path.join(args.out, "race.json")
     if os.path.isfile(path):
         with open(path) as f:
             return json.load(f)
     key, values = selection(args), {}
+    length = args.max_update if full_race(args) else args.race
     for method in (args.method, RACE_BASELINE):
         save_dir, log = os.path.join(args.out, "race", method), os.path.join(args.out, "race", f"{method}.log")
         os.makedirs(save_dir, exist_ok=True)
         if not fairseq_logs.finished(fairseq_logs.read(log)):
-            print(f"[makd-compress] race: {method}, {args.race} updates", flush=True)
-            train(args, lm, student_path, log, method, args.race, save_dir)
+            print(f"[makd-compress] race: {method}, " + ("to its stop" if full_race(args) else f"{args.race} updates"),
+                  flush=True)
+            train(args, lm, student_path, log, method, length, save_dir)
         values[method] = fairseq_logs.best_valid(fairseq_logs.read(log), key)
         if values[method] is None:
             raise SystemExit(f"makd-compress: the race's {method} run logged no validation {key} (validate more "
@@ -218,9 +224,14 @@ def race(args, lm, student_path: str) -> dict:
     winner = race_winner(values, key, args.method)
     for name in ("checkpoint_last.pt", "checkpoint_best.pt"):  # the winner continues from where it stopped
         copy_file(os.path.join(args.out, "race", winner, name), os.path.join(args.out, "train", name))
-    result = {"updates": args.race, "selected_on": key, "values": values, "winner": winner}
+    result = {"updates": None if full_race(args) else args.race, "selected_on": key, "values": values,
+              "winner": winner}
     write_json(path, result)
     return result
+
+
+def full_race(args) -> bool:
+    return args.race == FULL_RACE
 
 
 RACE_AT_MOST = 1000  # on the diagnosis's curves every race of makd or word KD against ce had settled by 750 updates
@@ -245,9 +256,11 @@ def race_line(r) -> str:
     if r is None:
         return ""
     values = ", ".join(f"{m} {v}" for m, v in r["values"].items())
-    return (f"Race over the first {r['updates']} updates on validation {r['selected_on']}: {values}; continued "
-            f"**{r['winner']}**" + (" (plain cross-entropy fine-tuning: the method did worse on validation)."
-                                    if r["winner"] == RACE_BASELINE else "."))
+    span, kept = (("the whole trainings (each to its own stop)", "kept") if r["updates"] is None
+                  else (f"the first {r['updates']} updates", "continued"))
+    return (f"Race over {span} on validation {r['selected_on']}: {values}; {kept} **{r['winner']}**"
+            + (" (plain cross-entropy fine-tuning: the method did worse on validation)."
+               if r["winner"] == RACE_BASELINE else "."))
 
 
 def generate_command(data, checkpoint, flags, remove_bpe="sentencepiece", device=("--cpu",), subset="test"):
@@ -351,9 +364,13 @@ def report(args, lm, manifest, results, timed, wall_s) -> dict:
     if args.race:
         with open(path("race.json")) as f:
             raced = json.load(f)
-        # the student's training: the winner's race run, then its continuation; both racers' time counts
+        # the student's training: the winner's race run, then its continuation (none after a full race: the race
+        # run is the whole training); both racers' time counts
         logs = [fairseq_logs.read(path("race", f"{m}.log")) for m in raced["values"]]
         winner_log = fairseq_logs.read(path("race", f"{raced['winner']}.log"))
+        if raced["updates"] is None:
+            train_log = winner_log
+            logs.remove(winner_log)
         best = [v for v in (fairseq_logs.best_valid(t, selected_on) for t in (winner_log, train_log)) if v is not None]
         best_nll = [v for v in map(fairseq_logs.best_valid_nll, (winner_log, train_log)) if v is not None]
         seconds = sum(fairseq_logs.training_seconds(t) or 0 for t in [*logs, train_log])

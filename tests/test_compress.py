@@ -68,6 +68,31 @@ def test_by_default_the_method_races_plain_fine_tuning_and_the_checkpoint_is_cho
         out / "report.md").read_text()
 
 
+def test_a_full_race_trains_both_to_their_stop_and_keeps_the_better_on_validation(teacher, mt_data, tmp_path):
+    """--race full: word KD and plain fine-tuning each trained to their own stop from the same init, the one with the
+    better best validation BLEU kept as it is (no continuation); the report's training is the winner's run, its
+    time both runs'."""
+    out = tmp_path / "run"
+    proc = run("makd-compress", "--teacher", teacher, "--data", mt_data, "--out", out, *ARGS, "--race", "full",
+               "--speed-rounds", "1")
+    report = json.loads((out / "report.json").read_text())
+    logs = {m: (out / "race" / f"{m}.log").read_text() for m in ("word_kd", "ce")}
+    ends = {m: max(float(x["valid_bleu"]) for x in records(text) if "valid_bleu" in x) for m, text in logs.items()}
+    winner = "word_kd" if ends["word_kd"] >= ends["ce"] else "ce"
+    assert report["race"] == {"updates": None, "selected_on": "bleu", "values": ends, "winner": winner}
+    assert report["trained_method"] == winner and not (out / "train.log").exists()
+    assert report["training"]["updates"] == 6 and report["training"]["best_valid"] == ends[winner]
+    best = torch.load(out / "race" / winner / "checkpoint_best.pt")["model"]
+    student = torch.load(out / "student.pt")["model"]
+    assert all(torch.equal(best[k], v) for k, v in student.items())
+    assert "[makd-compress] race: word_kd, to its stop" in proc.stdout and "[makd-compress] train" not in proc.stdout
+    assert "Race over the whole trainings (each to its own stop)" in (out / "report.md").read_text()
+    # resumed: nothing trained again
+    assert main(["--teacher", str(teacher), "--data", str(mt_data), "--out", str(out), *ARGS, "--race", "full",
+                 "--speed-rounds", "1", "--quiet"]) == 0
+    assert json.loads((out / "report.json").read_text())["race"] == report["race"]
+
+
 @pytest.mark.parametrize("given, lm, expected", [
     ({}, False, ("word_kd", "metric", 1000)),  # the defaults: word KD racing ce, 1,000 of the cap of 15,000
     ({"max_update": 3000}, False, ("word_kd", "metric", 750)),  # a quarter of the cap below 1,000
@@ -158,7 +183,7 @@ def _files(path):
 
 
 @pytest.mark.parametrize("case", ["teacher missing", "data missing", "other dictionary", "budget impossible",
-                                  "another run in out", "unrelated files in out", "race on nll"])
+                                  "another run in out", "unrelated files in out", "race on nll", "race not a length"])
 def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, teacher, mt_data, other_vocab_data,
                                                             tmp_path):
     out = tmp_path / "out"
@@ -166,7 +191,7 @@ def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, tea
     expect = {"teacher missing": "no such checkpoint file", "data missing": "no such directory",
               "other dictionary": "dictionary", "budget impossible": "cannot be met",
               "another run in out": "holds a run with other arguments", "unrelated files in out": "not empty",
-              "race on nll": "--select-on metric"}[case]
+              "race on nll": "--select-on metric", "race not a length": "a number of updates or 'full'"}[case]
     if case == "teacher missing":
         args["--teacher"] = tmp_path / "nope.pt"
     elif case == "data missing":
@@ -177,6 +202,8 @@ def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, tea
         args["--param-budget"] = "0.01"
     elif case == "race on nll":
         args.update({"--race": "1", "--select-on": "nll"})
+    elif case == "race not a length":
+        args["--race"] = "all"
     elif case == "another run in out":
         args["--out"] = out = compressed[0]  # the finished run above, asked for another budget
         args["--param-budget"] = "0.4"

@@ -22,6 +22,16 @@ from ..student import is_lm, task_flags
 from . import fail
 
 
+def race_length(text):
+    """--race's value: a number of updates, or 'full' (``compress.FULL_RACE``)."""
+    if text == compress.FULL_RACE:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: a number of updates or '{compress.FULL_RACE}'") from None
+
+
 def get_parser():
     parser = argparse.ArgumentParser(prog="makd-compress", description="teacher + data + budget -> a distilled "
                                                                        "low-rank student and a report, in one command")
@@ -49,10 +59,11 @@ def get_parser():
                              "hypotheses of the valid split (--beam, the lengths in --eval-args; logged as "
                              "valid_bleu / valid_chrf / valid_rougeL). Default: metric; nll for language models "
                              "(their metric, perplexity, is the nll)")
-    parser.add_argument("--race", type=int, metavar="N",
+    parser.add_argument("--race", type=race_length, metavar="N",
                         help="first train --method and plain cross-entropy fine-tuning (ce) N updates each from the "
                              "same init and continue the one with the better validation metric to --max-update; the "
-                             "report says which. Default: a quarter of --max-update, at most 1000 updates, in whole "
+                             "report says which. 'full': train both to their own stop and keep the better (twice "
+                             "the training). Default: a quarter of --max-update, at most 1000 updates, in whole "
                              "validation intervals (1000 of 15000) with --select-on metric, else 0 (no race)")
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--max-tokens", type=int, default=4000)
@@ -129,7 +140,7 @@ def main(argv=None) -> int:
             raise CompressError("--select-on metric is for sequence-to-sequence teachers: a language model's metric "
                                 "(perplexity) is its validation nll already")
         resolve_defaults(args, lm)
-        if args.race and not 0 < args.race < args.max_update:
+        if args.race and not compress.full_race(args) and not 0 < args.race < args.max_update:
             raise CompressError(f"--race {args.race} must be between 0 and --max-update {args.max_update}")
         if args.race and args.select_on != "metric":
             raise CompressError("--race compares the racers on the task's metric: add --select-on metric (on the "
@@ -158,8 +169,9 @@ def main(argv=None) -> int:
 
     if not fairseq_logs.finished(fairseq_logs.read(path("train.log"))):
         method = compress.race(args, lm, path("init.pt"))["winner"] if args.race else args.method
-        print(f"[makd-compress] train{'' if method == args.method else ' ' + method}", flush=True)
-        compress.train(args, lm, path("init.pt"), path("train.log"), method)
+        if not compress.full_race(args):  # after a full race the winner's run is the whole training
+            print(f"[makd-compress] train{'' if method == args.method else ' ' + method}", flush=True)
+            compress.train(args, lm, path("init.pt"), path("train.log"), method)
     compress.keep_best(args)
     results, warmed_up = compress.evaluate_both(args, lm)  # both evaluated just now: the timing's warm-up
     report = compress.report(args, lm, manifest, results, compress.time_both(args, lm, warmup=0 if warmed_up else 1),
