@@ -102,6 +102,9 @@ def table(result):
     if any(m["method"] in SEQ_KD_METHODS for m in result["methods"]) and "valid" in decoded:
         lines += ["", f"{', '.join(SEQ_KD_METHODS)}: best valid nll against the teacher's outputs for the valid "
                       "sources (what they are trained on), not against the references as the other rows."]
+    kept = races_kept(result)
+    if kept:
+        lines += ["", f"What each race kept, per seed: {'; '.join(kept)}."]
     on_gpu = gpu_trained(result)
     if on_gpu:
         lines += ["", "Trained on a GPU (the same fp32 recipe; a later start on the CPU resumed from its "
@@ -109,6 +112,21 @@ def table(result):
     if result.get("pending"):
         lines += ["", f"Partial: {len(result['pending'])} trainings not finished yet ({', '.join(result['pending'])})."]
     return "\n".join(lines) + "\n"
+
+
+def races_kept(result):
+    """``word_kd_race 50% (1,000 updates): seed 1 svd_word_kd, seed 2 svd_ce`` for each race of ``result``: the racer
+    its validation values chose on each seed (``records.add_races``; ``whole trainings`` for a full race)."""
+    found = []
+    for m in result["methods"]:
+        seeds = [r for r in m.get("seeds") or [] if r.get("race")]
+        if m["method"] not in RACES or not seeds:
+            continue
+        spans = {r["race"]["updates"] for r in seeds}
+        span = ", ".join([f"{u:,} updates" for u in sorted(spans - {None})] + ["whole trainings"] * (None in spans))
+        found.append(f"{m['method']} {budget_label(m['budget'])} ({span}): "
+                     + ", ".join(f"seed {r['seed']} {trained_as(m, r)}" for r in seeds))
+    return found
 
 
 def gpu_trained(result):

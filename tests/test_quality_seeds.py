@@ -166,7 +166,8 @@ def test_table_names_a_comparison_of_the_same_students_instead_of_an_interval():
     from benchmarks.report import side_by_side, table
 
     def row(method, winners, vs=None):
-        seeds = [{"seed": i + 1, **({"race": {"winner": w}} if w else {})} for i, w in enumerate(winners)]
+        seeds = [{"seed": i + 1, **({"race": {"winner": w, "updates": 1000}} if w else {})}
+                 for i, w in enumerate(winners)]
         return {"method": method, "budget": 0.5, "params": 10, "metrics": {"bleu": 12.0, "chrf": 40.0},
                 "seeds": seeds, **({"vs_word_kd_race": {"bleu": {"diff": vs[0], "ci95": vs[1:]}}} if vs else {})}
 
@@ -181,6 +182,12 @@ def test_table_names_a_comparison_of_the_same_students_instead_of_an_interval():
     rows[2] = row("word_kd_race", ["svd_ce", "svd_word_kd"])
     lines = table({"task": "translation", "methods": [teacher, *rows]}).splitlines()
     assert lines[3].split(" | ")[-4] == "+0.01 [-0.40, +0.40] level"
+    # under the table, what each race kept on each seed and over how many updates (a full race: whole trainings)
+    for r in rows[3]["seeds"]:
+        r["race"]["updates"] = None
+    lines = table({"task": "translation", "methods": [teacher, *rows]}).splitlines()
+    assert lines[-1] == ("What each race kept, per seed: word_kd_race 50% (1,000 updates): seed 1 svd_ce, seed 2 "
+                         "svd_word_kd; makd_race 50% (whole trainings): seed 1 svd_ce, seed 2 svd_ce.")
     # two runs side by side: the vs-makd cell of a race that kept makd
     run = {"task": "translation", "methods": [teacher, row("makd", [None]), row("makd_race", ["makd"])]}
     run["methods"][2]["vs_makd"] = {"bleu": {"diff": 0.0, "ci95": [0.0, 0.0]}}
