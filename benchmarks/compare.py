@@ -109,9 +109,9 @@ def continued_table(measured, labels):
     for label, c in groups + ([("all", every)] if every else []):
         lines.append(f"| mean over {label} {len(c)} students | | | | | | | {sum(c) / len(c):+.2f} |")
     if afresh:
+        names = ", ".join(f"{m} {budget_label(b)} seed {s}" for m, b, s in afresh)
         lines.append(f"\nTrained afresh under {labels[1]}, not continued from {labels[0]} (their curves differ before "
-                     f"its stop; not in the table): " + ", ".join(f"{m} {budget_label(b)} seed {s}" for m, b, s in afresh)
-                     + ".")
+                     f"its stop; not in the table): {names}.")
     return "\n".join(lines) + "\n"
 
 
