@@ -13,7 +13,7 @@ with the pairs still missing and no verdict.
 import argparse
 import json
 
-SHORT, FULL = "word_kd_race", "word_kd_race_full"
+SHORT, FULL = "word_kd_race", "word_kd_race_full"  # the two races (sizes.RACES) of the same racers
 
 
 def pairs(result, budget):
@@ -31,6 +31,10 @@ def cost(short, full):
     return ends[full["winner"]] - ends[short["winner"]]
 
 
+def listed(values):
+    return ", ".join(f"{m} {v}" for m, v in values.items())
+
+
 def table(results, budget, seeds, threshold):
     lines = ["| task | seed | kept after the short race (updates: values) | better at the end (values) | cost |",
              "|---|---|---|---|---|"]
@@ -44,9 +48,8 @@ def table(results, budget, seeds, threshold):
             short, full = found[seed]
             c = cost(short, full)
             costs.append(c)
-            fmt = lambda values: ", ".join(f"{m} {v}" for m, v in values.items())  # noqa: E731
             lines.append(f"| {result['task']} | {seed} | {short['winner']} ({short['updates']:,}: "
-                         f"{fmt(short['values'])}) | {full['winner']} ({fmt(full['values'])}) | {c:+.2f} |")
+                         f"{listed(short['values'])}) | {full['winner']} ({listed(full['values'])}) | {c:+.2f} |")
     mean = sum(costs) / len(costs) if costs else None
     lines.append(f"| mean over {len(costs)} pairs | | | | " + ("–" if mean is None else f"{mean:+.2f}") + " |")
     lines.append("")
