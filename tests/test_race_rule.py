@@ -16,7 +16,7 @@ def result(task, races):
         {"method": "word_kd_race", "budget": 0.25, "seeds": [record(1, 1000, {"svd_word_kd": 1.0, "svd_ce": 9.0})]}]}
 
 
-def test_the_rule_is_decided_only_on_every_pair_and_by_the_mean_cost(tmp_path, capsys):
+def test_the_rule_is_decided_by_the_mean_cost_over_every_pair(tmp_path, capsys):
     kd, ce = "svd_word_kd", "svd_ce"
     a = result("summarization", {1: ({kd: 21.0, ce: 19.6}, {kd: 24.0, ce: 25.3}),  # kept kd, ce ended 1.3 ahead
                                  2: ({kd: 20.7, ce: 19.9}, {kd: 24.6, ce: 23.4})})  # kept kd, kd ended ahead: 0
@@ -24,7 +24,7 @@ def test_the_rule_is_decided_only_on_every_pair_and_by_the_mean_cost(tmp_path, c
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path, r in zip(paths, (a, b)):
         path.write_text(json.dumps(r))
-    main([*map(str, paths), "--seeds", "1", "2"])
+    main([*map(str, paths), "--seeds", "1", "2", "--threshold", "0.4"])  # 1.3 / 4 pairs at least: not above 0.4
     out = capsys.readouterr().out.splitlines()
     assert out[2] == ("| summarization | 1 | svd_word_kd (1,000: svd_word_kd 21.0, svd_ce 19.6) | svd_ce (svd_word_kd "
                       "24.0, svd_ce 25.3) | +1.30 |")
@@ -50,3 +50,31 @@ def test_a_file_that_does_not_read_is_one_error_and_exit_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main([str(tmp_path / "missing.json")])
     assert e.value.code == 2 and "missing.json" in capsys.readouterr().err
+
+
+def test_the_rule_is_decided_early_once_the_missing_pairs_cannot_bring_the_mean_to_the_threshold(tmp_path, capsys):
+    kd, ce = "svd_word_kd", "svd_ce"
+    a = result("summarization", {1: ({kd: 21.0, ce: 19.6}, {kd: 24.0, ce: 25.3})})  # cost 1.3
+    b = result("translation", {1: ({kd: 8.8, ce: 9.3}, {kd: 13.4, ce: 14.5})})       # cost 0
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, r in zip(paths, (a, b)):
+        path.write_text(json.dumps(r))
+    main([*map(str, paths), "--seeds", "1", "2"])  # 1.3 over four pairs: at least 0.325 > 0.3
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "Decided with 2 pairs not finished (summarization seed 2, translation seed 2): costs are never negative, so "
+        "the mean over all 4 pairs is at least +0.33 > 0.3: the full race is makd-compress's default.")
+    main([*map(str, paths), "--seeds", "1", "2", "3"])  # 1.3 over six pairs: at least 0.22, not above 0.3
+    assert capsys.readouterr().out.splitlines()[-1].startswith("Not decided: 4 pairs not finished")
+
+
+def test_a_race_on_the_nll_costs_the_kept_end_minus_the_lower_one(tmp_path, capsys):
+    kd, ce = "svd_word_kd", "svd_ce"
+    r = result("summarization", {1: ({kd: 3.0, ce: 3.1}, {kd: 3.2, ce: 2.9})})
+    for m in r["methods"]:
+        for s in m["seeds"]:
+            s["race"]["selected_on"] = "nll_loss"
+            s["race"]["winner"] = min(s["race"]["values"], key=s["race"]["values"].get)
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(r))
+    main([str(path), "--seeds", "1"])  # the short race kept kd (3.0), ce ended lower: 3.2 - 2.9
+    assert capsys.readouterr().out.splitlines()[2].endswith("| +0.30 |")
