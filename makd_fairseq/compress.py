@@ -136,12 +136,12 @@ class TrainProgress:
     """A tqdm bar over the update cap, fed with fairseq-train's ``--log-format json`` lines as they come: the updates
     reached and the last validation ("valid nll 3.21 @ 400", "valid nll 3.21 @ 400, bleu 12.3" with a metric)."""
 
-    def __init__(self, total: int, initial: int = 0, file=None, metric: str = None):
+    def __init__(self, total: int, initial: int = 0, file=None, metric: str = None, desc="[makd-compress] train"):
         from tqdm import tqdm
 
         self.metric = metric
         file = file or sys.stderr
-        self.bar = tqdm(total=total, initial=min(initial, total), unit="update", desc="[makd-compress] train",
+        self.bar = tqdm(total=total, initial=min(initial, total), unit="update", desc=desc,
                         file=file, mininterval=0.5 if file.isatty() else 30, dynamic_ncols=True)
 
     def feed(self, line: str) -> None:
@@ -183,12 +183,14 @@ def run_logged(cmd, log, live=True, progress=None):
         raise SystemExit(f"makd-compress: {cmd[0]} failed (exit {rc}); see {log}")
 
 
-def train(args, lm, student_path: str, log: str, method=None, max_update=None, save_dir=None) -> None:
+def train(args, lm, student_path: str, log: str, method=None, max_update=None, save_dir=None,
+          desc="[makd-compress] train") -> None:
     """Distill until the validation value (``selection``) stops improving (resumes from the save directory's
-    checkpoint_last.pt; ``method``, ``max_update``, ``save_dir`` as in ``train_flags``)."""
+    checkpoint_last.pt; ``method``, ``max_update``, ``save_dir`` as in ``train_flags``; ``desc`` the progress bar's
+    label)."""
     metric = selection(args)
     progress = TrainProgress(max_update or args.max_update, fairseq_logs.last_updates(fairseq_logs.read(log)) or 0,
-                             metric=None if metric == "nll_loss" else metric)
+                             metric=None if metric == "nll_loss" else metric, desc=desc)
     try:
         run_logged(distill_command(args.data, args.teacher, student_path,
                                    train_flags(args, lm, method, max_update, save_dir)), log,
@@ -216,7 +218,7 @@ def race(args, lm, student_path: str) -> dict:
         if not fairseq_logs.finished(fairseq_logs.read(log)):
             print(f"[makd-compress] race: {method}, " + ("to its stop" if full_race(args) else f"{args.race} updates"),
                   flush=True)
-            train(args, lm, student_path, log, method, length, save_dir)
+            train(args, lm, student_path, log, method, length, save_dir, desc=f"[makd-compress] race {method}")
         values[method] = fairseq_logs.best_valid(fairseq_logs.read(log), key)
         if values[method] is None:
             raise SystemExit(f"makd-compress: the race's {method} run logged no validation {key} (validate more "
@@ -238,9 +240,9 @@ RACE_AT_MOST = 1000  # on the diagnosis's curves every race of makd or word KD a
 
 
 def default_race(max_update: int, every: int) -> int:
-    """makd-compress's race length by default: a quarter of the cap, at most ``RACE_AT_MOST`` updates, in whole
-    validation intervals, at least one (750 of 3,000 updates validated every 250, 1,000 of 15,000); 0 when no
-    validation comes before the cap."""
+    """A short race's length (the default until the race-length rule made it full; the benchmark's ``word_kd_race``):
+    a quarter of the cap, at most ``RACE_AT_MOST`` updates, in whole validation intervals, at least one (750 of 3,000
+    updates validated every 250, 1,000 of 15,000); 0 when no validation comes before the cap (then no race at all)."""
     quarter = max(every, min(max_update // 4, RACE_AT_MOST) // every * every)
     return quarter if quarter < max_update else 0
 

@@ -31,7 +31,7 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     out, proc = compressed
     report = json.loads((out / "report.json").read_text())
     assert "fairseq_cli.train" in proc.stdout and "valid_nll_loss" in proc.stdout  # fairseq's own lines, live
-    logs = records((out / "train.log").read_text())
+    logs = records((out / "race" / f"{report['trained_method']}.log").read_text())  # the default: a full race
     assert report["training"]["updates"] == max(int(v) for x in logs for k, v in x.items() if k.endswith("num_updates")) == 6
     assert report["training"]["best_valid_nll"] == min(float(x["valid_nll_loss"]) for x in logs if "valid_nll_loss" in x)
     for name in ("teacher", "student"):
@@ -44,7 +44,7 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     assert report["metric_ratio"] == pytest.approx(report["student"]["scores"]["bleu"]
                                                    / report["teacher"]["scores"]["bleu"])
     assert report["student"]["params"] <= 0.5 * report["teacher"]["params"]
-    best = torch.load(out / "train" / "checkpoint_best.pt")["model"]
+    best = torch.load(out / "race" / report["trained_method"] / "checkpoint_best.pt")["model"]
     student = torch.load(out / "student.pt")["model"]
     assert all(torch.equal(best[k], v) for k, v in student.items())
     assert "encoder.layers.0.fc1" in report["ranks_table"] and "output error" in report["ranks_table"]
@@ -54,54 +54,54 @@ def test_report_agrees_with_the_training_and_generation_logs(compressed):
     assert "distill it with" not in report["ranks_table"] and report["ranks_table"] == (out / "init.txt").read_text()
 
 
-def test_by_default_the_method_races_plain_fine_tuning_and_the_checkpoint_is_chosen_on_the_metric(compressed):
-    """What a user gets without --method / --race / --select-on (a sequence-to-sequence teacher): word KD racing plain
-    fine-tuning over a quarter of the cap in whole validation intervals (2 of 6 updates here), then the winner to the
-    cap, chosen on validation BLEU."""
+def test_by_default_word_kd_and_plain_fine_tuning_train_to_their_stop_and_the_better_on_validation_is_kept(
+        compressed, teacher, mt_data):
+    """What a user gets without --method / --race / --select-on (a sequence-to-sequence teacher), a full race: word KD
+    and plain fine-tuning each trained to their own stop from the same init, the one with the better best validation
+    BLEU kept as it is (no continuation); the report's training is the winner's run, its time both runs'."""
     out, proc = compressed
     report = json.loads((out / "report.json").read_text())
-    assert report["arguments"]["select_on"] == "metric" and report["arguments"]["race"] == 2
-    assert report["method"] == "word_kd" and report["race"]["updates"] == 2
-    assert sorted(report["race"]["values"]) == ["ce", "word_kd"]
-    assert report["training"]["selected_on"] == "bleu" and report["trained_method"] == report["race"]["winner"]
-    assert "[makd-compress] race: word_kd, 2 updates" in proc.stdout and "Race over the first 2 updates" in (
-        out / "report.md").read_text()
-
-
-def test_a_full_race_trains_both_to_their_stop_and_keeps_the_better_on_validation(teacher, mt_data, tmp_path):
-    """--race full: word KD and plain fine-tuning each trained to their own stop from the same init, the one with the
-    better best validation BLEU kept as it is (no continuation); the report's training is the winner's run, its
-    time both runs'."""
-    out = tmp_path / "run"
-    proc = run("makd-compress", "--teacher", teacher, "--data", mt_data, "--out", out, *ARGS, "--race", "full",
-               "--speed-rounds", "1")
-    report = json.loads((out / "report.json").read_text())
+    assert report["arguments"]["select_on"] == "metric" and report["arguments"]["race"] == "full"
     logs = {m: (out / "race" / f"{m}.log").read_text() for m in ("word_kd", "ce")}
     ends = {m: max(float(x["valid_bleu"]) for x in records(text) if "valid_bleu" in x) for m, text in logs.items()}
     winner = "word_kd" if ends["word_kd"] >= ends["ce"] else "ce"
+    assert report["method"] == "word_kd"
     assert report["race"] == {"updates": None, "selected_on": "bleu", "values": ends, "winner": winner}
     assert report["trained_method"] == winner and not (out / "train.log").exists()
+    assert report["training"]["selected_on"] == "bleu"
     assert report["training"]["updates"] == 6 and report["training"]["best_valid"] == ends[winner]
-    best = torch.load(out / "race" / winner / "checkpoint_best.pt")["model"]
-    student = torch.load(out / "student.pt")["model"]
-    assert all(torch.equal(best[k], v) for k, v in student.items())
     assert "[makd-compress] race: word_kd, to its stop" in proc.stdout and "[makd-compress] train" not in proc.stdout
     assert "Race over the whole trainings (each to its own stop)" in (out / "report.md").read_text()
-    # resumed: nothing trained again
-    assert main(["--teacher", str(teacher), "--data", str(mt_data), "--out", str(out), *ARGS, "--race", "full",
-                 "--speed-rounds", "1", "--quiet"]) == 0
-    assert json.loads((out / "report.json").read_text())["race"] == report["race"]
+
+
+def test_a_short_race_continues_the_better_racer_to_the_cap(teacher, mt_data, tmp_path):
+    """--race N: word KD and plain fine-tuning N updates each, the better on validation continued from its own
+    checkpoint to the cap in DIR/train, chosen on validation BLEU."""
+    out = tmp_path / "run"
+    proc = run("makd-compress", "--teacher", teacher, "--data", mt_data, "--out", out, *ARGS, "--race", "2",
+               "--speed-rounds", "1")
+    report = json.loads((out / "report.json").read_text())
+    assert report["arguments"]["race"] == 2 and report["race"]["updates"] == 2
+    assert sorted(report["race"]["values"]) == ["ce", "word_kd"]
+    assert report["training"]["selected_on"] == "bleu" and report["trained_method"] == report["race"]["winner"]
+    logs = records((out / "train.log").read_text())
+    assert report["training"]["updates"] == max(int(v) for x in logs for k, v in x.items() if k.endswith("num_updates")) == 6
+    best = torch.load(out / "train" / "checkpoint_best.pt")["model"]
+    student = torch.load(out / "student.pt")["model"]
+    assert all(torch.equal(best[k], v) for k, v in student.items())
+    assert "[makd-compress] race: word_kd, 2 updates" in proc.stdout and "Race over the first 2 updates" in (
+        out / "report.md").read_text()
+    bar = proc.stderr.replace("\r", "\n").splitlines()  # the bar names the racer, then the training
+    assert any("[makd-compress] race ce" in line and "2/2" in line for line in bar), proc.stderr[-2000:]
+    assert any("[makd-compress] train" in line and "6/6" in line for line in bar), proc.stderr[-2000:]
 
 
 @pytest.mark.parametrize("given, lm, expected", [
-    ({}, False, ("word_kd", "metric", 1000)),  # the defaults: word KD racing ce, 1,000 of the cap of 15,000
-    ({"max_update": 3000}, False, ("word_kd", "metric", 750)),  # a quarter of the cap below 1,000
-    ({"max_update": 1000}, False, ("word_kd", "metric", 250)),  # 250 is a whole validation interval
-    ({"max_update": 900, "validate_interval_updates": 100}, False, ("word_kd", "metric", 200)),
-    ({"max_update": 8000, "validate_interval_updates": 300}, False, ("word_kd", "metric", 900)),  # at most 1,000
+    ({}, False, ("word_kd", "metric", "full")),  # the defaults: word KD racing ce, each to its own stop
+    ({"max_update": 1000}, False, ("word_kd", "metric", "full")),
     ({"max_update": 250}, False, ("word_kd", "metric", 0)),  # no validation before the cap: no race
     ({"method": "ce"}, False, ("ce", "metric", 0)),  # the method is the baseline
-    ({"method": "makd"}, False, ("makd", "metric", 1000)),
+    ({"method": "makd"}, False, ("makd", "metric", "full")),
     ({"select_on": "nll"}, False, ("word_kd", "nll", 0)),
     ({"race": 100}, False, ("word_kd", "metric", 100)),  # given: kept
     ({}, True, ("makd", "nll", 0)),  # a language model: makd (not diagnosed), its metric is the nll
@@ -113,6 +113,15 @@ def test_defaults_depend_on_the_teacher_and_the_cap(given, lm, expected):
     vars(args).update(given)
     resolve_defaults(args, lm)
     assert (args.method, args.select_on, args.race) == expected
+
+
+def test_a_short_race_is_a_quarter_of_the_cap_in_whole_validation_intervals():
+    from makd_fairseq.compress import default_race
+
+    assert default_race(15000, 250) == 1000  # at most 1,000
+    assert default_race(3000, 250) == 750 and default_race(1000, 250) == 250
+    assert default_race(900, 100) == 200 and default_race(8000, 300) == 900
+    assert default_race(250, 250) == 0  # no validation before the cap: no race
 
 
 def test_the_speed_line_is_timed_as_the_speed_benchmark_times_it(compressed):
@@ -150,10 +159,12 @@ def test_interleaved_rounds_warm_up_first_then_take_every_measurement_in_turn():
 
 def test_training_shows_a_progress_bar_over_the_update_cap_with_the_last_validation(compressed):
     out, proc = compressed
-    valid = [r for r in records((out / "train.log").read_text()) if "valid_nll_loss" in r]
-    last = f"valid nll {float(valid[-1]['valid_nll_loss']):.2f} @ {int(valid[-1]['valid_num_updates'])}"
-    bar = proc.stderr.replace("\r", "\n").splitlines()
-    assert any("[makd-compress] train" in line and "6/6" in line and last in line for line in bar), proc.stderr[-2000:]
+    for racer in ("word_kd", "ce"):  # the default's full race: one bar per racer, named
+        valid = [r for r in records((out / "race" / f"{racer}.log").read_text()) if "valid_nll_loss" in r]
+        last = f"valid nll {float(valid[-1]['valid_nll_loss']):.2f} @ {int(valid[-1]['valid_num_updates'])}"
+        bar = proc.stderr.replace("\r", "\n").splitlines()
+        assert any(f"[makd-compress] race {racer}" in line and "6/6" in line and last in line
+                   for line in bar), proc.stderr[-2000:]
 
 
 def test_the_log_holds_each_line_as_soon_as_it_is_printed(tmp_path):
@@ -168,13 +179,13 @@ def test_the_log_holds_each_line_as_soon_as_it_is_printed(tmp_path):
 
 def test_a_second_run_reuses_every_stage(compressed, teacher, mt_data, capsys):
     out, _ = compressed
-    watched = ["init.pt", "student.pt", "train.log", "generate/teacher.txt", "generate/student.txt",
-               "generate/speed.json"]
+    watched = ["init.pt", "student.pt", "race.json", "race/word_kd.log", "race/ce.log", "generate/teacher.txt",
+               "generate/student.txt", "generate/speed.json"]
     before = {p: os.stat(out / p).st_mtime_ns for p in watched}
     assert main(["--teacher", str(teacher), "--data", str(mt_data), "--out", str(out), *ARGS, "--quiet"]) == 0
     assert {p: os.stat(out / p).st_mtime_ns for p in watched} == before
     printed = capsys.readouterr().out
-    assert "[makd-compress] train" not in printed and "[makd-compress] evaluate" not in printed
+    assert "[makd-compress] race" not in printed and "[makd-compress] evaluate" not in printed
     assert "[makd-compress] time" not in printed
 
 
