@@ -6,13 +6,14 @@
 # 1. binarizes the committed English->German Debian description excerpts (tests/fixtures/debian/translation:
 #    400 train, 50 valid, 50 test pairs) with fairseq-preprocess;
 # 2. trains a small Transformer teacher on them with fairseq-train;
-# 3. runs makd-compress at 50% of the teacher's parameters (whitened low-rank init; MaKD and plain fine-tuning race
-#    250 updates, the one with the better validation BLEU trains on until it stops improving; teacher and student
-#    decoded and scored on test) and prints WORK_DIR/student/report.md, which says what the race chose.
+# 3. runs makd-compress at 50% of the teacher's parameters (whitened low-rank init; word-level KD and plain
+#    fine-tuning each trained until validation BLEU stops improving, the better kept; teacher and student decoded
+#    and scored on test) and prints WORK_DIR/student/report.md, which says what the race chose.
 # Tiny data, tiny models: the point is the pipeline, not the scores (the student, trained on from the teacher's
 # weights for up to 600 more updates, can even pass the briefly trained teacher). Re-running reuses every step.
 # Measured: 6 min 11 s on 2 cores while a benchmark ran beside it, before the race became makd-compress's default
-# (it adds 250 updates of the race's loser; at 618049a the whole script took about 13 min beside two trainings).
+# (at 618049a, with a 250-update race, the whole script took about 13 min beside two trainings; the full race, the
+# default since 2026-12-05, trains the loser to its stop too).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-/tmp/makd-quickstart}
