@@ -18,8 +18,8 @@
 # results under benchmarks/results/rerun/patienceP/), and its trainings go on from the patience-4 run's where that
 # has finished them (--extend: the same updates up to that stop; finish a begun patience-4 training first). Methods:
 # svd_ce, svd_word_kd (CE + KL at T 1), svd_seq_kd, makd, makd_seq_kd, dense_sft_kd, and the raced recipes
-# word_kd_race (makd-compress's default) and makd_race; 50% with seeds 1, 2, 3 (in that order: every method's
-# seed 1 first), 25% with seed 1.
+# word_kd_race_full (makd-compress's default: the full race), word_kd_race (the short race) and makd_race; 50% with
+# seeds 1, 2, 3 (in that order: every method's seed 1 first), 25% with seed 1.
 # Data and teacher: benchmarks/offline_data.sh (the run's teacher from git history); TEACHER.pt NAME: another
 # teacher (e.g. NAME replicate), its run in WORK/rerun/TASK.NAME and benchmarks/results/rerun/NAME/. The students train
 # in WORK/rerun/ (not WORK/TASK: diagnose.sh's trainings of the same names under another protocol live there).

@@ -146,13 +146,14 @@ DIAGNOSIS_METHODS = {
 }
 # every method a run can name: (initial student, criterion flags)
 ALL_METHODS = {**QUALITY_METHODS, **DIAGNOSIS_METHODS}
-# methods a run derives from two it trains, training nothing itself: a method raced against plain fine-tuning over
-# makd-compress's default race length on the validation metric, as makd-compress races it; per seed, the winner's
-# student (makd-compress continues the winner from its race checkpoint: the same training, fairseq's patience counter
-# aside). (method, baseline, length): length None for makd-compress's default race length, FULL (--race full) for a
-# race over the whole trainings (each racer to its own stop, the better best validation kept). word_kd_race is
-# makd-compress's default recipe (--method word_kd, issue 34's diagnosis); makd_race its recipe with --method makd,
-# the default before; word_kd_race_full the full race of docs/benchmarks.md's race-length rule.
+# methods a run derives from two it trains, training nothing itself: a method raced against plain fine-tuning on the
+# validation metric, as makd-compress races it; per seed, the winner's student (after a short race makd-compress
+# continues the winner from its race checkpoint: the same training, fairseq's patience counter aside). (method,
+# baseline, length): length None for the short race (compress.default_race: 1,000 of 15,000 updates), FULL (--race
+# full) for a race over the whole trainings (each racer to its own stop, the better best validation kept).
+# word_kd_race_full is makd-compress's default recipe (--method word_kd, --race full: docs/benchmarks.md's race-length
+# rule); word_kd_race the short race, the default until that rule was decided; makd_race the short race of
+# --method makd, the default before issue 34's diagnosis.
 RACES = {"word_kd_race": ("svd_word_kd", "svd_ce", None), "makd_race": ("makd", "svd_ce", None),
          "word_kd_race_full": ("svd_word_kd", "svd_ce", FULL)}
 # how each kind of initial student is made: (tool, flags); "svd" and "vocab" also take benchmarks.quality's --init
