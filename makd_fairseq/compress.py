@@ -70,14 +70,22 @@ def check_out_dir(args, manifest) -> bool:
         if previous["arguments"] == manifest["arguments"]:
             return False
         if not args.force:
-            changed = sorted(k for k in manifest["arguments"] if previous["arguments"].get(k) != manifest["arguments"][k])
-            raise CompressError(f"--out {args.out} holds a run with other arguments ({', '.join(changed)}); "
-                                "choose another --out or pass --force to start over there")
+            before, now = previous["arguments"], manifest["arguments"]
+            changed = "; ".join(f"{k}: {short(before.get(k))} there, {short(now[k])} now"
+                                for k in sorted(k for k in now if before.get(k) != now[k]))
+            raise CompressError(f"--out {args.out} holds a run with other arguments ({changed}); give that run's "
+                                "arguments to resume it, choose another --out, or pass --force to start over there")
         return True
     if os.path.isdir(args.out) and os.listdir(args.out) and not args.force:
         raise CompressError(f"--out {args.out} is not empty and holds no makd-compress run; choose another --out "
                             "or pass --force")
     return False
+
+
+def short(value, most=40) -> str:
+    """An argument's value in an error message, cut to ``most`` characters."""
+    text = "unset" if value is None else str(value)
+    return text if len(text) <= most else text[:most - 1] + "…"
 
 
 def clear_run(args) -> None:

@@ -231,3 +231,19 @@ def test_bad_input_is_one_line_exit_2_and_destroys_nothing(case, compressed, tea
     assert len(errors) == 1 and expect in errors[0], proc.stderr[-2000:]
     assert errors[0].startswith("makd-compress: error: "), errors  # also for what the init inside catches
     assert _files(out) == before and out.exists() == existed  # no new (empty) --out either
+
+
+def test_a_run_made_with_other_arguments_is_named_with_its_values_and_left_alone(tmp_path):
+    """A run begun before a default changed (the race became full) is refused with what differs, so that the user can
+    give its arguments again: nothing in DIR is touched."""
+    from argparse import Namespace
+
+    from makd_fairseq.compress import MANIFEST, CompressError, check_out_dir
+
+    (tmp_path / MANIFEST).write_text(json.dumps({"arguments": {"race": 1000, "method": "word_kd", "data": "d"}}))
+    before = (tmp_path / MANIFEST).read_text()
+    with pytest.raises(CompressError) as e:
+        check_out_dir(Namespace(out=str(tmp_path), force=False),
+                      {"arguments": {"race": "full", "method": "word_kd", "data": "d" * 60}})
+    assert f"(data: d there, {'d' * 39}… now; race: 1000 there, full now); give that run's arguments" in str(e.value)
+    assert (tmp_path / MANIFEST).read_text() == before
