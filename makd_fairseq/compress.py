@@ -71,7 +71,7 @@ def check_out_dir(args, manifest) -> bool:
             return False
         if not args.force:
             before, now = previous["arguments"], manifest["arguments"]
-            changed = "; ".join(f"{k}: {short(before.get(k))} there, {short(now[k])} now"
+            changed = "; ".join(f"{k}: {shown(before.get(k))} there, {shown(now[k])} now"
                                 for k in sorted(k for k in now if before.get(k) != now[k]))
             raise CompressError(f"--out {args.out} holds a run with other arguments ({changed}); give that run's "
                                 "arguments to resume it, choose another --out, or pass --force to start over there")
@@ -82,7 +82,7 @@ def check_out_dir(args, manifest) -> bool:
     return False
 
 
-def short(value, most=40) -> str:
+def shown(value, most=40) -> str:
     """An argument's value in an error message, cut to ``most`` characters."""
     text = "unset" if value is None else str(value)
     return text if len(text) <= most else text[:most - 1] + "…"
