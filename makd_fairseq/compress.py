@@ -14,8 +14,9 @@ Stages, each reused when its output exists (an interrupted training continues fr
    With ``--race N`` the method and plain cross-entropy fine-tuning (``ce``) first train N updates each from the same
    init (DIR/race/METHOD, DIR/race/METHOD.log); the one with the better validation value continues from its own
    checkpoint to the cap (DIR/train), and DIR/race.json and the report say what was chosen and on what values: a
-   student worse than plain fine-tuning on validation is never returned unannounced. ``--race full`` trains both
-   to their own stop and keeps the better on validation (twice the training; no continuation).
+   student worse than plain fine-tuning on validation is never returned unannounced. ``--race full`` (the default
+   for sequence-to-sequence teachers) trains both to their own stop and keeps the better on validation (twice the
+   training; no continuation).
 3. ``evaluate``: ``fairseq-generate`` on the test split for teacher and student with the same beam, batch and
    threads (``fairseq-eval-lm`` for language models), scored with ``score``'s functions. The speed is then timed as
    the speed benchmark times it (``timing.interleaved``): after a warm-up, ``--speed-rounds`` rounds of teacher and
