@@ -108,9 +108,11 @@ def common_flags(size):
 
 
 def teacher_criterion(size):
+    # our tasks without --teacher-path are fairseq's (the same updates) plus --patience's state in the checkpoint
+    # (makd_fairseq/tasks/patience.py): a teacher interrupted and resumed stops where an uninterrupted one would
     if is_lm_size(size):
-        return ["--task", "language_modeling", "--criterion", "cross_entropy"]
-    return ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
+        return ["--task", "makd_language_modeling", "--criterion", "cross_entropy"]
+    return ["--task", "makd_translation", "--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"]
 
 
 # the methods of the quality benchmark: (initial student, criterion flags); teacher and svd_only are not trained

@@ -182,3 +182,35 @@ def test_benchmark_log_of_a_resumed_training_keeps_every_start(mt_data, tmp_path
     with pytest.raises(SystemExit, match="failed"):  # not resuming: the log holds the last start only
         run_.stage("again", [sys.executable, "-c", "print('second')"], log, lambda: False)
     assert open(log).read() == "second\n"
+
+
+def test_an_interrupted_teacher_stops_where_an_uninterrupted_one_does(mt_data, tmp_path):
+    """A benchmark teacher (benchmarks.train_teacher) trains in makd_translation without --teacher-path: fairseq's
+    translation task update for update, plus --patience's state in its checkpoints. With the maximized validation loss
+    of the test above (stop at update 6), a teacher interrupted at 4 and resumed stops at 6 too; in fairseq's own task
+    the resumed one counts afresh and runs on."""
+    from benchmarks.commands import teacher_command
+    patience = ["--max-update", "100", "--patience", "2", "--validate-interval-updates", "2", "--save-interval-updates",
+                "2", "--validate-interval", "1000", "--best-checkpoint-metric", "loss", "--maximize-best-checkpoint-metric",
+                "--no-epoch-checkpoints", "--log-format", "simple", "--log-interval", "1", "--no-progress-bar"]
+
+    def teacher(name, *extra):
+        cmd = teacher_command(mt_data, "smoke", tmp_path / name, [*patience, *extra])
+        proc = run(*cmd)
+        return proc.stdout + proc.stderr, torch.load(tmp_path / name / "checkpoint_last.pt")
+
+    ours, last = teacher("whole")
+    assert last["cfg"]["task"]["_name"] == "makd_translation"
+    assert last["optimizer_history"][-1]["num_updates"] == 6
+    theirs, last = teacher("fairseq", "--task", "translation")
+    assert last["cfg"]["task"]["_name"] == "translation"
+    assert last["optimizer_history"][-1]["num_updates"] == 6
+    assert losses(ours) == losses(theirs) and len(losses(ours)) == 6
+
+    for name, task in (("parts", []), ("fairseq_parts", ["--task", "translation"])):
+        teacher(name, *task, "--max-update", "4")
+    resumed, last = teacher("parts")
+    assert last["optimizer_history"][-1]["num_updates"] == 6
+    assert "1 validation(s) since without improvement" in resumed
+    _, last = teacher("fairseq_parts", "--task", "translation")
+    assert last["optimizer_history"][-1]["num_updates"] > 6
