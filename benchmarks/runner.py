@@ -17,6 +17,14 @@ def read_json(path, default):
     return json.load(open(path)) if os.path.isfile(path) else default
 
 
+def record_start(log, cmd):
+    """What produced ``log``'s training, recorded in LOG.provenance.json each time it starts (a resumed training adds
+    a record): the commit, whether the tree differed from it, the time and the command."""
+    prov = log + ".provenance.json"
+    write_json(prov, read_json(prov, []) + [
+        {**git_state(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd}])
+
+
 class Run:
     """The work directory ``args.work`` of one run; every subprocess it starts gets ``args.threads`` threads."""
 
@@ -48,10 +56,7 @@ class Run:
             return
         print(f"[{time.strftime('%H:%M:%S')}] {name}: {' '.join(cmd)}", flush=True)
         os.makedirs(os.path.dirname(log), exist_ok=True)
-        # what produced this stage's output, recorded each time it starts (a resumed training adds a record)
-        prov = log + ".provenance.json"
-        write_json(prov, read_json(prov, []) + [
-            {**git_state(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "command": cmd}])
+        record_start(log, cmd)
         start = time.time()
         rc = self.execute([str(c) for c in cmd], log, resumes)
         if rc != 0 or not done():

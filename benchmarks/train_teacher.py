@@ -3,13 +3,17 @@
 
     python3 -m benchmarks.train_teacher --data /tmp/debian/summarization/bin --size cpu --save-dir DIR
 
-Extra fairseq-train flags after ``--`` override the size's (``-- --max-update 200``). Prints the checkpoint path.
+Extra fairseq-train flags after ``--`` override the size's (``-- --max-update 200``). fairseq's output goes to
+DIR/train.log, each start's commit and command to DIR/train.log.provenance.json. Run again, it resumes an interrupted
+teacher from checkpoint_last.pt (its ``--patience`` state kept), leaves a finished one as it is, and refuses a DIR
+begun with another command. Prints the checkpoint path.
 """
 import argparse
 import os
 import subprocess
 
 from .commands import teacher_command
+from .runner import read_json, record_start
 from .sizes import TEACHER_ARCH
 
 
@@ -23,9 +27,23 @@ def main(argv=None):
     if not os.path.isdir(args.data):
         parser.error(f"--data {args.data} is not a directory (run examples/debian_descriptions/prepare.py)")
     best = os.path.join(args.save_dir, "checkpoint_best.pt")
+    log = os.path.join(args.save_dir, "train.log")
     cmd = teacher_command(args.data, args.size, args.save_dir, args.extra)
-    print(" ".join(cmd), flush=True)
-    subprocess.run(cmd, check=True)
+    # a resume must go on with the very recipe it began with (fairseq would take other flags silently)
+    starts = read_json(log + ".provenance.json", [])
+    if starts and starts[0]["command"] != cmd:
+        parser.error(f"--save-dir {args.save_dir} holds a teacher begun with another command ({log}.provenance.json): "
+                     f"{' '.join(starts[0]['command'])}; give another --save-dir")
+    if os.path.isfile(log) and "done training in" in open(log).read():  # fairseq's last line of a finished run
+        print(f"already trained ({log}): {best}")
+        return
+    os.makedirs(args.save_dir, exist_ok=True)
+    record_start(log, cmd)
+    print(" ".join(cmd), f"\n(log: {log})", flush=True)
+    with open(log, "a") as f:
+        rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT).returncode
+    if rc != 0:
+        raise SystemExit(f"benchmarks.train_teacher: fairseq-train failed (exit {rc}); see {log}")
     print(best)
 
 
