@@ -5,6 +5,8 @@ teacher was trained on the data's source and target dictionaries. A resume keeps
 (``tasks/patience.py``). ``--eval-metric bleu|chrf|rougeL`` validates on the task's metric by generation as well
 (``validation.py``), for ``--best-checkpoint-metric`` and ``--patience`` to choose and stop on. Its generators keep
 encoder states once per source sentence (``generation.py``; ``--encoder-states-per-beam`` for fairseq's own way).
+Without ``--teacher-path`` (no teacher is loaded) it trains as fairseq's translation task does, update for update,
+with the resumable ``--patience``: the benchmarks train their teachers in it (``benchmarks/sizes.py``).
 """
 
 import os
