@@ -34,6 +34,10 @@ def cost(short, full):
     return kept - better if fairseq_logs.best_of([0, 1], full["selected_on"]) == 0 else better - kept
 
 
+def n_pairs(n):
+    return f"{n} pair" + ("" if n == 1 else "s")
+
+
 def listed(values):
     return ", ".join(f"{m} {v}" for m, v in values.items())
 
@@ -54,15 +58,15 @@ def table(results, budget, seeds, threshold):
             lines.append(f"| {result['task']} | {seed} | {short['winner']} ({short['updates']:,}: "
                          f"{listed(short['values'])}) | {full['winner']} ({listed(full['values'])}) | {c:+.2f} |")
     mean = sum(costs) / len(costs) if costs else None
-    lines.append(f"| mean over {len(costs)} pairs | | | | " + ("–" if mean is None else f"{mean:+.2f}") + " |")
+    lines.append(f"| mean over {n_pairs(len(costs))} | | | | " + ("–" if mean is None else f"{mean:+.2f}") + " |")
     lines.append("")
     at_least = sum(costs) / (len(costs) + len(missing))  # a cost is never negative: the missing pairs add >= 0
     if missing and at_least > threshold:
-        lines.append(f"Decided with {len(missing)} pairs not finished ({', '.join(missing)}): costs are never "
+        lines.append(f"Decided with {n_pairs(len(missing))} not finished ({', '.join(missing)}): costs are never "
                      f"negative, so the mean over all {len(costs) + len(missing)} pairs is at least {at_least:+.2f} > "
                      f"{threshold}: the full race is makd-compress's default.")
     elif missing:
-        lines.append(f"Not decided: {len(missing)} pairs not finished ({', '.join(missing)}).")
+        lines.append(f"Not decided: {n_pairs(len(missing))} not finished ({', '.join(missing)}).")
     else:
         verdict = "the full race" if mean > threshold else f"the {SHORT} race"
         lines.append(f"Decided: mean cost {mean:+.2f} {'>' if mean > threshold else '<='} {threshold}: {verdict} "

@@ -30,7 +30,7 @@ def test_the_rule_is_decided_by_the_mean_cost_over_every_pair(tmp_path, capsys):
                       "24.0, svd_ce 25.3) | +1.30 |")
     assert [line.split(" | ")[-1] for line in out[3:5]] == ["+0.00 |", "+0.00 |"]
     assert out[5] == "| mean over 3 pairs | | | | +0.43 |"  # 1.3 / 3; the 25% race is not read
-    assert out[-1] == "Not decided: 1 pairs not finished (translation seed 2)."
+    assert out[-1] == "Not decided: 1 pair not finished (translation seed 2)."
     b["methods"][0]["seeds"].append({"seed": 2, "race": {"updates": 1000, "selected_on": "bleu", "winner": ce,
                                                          "values": {kd: 9.0, ce: 9.1}}})
     b["methods"][1]["seeds"].append({"seed": 2, "race": {"updates": None, "selected_on": "bleu", "winner": kd,
