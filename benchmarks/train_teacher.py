@@ -15,6 +15,7 @@ import subprocess
 from .commands import teacher_command
 from .runner import read_json, record_start
 from .sizes import TEACHER_ARCH
+from .stages import finished
 
 
 def main(argv=None):
@@ -34,7 +35,7 @@ def main(argv=None):
     if starts and starts[0]["command"] != cmd:
         parser.error(f"--save-dir {args.save_dir} holds a teacher begun with another command ({log}.provenance.json): "
                      f"{' '.join(starts[0]['command'])}; give another --save-dir")
-    if os.path.isfile(log) and "done training in" in open(log).read():  # fairseq's last line of a finished run
+    if finished(log):
         print(f"already trained ({log}): {best}")
         return
     os.makedirs(args.save_dir, exist_ok=True)
