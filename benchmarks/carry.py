@@ -6,9 +6,10 @@ training: fairseq restores the optimizer, schedule and data position; see stages
 follows a straight one)::
 
     python3 -m benchmarks.carry pack WORK OUT          # WORK: a quality run's --work; OUT: a folder for the tars
+    python3 -m benchmarks.carry pack WORK OUT FOLDER [FOLDER ...]   # those trainings of WORK only (e.g. a teacher)
     python3 -m benchmarks.carry unpack WORK TAR [TAR ...]
 
-A student's tar (``b50.makd.seed1.tar``) holds its train.log and train.log.provenance.json (every start of the training
+A training's tar (a student's: ``b50.makd.seed1.tar``) holds its train.log and train.log.provenance.json (every start of the training
 with its command: ``--cpu`` or not says where each ran, which the results record), its checkpoint_best.pt without the
 optimizer state (only generation reads it) and, for an unfinished training, its checkpoint_last.pt whole (so a
 finished one cannot be extended to a higher patience: stages.extend trains it afresh and says so). A checkpoint
@@ -16,7 +17,11 @@ that does not load (the training was killed while writing it) falls back to the 
 a student with none is left out. The sequence-KD data's tar (``seq_kd_data.tar``) holds the teacher's targets, the
 manifest and the stage's log: makd-teacher-data copies every other file unchanged from the data directory its manifest
 names, and ``unpack`` does the same, the manifest last (the data's 'done' mark).
-``unpack`` refuses (exit 2, nothing written) a tar that ``pack`` did not write or a student / data that WORK has
+Named FOLDERs (paths in WORK) are packed instead, each the same way: any fairseq-train save directory holding its
+train.log, e.g. a teacher of ``benchmarks.train_teacher`` (``teachers_replicate/translation``: its tar
+``teachers_replicate.translation.tar``), which resumes from the unpacked checkpoint_last.pt when WORK lies at the same
+path (its command names the save directory). ``benchmarks/run_state/`` keeps such tars in git between sessions.
+``unpack`` refuses (exit 2, nothing written) a tar that ``pack`` did not write or a training / data that WORK has
 already begun."""
 import argparse
 import glob
@@ -32,7 +37,8 @@ from makd_fairseq import fairseq_logs
 from makd_fairseq.files import copy_file
 
 STUDENT = re.compile(r"^(b\d+)/([\w.-]+)/(seed\d+)$")
-STUDENT_FILES = ("train.log", "train.log.provenance.json", "checkpoint_best.pt", "checkpoint_last.pt")
+FOLDER = re.compile(r"^[\w-][\w.-]*(/[\w-][\w.-]*)*$")  # a training's folder in WORK: relative, no '..'
+TRAINING_FILES = ("train.log", "train.log.provenance.json", "checkpoint_best.pt", "checkpoint_last.pt")
 SEQ_KD = "seq_kd_data"
 MANIFEST = "teacher_data.json"  # makd_fairseq.teacher_data.MANIFEST
 
@@ -58,8 +64,9 @@ def numbered(folder):
     return [p for _, p in sorted(found, reverse=True)]
 
 
-def pack_student(folder, name, out):
-    """``folder``'s training as ``out/<name>.tar`` (name: b50.makd.seed1); returns a line saying what it holds."""
+def pack_training(folder, name, out):
+    """``folder``'s training as ``out/<name>.tar`` (name: b50/makd/seed1 → b50.makd.seed1.tar); returns a line saying
+    what it holds."""
     import torch
 
     text = fairseq_logs.read(os.path.join(folder, "train.log"))
@@ -77,7 +84,7 @@ def pack_student(folder, name, out):
         torch.save(best, os.path.join(staging, "checkpoint_best.pt"))
         if last is not None:
             torch.save(last, os.path.join(staging, "checkpoint_last.pt"))
-        for log in STUDENT_FILES[:2]:
+        for log in TRAINING_FILES[:2]:
             if os.path.isfile(os.path.join(folder, log)):
                 copy_file(os.path.join(folder, log), os.path.join(staging, log))
         tar = os.path.join(out, name.replace("/", ".") + ".tar")
@@ -89,13 +96,21 @@ def pack_student(folder, name, out):
             f"{os.path.getsize(tar) / 2 ** 20:.1f} MiB")
 
 
-def pack(work, out):
+def pack(work, out, folders=()):
     os.makedirs(out, exist_ok=True)
+    if folders:
+        names = [os.path.relpath(os.path.join(work, f), work).replace(os.sep, "/") for f in folders]
+        bad = [f for f, n in zip(folders, names) if not FOLDER.match(n)
+               or not os.path.isfile(os.path.join(work, n, "train.log"))]
+        if bad:
+            raise SystemExit(f"benchmarks.carry: {', '.join(bad)}: not a training's folder in {work} "
+                             "(a folder below it holding a fairseq-train log, train.log)")
+        return [pack_training(os.path.join(work, n), n, out) for n in names]
     lines = []
     for log in sorted(glob.glob(os.path.join(work, "b*", "*", "seed*", "train.log"))):
         name = os.path.relpath(os.path.dirname(log), work).replace(os.sep, "/")
         if STUDENT.match(name):
-            lines.append(pack_student(os.path.dirname(log), name, out))
+            lines.append(pack_training(os.path.dirname(log), name, out))
     data = os.path.join(work, SEQ_KD)
     if os.path.isfile(os.path.join(data, MANIFEST)):
         tar = os.path.join(out, SEQ_KD + ".tar")
@@ -119,14 +134,14 @@ def decoded_targets(data):
 
 
 def members(tar):
-    """What ``tar`` would write, checked against what ``pack`` writes: ("student", b50/makd/seed1) or
+    """What ``tar`` would write, checked against what ``pack`` writes: ("training", b50/makd/seed1) or
     ("data", None); a SystemExit naming the tar otherwise."""
     with tarfile.open(tar) as t:
         names = [m.name for m in t.getmembers() if m.isfile()]
-    students = {os.path.dirname(n) for n in names if STUDENT.match(os.path.dirname(n))}
-    if len(students) == 1 and all(os.path.dirname(n) in students and os.path.basename(n) in STUDENT_FILES
-                                  for n in names) and any(n.endswith("/train.log") for n in names):
-        return "student", students.pop()
+    folders = {os.path.dirname(n) for n in names}
+    if len(folders) == 1 and FOLDER.match(folder := folders.pop()) \
+            and all(os.path.basename(n) in TRAINING_FILES for n in names) and f"{folder}/train.log" in names:
+        return "training", folder
     if f"{SEQ_KD}/{MANIFEST}" in names and all(n.startswith(SEQ_KD + "/") and "/" not in n[len(SEQ_KD) + 1:]
                                                or n.startswith(SEQ_KD + ".log") for n in names):
         return "data", None
@@ -136,16 +151,16 @@ def members(tar):
 def unpack(work, tars):
     plan = [(tar, *members(tar)) for tar in tars]
     for tar, kind, name in plan:  # every refusal before anything is written
-        where = os.path.join(work, *(name.split("/") if kind == "student" else [SEQ_KD]))
-        began = os.path.join(where, "train.log") if kind == "student" else where
+        where = os.path.join(work, *(name.split("/") if kind == "training" else [SEQ_KD]))
+        began = os.path.join(where, "train.log") if kind == "training" else where
         if os.path.exists(began):
             raise SystemExit(f"benchmarks.carry: {began} exists: {work} has begun this "
-                             f"{'training' if kind == 'student' else 'data'} (its files are left as they are)")
+                             f"{kind} (its files are left as they are)")
     lines = []
     for tar, kind, name in plan:
         with tarfile.open(tar) as t, tempfile.TemporaryDirectory(dir=work) as staging:
             t.extractall(staging, filter="data")
-            if kind == "student":
+            if kind == "training":
                 os.makedirs(os.path.dirname(os.path.join(work, name)), exist_ok=True)
                 shutil.move(os.path.join(staging, name), os.path.join(work, name))
                 lines.append(f"{name}: unpacked")
@@ -174,9 +189,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m benchmarks.carry", description=__doc__.split("::")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="verb", required=True)
-    p = sub.add_parser("pack", help="one tar per student of WORK and one for its sequence-KD data, into OUT")
+    p = sub.add_parser("pack", help="one tar per student of WORK and one for its sequence-KD data (or per FOLDER "
+                                    "named), into OUT")
     p.add_argument("work")
     p.add_argument("out")
+    p.add_argument("folders", nargs="*", metavar="FOLDER", help="trainings of WORK to pack instead (e.g. a teacher)")
     u = sub.add_parser("unpack", help="the tars of `pack` into WORK")
     u.add_argument("work")
     u.add_argument("tars", nargs="+")
@@ -188,7 +205,7 @@ def main(argv=None):
         if missing:
             parser.error(f"{', '.join(missing)}: no such file")
     try:
-        lines = pack(args.work, args.out) if args.verb == "pack" else unpack(args.work, args.tars)
+        lines = pack(args.work, args.out, args.folders) if args.verb == "pack" else unpack(args.work, args.tars)
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2

@@ -38,3 +38,58 @@ def test_train_teacher_resumes_keeps_a_finished_teacher_and_refuses_another_reci
     starts = json.loads((save / "train.log.provenance.json").read_text())
     assert [s["command"] for s in starts] == [starts[0]["command"]] * 2
     assert starts[0]["command"][0] == "fairseq-train" and "--max-update" in starts[0]["command"]
+
+
+def test_a_teacher_carried_to_a_new_machine_resumes_there_as_if_never_interrupted(mt_data, tmp_path):
+    """A teacher killed mid-training (a session's end), packed as a FOLDER by benchmarks.carry (what
+    benchmarks/run_state keeps in git), unpacked on a fresh machine at the same path: train_teacher resumes it there,
+    its updates after the checkpoint those of an uninterrupted teacher, its log and provenance holding both starts."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from benchmarks import carry
+    from test_resume import losses
+
+    END = 30  # far past the first checkpoint (update 3): the kill lands before the end
+    extra = ["--", "--max-update", str(END), "--save-interval-updates", "3", "--no-epoch-checkpoints",
+             "--log-format", "simple", "--log-interval", "1", "--no-progress-bar"]
+
+    def teacher(work):
+        return [sys.executable, "-m", "benchmarks.train_teacher", "--data", mt_data, "--size", "smoke",
+                "--save-dir", work / "teachers" / "translation", *extra]
+
+    run(*teacher(tmp_path / "whole"), cwd=ROOT)
+    expected = losses((tmp_path / "whole" / "teachers" / "translation" / "train.log").read_text())
+    assert sorted(expected) == list(range(1, END + 1))
+
+    work = tmp_path / "work"
+    save = work / "teachers" / "translation"
+    proc = subprocess.Popen(teacher(work), cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    try:
+        while proc.poll() is None and carry.loads(save / "checkpoint_last.pt") is None:
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # train_teacher and its fairseq-train
+        proc.wait()
+    resumes_at = carry.loads(save / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"]
+    assert 3 <= resumes_at < END
+
+    assert carry.main(["pack", str(work), str(tmp_path / "state"), "teachers/translation"]) == 0
+    tar = tmp_path / "state" / "teachers.translation.tar"
+    assert carry.main(["pack", str(work), str(tmp_path / "state"), "teachers"]) == 2  # no train.log there
+    os.rename(work, tmp_path / "lost")  # the machine and its work directory are gone
+    work.mkdir()
+    assert carry.main(["unpack", str(work), str(tar)]) == 0
+    resumed = run(*teacher(work), cwd=ROOT)
+    assert resumed.stdout.splitlines()[-1] == str(save / "checkpoint_best.pt")
+    log = (save / "train.log").read_text()
+    got = losses(log.split("Loaded checkpoint")[1])
+    assert sorted(got) == list(range(resumes_at + 1, END + 1))
+    for update in got:
+        assert got[update] == expected[update], update
+    starts = json.loads((save / "train.log.provenance.json").read_text())
+    assert len(starts) == 2 and starts[0]["command"] == starts[1]["command"]
+    assert log.count("done training in") == 1
