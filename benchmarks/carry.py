@@ -8,6 +8,8 @@ follows a straight one)::
     python3 -m benchmarks.carry pack WORK OUT          # WORK: a quality run's --work; OUT: a folder for the tars
     python3 -m benchmarks.carry pack WORK OUT FOLDER [FOLDER ...]   # those trainings of WORK only (e.g. a teacher)
     python3 -m benchmarks.carry unpack WORK TAR [TAR ...]
+    python3 -m benchmarks.carry save WORK STATE        # every unfinished training below WORK, as STATE's only tars
+    python3 -m benchmarks.carry restore WORK STATE     # those of STATE's tars that WORK has not begun
 
 A training's tar (a student's: ``b50.makd.seed1.tar``) holds its train.log and train.log.provenance.json (every start of the training
 with its command: ``--cpu`` or not says where each ran, which the results record), its checkpoint_best.pt without the
@@ -20,7 +22,10 @@ names, and ``unpack`` does the same, the manifest last (the data's 'done' mark).
 Named FOLDERs (paths in WORK) are packed instead, each the same way: any fairseq-train save directory holding its
 train.log, e.g. a teacher of ``benchmarks.train_teacher`` (``teachers_replicate/translation``: its tar
 ``teachers_replicate.translation.tar``), which resumes from the unpacked checkpoint_last.pt when WORK lies at the same
-path (its command names the save directory). ``benchmarks/run_state/`` keeps such tars in git between sessions.
+path (its command names the save directory). ``save`` packs every training below WORK that has not finished (teachers and students alike, however deep) into
+STATE, removing STATE's older tars (a training finished since is no longer carried: score and commit it first);
+``restore`` unpacks them into WORK on the next machine, leaving alone a training WORK has begun (the same machine
+again). ``benchmarks/run_state/`` keeps such tars in git between sessions (its README.md).
 ``unpack`` refuses (exit 2, nothing written) a tar that ``pack`` did not write or a training / data that WORK has
 already begun."""
 import argparse
@@ -148,13 +153,17 @@ def members(tar):
     raise SystemExit(f"benchmarks.carry: {tar} was not written by `benchmarks.carry pack`")
 
 
+def begun(work, kind, name):
+    """What in ``work`` says it has begun a tar's training (its log) or data (its folder), if anything."""
+    mark = os.path.join(work, *name.split("/"), "train.log") if kind == "training" else os.path.join(work, SEQ_KD)
+    return mark if os.path.exists(mark) else None
+
+
 def unpack(work, tars):
     plan = [(tar, *members(tar)) for tar in tars]
     for tar, kind, name in plan:  # every refusal before anything is written
-        where = os.path.join(work, *(name.split("/") if kind == "training" else [SEQ_KD]))
-        began = os.path.join(where, "train.log") if kind == "training" else where
-        if os.path.exists(began):
-            raise SystemExit(f"benchmarks.carry: {began} exists: {work} has begun this "
+        if mark := begun(work, kind, name):
+            raise SystemExit(f"benchmarks.carry: {mark} exists: {work} has begun this "
                              f"{kind} (its files are left as they are)")
     lines = []
     for tar, kind, name in plan:
@@ -185,6 +194,36 @@ def unpack(work, tars):
     return lines
 
 
+def unfinished(work):
+    """The folders below ``work`` (relative, '/'-separated) of every training whose log has not reached its end."""
+    logs = glob.glob(os.path.join(work, "**", "train.log"), recursive=True)
+    return sorted(os.path.relpath(os.path.dirname(log), work).replace(os.sep, "/") for log in logs
+                  if not fairseq_logs.finished(fairseq_logs.read(log)))
+
+
+def save(work, state):
+    folders = unfinished(work)
+    with tempfile.TemporaryDirectory() as staging:
+        lines = pack(work, staging, folders) if folders else []
+        os.makedirs(state, exist_ok=True)
+        for old in glob.glob(os.path.join(state, "*.tar")):
+            os.remove(old)
+        for tar in sorted(os.listdir(staging)):
+            shutil.move(os.path.join(staging, tar), os.path.join(state, tar))
+    return lines
+
+
+def restore(work, state):
+    lines = []
+    for tar in sorted(glob.glob(os.path.join(state, "*.tar"))):
+        kind, name = members(tar)
+        if mark := begun(work, kind, name):
+            lines.append(f"{name or SEQ_KD}: left as it is ({mark} exists)")
+        else:
+            lines += unpack(work, [tar])
+    return lines
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python3 -m benchmarks.carry", description=__doc__.split("::")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -197,15 +236,24 @@ def main(argv=None):
     u = sub.add_parser("unpack", help="the tars of `pack` into WORK")
     u.add_argument("work")
     u.add_argument("tars", nargs="+")
+    for verb, text in (("save", "every unfinished training below WORK as the tars of STATE (older ones removed)"),
+                       ("restore", "the tars of STATE into WORK, but for trainings WORK has begun")):
+        v = sub.add_parser(verb, help=text)
+        v.add_argument("work")
+        v.add_argument("state")
     args = parser.parse_args(argv)
     if not os.path.isdir(args.work):
         parser.error(f"{args.work}: no such directory")
+    if args.verb == "restore" and not os.path.isdir(args.state):
+        parser.error(f"{args.state}: no such directory")
     if args.verb == "unpack":
         missing = [t for t in args.tars if not os.path.isfile(t)]
         if missing:
             parser.error(f"{', '.join(missing)}: no such file")
     try:
-        lines = pack(args.work, args.out, args.folders) if args.verb == "pack" else unpack(args.work, args.tars)
+        verbs = {"pack": lambda: pack(args.work, args.out, args.folders), "unpack": lambda: unpack(args.work, args.tars),
+                 "save": lambda: save(args.work, args.state), "restore": lambda: restore(args.work, args.state)}
+        lines = verbs[args.verb]()
     except SystemExit as e:
         print(e, file=sys.stderr)
         return 2

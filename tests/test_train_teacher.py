@@ -41,10 +41,12 @@ def test_train_teacher_resumes_keeps_a_finished_teacher_and_refuses_another_reci
 
 
 def test_a_teacher_carried_to_a_new_machine_resumes_there_as_if_never_interrupted(mt_data, tmp_path):
-    """A teacher killed mid-training (a session's end), packed as a FOLDER by benchmarks.carry (what
-    benchmarks/run_state keeps in git), unpacked on a fresh machine at the same path: train_teacher resumes it there,
-    its updates after the checkpoint those of an uninterrupted teacher, its log and provenance holding both starts."""
+    """A teacher killed mid-training (a session's end), saved by benchmarks.carry (what benchmarks/run_state keeps in
+    git: the unfinished trainings only, older tars replaced), restored on a fresh machine at the same path:
+    train_teacher resumes it there, its updates after the checkpoint those of an uninterrupted teacher, its log and
+    provenance holding both starts. A second restore leaves the begun training alone."""
     import os
+    import shutil
     import signal
     import subprocess
     import time
@@ -77,12 +79,16 @@ def test_a_teacher_carried_to_a_new_machine_resumes_there_as_if_never_interrupte
     resumes_at = carry.loads(save / "checkpoint_last.pt")["optimizer_history"][-1]["num_updates"]
     assert 3 <= resumes_at < END
 
-    assert carry.main(["pack", str(work), str(tmp_path / "state"), "teachers/translation"]) == 0
-    tar = tmp_path / "state" / "teachers.translation.tar"
-    assert carry.main(["pack", str(work), str(tmp_path / "state"), "teachers"]) == 2  # no train.log there
+    shutil.copytree(tmp_path / "whole" / "teachers" / "translation", work / "teachers" / "finished")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "older.tar").write_bytes(b"")
+    assert carry.main(["save", str(work), str(state)]) == 0
+    assert sorted(p.name for p in state.iterdir()) == ["teachers.translation.tar"]
+    assert carry.main(["pack", str(work), str(tmp_path / "tars"), "teachers"]) == 2  # no train.log there
     os.rename(work, tmp_path / "lost")  # the machine and its work directory are gone
     work.mkdir()
-    assert carry.main(["unpack", str(work), str(tar)]) == 0
+    assert carry.main(["restore", str(work), str(state)]) == 0
     resumed = run(*teacher(work), cwd=ROOT)
     assert resumed.stdout.splitlines()[-1] == str(save / "checkpoint_best.pt")
     log = (save / "train.log").read_text()
@@ -93,3 +99,6 @@ def test_a_teacher_carried_to_a_new_machine_resumes_there_as_if_never_interrupte
     starts = json.loads((save / "train.log.provenance.json").read_text())
     assert len(starts) == 2 and starts[0]["command"] == starts[1]["command"]
     assert log.count("done training in") == 1
+    kept = files(save)
+    assert carry.main(["restore", str(work), str(state)]) == 0  # the same machine again: begun, left as it is
+    assert files(save) == kept
