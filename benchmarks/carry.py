@@ -96,9 +96,10 @@ def pack_training(folder, name, out):
         with tarfile.open(tar, "w") as t:
             for f in sorted(os.listdir(staging)):
                 t.add(os.path.join(staging, f), arcname=f"{name}/{f}")
-    updates = fairseq_logs.last_updates(text)
-    return (f"{name}: {'finished' if done else 'unfinished'}, {updates or 0:,} updates, "
-            f"{os.path.getsize(tar) / 2 ** 20:.1f} MiB")
+    updates = fairseq_logs.last_updates(text) or 0
+    where = f"{updates:,} updates" if done else \
+        f"resumes at update {last['optimizer_history'][-1]['num_updates']:,} (its log reached {updates:,})"
+    return f"{name}: {'finished' if done else 'unfinished'}, {where}, {os.path.getsize(tar) / 2 ** 20:.1f} MiB"
 
 
 def pack(work, out, folders=()):
