@@ -11,23 +11,23 @@ follows a straight one)::
     python3 -m benchmarks.carry save WORK STATE        # every unfinished training below WORK, as STATE's only tars
     python3 -m benchmarks.carry restore WORK STATE     # those of STATE's tars that WORK has not begun
 
-A training's tar (a student's: ``b50.makd.seed1.tar``) holds its train.log and train.log.provenance.json (every start of the training
-with its command: ``--cpu`` or not says where each ran, which the results record), its checkpoint_best.pt without the
-optimizer state (only generation reads it) and, for an unfinished training, its checkpoint_last.pt whole (so a
-finished one cannot be extended to a higher patience: stages.extend trains it afresh and says so). A checkpoint
-that does not load (the training was killed while writing it) falls back to the newest numbered checkpoint that does;
-a student with none is left out. The sequence-KD data's tar (``seq_kd_data.tar``) holds the teacher's targets, the
+A training's tar (a student's: ``b50.makd.seed1.tar``) holds its train.log and train.log.provenance.json (every start of
+the training with its command: ``--cpu`` or not says where each ran, which the results record), its checkpoint_best.pt
+without the optimizer state (only generation reads it) and, for an unfinished training, its checkpoint_last.pt whole (so
+a finished one cannot be extended to a higher patience: stages.extend trains it afresh and says so). A checkpoint that
+does not load (the training was killed while writing it) falls back to the newest numbered checkpoint that does; a
+student with none is left out. The sequence-KD data's tar (``seq_kd_data.tar``) holds the teacher's targets, the
 manifest and the stage's log: makd-teacher-data copies every other file unchanged from the data directory its manifest
 names, and ``unpack`` does the same, the manifest last (the data's 'done' mark).
 Named FOLDERs (paths in WORK) are packed instead, each the same way: any fairseq-train save directory holding its
 train.log, e.g. a teacher of ``benchmarks.train_teacher`` (``teachers_replicate/translation``: its tar
 ``teachers_replicate.translation.tar``), which resumes from the unpacked checkpoint_last.pt when WORK lies at the same
-path (its command names the save directory). ``save`` packs every training below WORK that has not finished (teachers and students alike, however deep) into
-STATE, removing STATE's older tars (a training finished since is no longer carried: score and commit it first);
-``restore`` unpacks them into WORK on the next machine, leaving alone a training WORK has begun (the same machine
-again). ``benchmarks/run_state/`` keeps such tars in git between sessions (its README.md).
-``unpack`` refuses (exit 2, nothing written) a tar that ``pack`` did not write or a training / data that WORK has
-already begun."""
+path (its command names the save directory). ``save`` packs every training below WORK that has not finished (teachers
+and students alike, however deep) into STATE, removing STATE's older tars (a training finished since is no longer
+carried: score and commit it first); ``restore`` unpacks them into WORK on the next machine, leaving alone a training
+WORK has begun (the same machine again). ``benchmarks/run_state/`` keeps such tars in git between sessions (its
+README.md). ``unpack`` refuses (exit 2, nothing written) a tar that ``pack`` did not write or a training / data that
+WORK has already begun."""
 import argparse
 import glob
 import json
@@ -252,7 +252,8 @@ def main(argv=None):
         if missing:
             parser.error(f"{', '.join(missing)}: no such file")
     try:
-        verbs = {"pack": lambda: pack(args.work, args.out, args.folders), "unpack": lambda: unpack(args.work, args.tars),
+        verbs = {"pack": lambda: pack(args.work, args.out, args.folders),
+                 "unpack": lambda: unpack(args.work, args.tars),
                  "save": lambda: save(args.work, args.state), "restore": lambda: restore(args.work, args.state)}
         lines = verbs[args.verb]()
     except SystemExit as e:
