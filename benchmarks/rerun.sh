@@ -19,7 +19,7 @@
 # has finished them (--extend: the same updates up to that stop; finish a begun patience-4 training first). Methods:
 # svd_ce, svd_word_kd (CE + KL at T 1), svd_seq_kd, makd, makd_seq_kd, dense_sft_kd, and the raced recipes
 # word_kd_race_full (makd-compress's default: the full race), word_kd_race (the short race) and makd_race; 50% with
-# seeds 1, 2, 3 (in that order: every method's seed 1 first), 25% with seed 1.
+# seeds 1, 2, 3 (in that order: every method's seed 1 first), 25% with seed 1 (not with a second teacher: 50% only).
 # Data and teacher: benchmarks/offline_data.sh (the run's teacher from git history); TEACHER.pt NAME: another
 # teacher (e.g. NAME replicate), its run in WORK/rerun/TASK.NAME and benchmarks/results/rerun/NAME/. The students train
 # in WORK/rerun/ (not WORK/TASK: diagnose.sh's trainings of the same names under another protocol live there).
@@ -53,7 +53,10 @@ results=$out/$task.json
 every="svd_ce svd_word_kd svd_seq_kd makd makd_seq_kd dense_sft_kd word_kd_race makd_race word_kd_race_full"
 read -r -a methods <<< "${RERUN_METHODS:-$every}"
 read -r -a seeds <<< "${RERUN_SEEDS:-1 2 3}"
-read -r -a budgets <<< "${RERUN_BUDGETS:-0.5 0.25}"
+# a second teacher is for the 50% comparisons only (issue 34: an interval per teacher at 50%)
+budgets_default="0.5 0.25"
+[ -z "$other" ] || budgets_default=0.5
+read -r -a budgets <<< "${RERUN_BUDGETS:-$budgets_default}"
 base=$work/rerun/$task${name:+.$name}
 run=$base
 [ "$patience" = 4 ] || run=$base.patience$patience
