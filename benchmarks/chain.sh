@@ -20,6 +20,6 @@ cd "$(dirname "$0")/.."
 teacher=$work/teachers_replicate/$task
 python3 -m benchmarks.train_teacher --data "$work/data/$task/bin" --size cpu --save-dir "$teacher" -- --seed 2 \
   > "$work/train_teacher_$task.out" 2>&1
-RERUN_METHODS="svd_ce svd_word_kd" RERUN_SEEDS="1 2 3" RERUN_BUDGETS=0.5 RERUN_JOBS=1 \
+RERUN_METHODS="svd_ce svd_word_kd" RERUN_SEEDS="1 2 3" RERUN_JOBS=1 \
   bash benchmarks/rerun.sh "$work" "$task" "$teacher/checkpoint_best.pt" replicate
 RERUN_JOBS=1 bash benchmarks/rerun.sh "$work" "$task"
