@@ -7,7 +7,8 @@
 #
 # 1. the replicate teacher (the run's recipe, seed 2; "already trained" once it has stopped),
 # 2. its 50% students, CE and word KD, seeds 1-3 (results/rerun/replicate/patience8/, a subset file until the rest),
-# 3. every training of the run's teacher (results/rerun/patience8/).
+# 3. every training of the run's teacher (results/rerun/patience8/),
+# 4. the replicate's other 50% students (seq-KD, makd, makd_seq_kd, the dense student; the races), its whole file.
 # One thread per job: the two tasks' chains share two cores (two jobs of two threads slow each other ~5x). Start it
 # from a clean tree and leave the tree alone while it runs: bash reads its scripts as it goes.
 set -euo pipefail -x
@@ -23,3 +24,4 @@ python3 -m benchmarks.train_teacher --data "$work/data/$task/bin" --size cpu --s
 RERUN_METHODS="svd_ce svd_word_kd" RERUN_SEEDS="1 2 3" RERUN_JOBS=1 \
   bash benchmarks/rerun.sh "$work" "$task" "$teacher/checkpoint_best.pt" replicate
 RERUN_JOBS=1 bash benchmarks/rerun.sh "$work" "$task"
+RERUN_JOBS=1 bash benchmarks/rerun.sh "$work" "$task" "$teacher/checkpoint_best.pt" replicate
