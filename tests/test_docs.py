@@ -6,8 +6,8 @@ checked against setup.py's entry point and the --help of the function it names; 
 parser built for the command's --user-dir/--task/--arch/--criterion/... (those add the plugin's and the model's
 flags, which fairseq's --help does not show); `python3 -m benchmarks.X`, `python3 FILE.py` and `bash FILE`
 against the module or file and its --help, run as written. Each parser is read once per test run (cached). Usage synopses (plain ``` blocks that start with a makd-* tool)
-are checked the same way. Also: README stays within 300 lines, its result tables quote benchmarks/results
-verbatim, relative links (and their #anchors) resolve.
+are checked the same way. Also: README stays within 300 lines, each of its result tables quotes verbatim the
+benchmarks/results/*.md files its lead-in paragraph links (not just any results file), relative links (and their #anchors) resolve.
 """
 
 import contextlib
@@ -324,23 +324,42 @@ def test_readme_starts_with_the_command_ci_runs():
     assert "python3 -m pytest -q tests" in (ROOT / ".ci" / "run").read_text()
 
 
-def table_cells(path):
-    """The data cells of the markdown tables of a file (header and separator rows left out)."""
-    cells, previous = [], ""
-    for line in path.read_text().splitlines():
-        # a header row is the first row of its table; the separator row is all dashes
-        if line.startswith("|") and previous.startswith("|") and not re.match(r"^\|[-| :]+\|$", line):
-            cells += [cell.strip() for cell in line.strip().strip("|").split("|")]
+def tables_with_sources(path):
+    """Each markdown table of a file, as (first line number, data cells, the benchmarks/results/*.md files its lead-in
+    paragraph, the text right above it, links)."""
+    lines, tables, previous = path.read_text().splitlines(), [], ""
+    for number, line in enumerate(lines):
+        if line.startswith("|") and not previous.startswith("|"):
+            end = number
+            while end < len(lines) and lines[end].startswith("|"):
+                end += 1
+            above = number - 1
+            while above >= 0 and not lines[above].strip():
+                above -= 1
+            start = above
+            while start >= 0 and lines[start].strip():
+                start -= 1
+            lead = " ".join(lines[start + 1:above + 1])
+            sources = [path.parent / target for target in re.findall(r"\]\((benchmarks/results/[^)\s#]+\.md)", lead)]
+            cells = [cell.strip() for row in lines[number + 1:end] if not re.match(r"^\|[-| :]+\|$", row)
+                     for cell in row.strip().strip("|").split("|")]
+            tables.append((number + 1, cells, sources))
         previous = line
-    return cells
+    return tables
 
 
 def test_readme_result_tables_quote_the_results_files_verbatim():
-    results = "\n".join(p.read_text() for p in sorted(RESULTS.rglob("*.md")))
-    numeric = [cell for cell in table_cells(README) if re.search(r"\d", cell)]
-    assert numeric, "README has no results table"
-    missing = [cell for cell in numeric if f"| {cell} |" not in results]
-    assert not missing, f"README table cells not in benchmarks/results/*.md: {missing}"
+    tables = tables_with_sources(README)
+    assert any(re.search(r"\d", cell) for _, cells, _ in tables for cell in cells), "README has no results table"
+    for line, cells, sources in tables:
+        numeric = [cell for cell in cells if re.search(r"\d", cell)]
+        if not numeric:
+            continue
+        # a table quotes the results files its lead-in paragraph links, not any results file
+        assert sources, f"README table at line {line}: its lead-in paragraph links no benchmarks/results/*.md"
+        results = "\n".join(source.read_text() for source in sources)
+        missing = [cell for cell in numeric if f"| {cell} |" not in results]
+        assert not missing, f"README table at line {line}: cells not in {[str(s.relative_to(ROOT)) for s in sources]}: {missing}"
 
 
 def heading_anchors(path):
