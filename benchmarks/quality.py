@@ -226,7 +226,7 @@ def main(argv=None):
     scored, signatures, references = score_models(args, models, outputs, reused, hyp_dir)
     stopping = training_fields(args)["stopping"]
     races = add_races(run, args.races, models, scored,
-                      default_race(stopping["max_update"], stopping["validate_interval_updates"]))
+                      default_race(stopping["max_update"], stopping["validate_interval_updates"]), reused)
     methods = with_races(method_entries(run, models, scored, reused, inits_of, speeds), races)
     for anchor in ["makd", *args.races]:  # against makd, and against each raced recipe (makd-compress's) run
         compare_with_makd(args.task, methods, models, scored, references, anchor=anchor)
@@ -242,7 +242,8 @@ def main(argv=None):
                                          f"{args.threads} thread(s), batch {args.batch_size}, the first seed trained "
                                          "in this run",
         "reused": None if not reused else {
-            "results": os.path.abspath(args.reuse), "seeds": [model_name(*m[:3]) for m in models if m[3] is None]},
+            "results": os.path.abspath(args.reuse), "seeds": [model_name(*m[:3]) for m in models
+                                                   if m[3] is None and tuple(m[:3]) not in races]},
         "hypotheses": os.path.relpath(hyp_dir, os.path.dirname(os.path.abspath(args.out))),  # where this file is
         **provenance(run, argv, data_hash, started),
     }

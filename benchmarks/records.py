@@ -42,12 +42,25 @@ def seed_record(run, method, seed, checkpoint, metrics):
             if os.path.isfile(prov) else None}
 
 
-def add_races(run, races, models, scored, updates):
-    """Each derived method of ``races`` (``sizes.RACES``) at each budget and seed where both racers trained here:
-    appended to ``models`` and ``scored`` as the winner of the race over their first ``updates`` updates, or over
-    their whole trainings for a race of length ``sizes.FULL`` (the higher best validation metric so far, the method
-    on a tie: ``makd_fairseq.compress.race_winner``). Returns (race, budget, seed) -> {"updates" (None: the whole
-    trainings), "selected_on", "values", "winner"} (as makd-compress's race.json)."""
+def race_value(checkpoint, record, key, until):
+    """What a race reads of one racer: its best validation ``key`` up to ``until`` updates (None: the whole training),
+    from its train.log when it trained here (what makd-compress's race reads, ``fairseq_logs.best_valid``), else from
+    the validation curve of its seed record taken over with --reuse (``training_record``: [updates, nll, metric])."""
+    if checkpoint is not None:
+        return fairseq_logs.best_valid(fairseq_logs.read(os.path.join(os.path.dirname(checkpoint), "train.log")),
+                                       key, until)
+    values = [row[2] for row in record.get("curve") or [] if row[2] is not None and (until is None or row[0] <= until)]
+    return fairseq_logs.best_of(values, key) if values else None
+
+
+def add_races(run, races, models, scored, updates, reused):
+    """Each derived method of ``races`` (``sizes.RACES``) at each budget and seed where both racers trained, here or
+    in a run taken over with --reuse (``reused``): appended to ``models`` and ``scored`` as the winner of the race
+    over their first ``updates`` updates, or over their whole trainings for a race of length ``sizes.FULL`` (the
+    higher best validation metric so far, the method on a tie: ``makd_fairseq.compress.race_winner``); a race whose
+    winner was taken over is taken over too (its seed record and hypotheses in ``reused``). Returns (race, budget,
+    seed) -> {"updates" (None: the whole trainings), "selected_on", "values", "winner"} (as makd-compress's
+    race.json)."""
     from makd_fairseq.compress import race_winner
 
     if not races:
@@ -56,22 +69,25 @@ def add_races(run, races, models, scored, updates):
     for race in races:
         method, baseline, length = RACES[race]
         until = None if length == FULL else updates
-        trained = {(m, b, s): c for m, b, s, c in models if s is not None and c is not None}
+        trained = {(m, b, s): c for m, b, s, c in models if s is not None and m not in RACES}
         for (m, budget, seed), checkpoint in list(trained.items()):
-            other = trained.get((baseline, budget, seed))
-            if m != method or other is None:
+            other = (baseline, budget, seed)
+            if m != method or other not in trained:
                 continue
-            # what makd-compress's race reads of each racer's log (fairseq_logs.best_valid), here up to the race's end
-            values = {racer: fairseq_logs.best_valid(fairseq_logs.read(os.path.join(os.path.dirname(path),
-                                                                                    "train.log")), key, until)
-                      for racer, path in ((method, checkpoint), (baseline, other))}
+            racers = {method: (m, budget, seed), baseline: other}
+            values = {racer: race_value(trained[k], reused.get(k, ({},))[0], key, until)
+                      for racer, k in racers.items()}
             missing = [racer for racer, value in values.items() if value is None]
             if missing:
                 raise SystemExit(f"benchmarks.quality: {race}: {', '.join(missing)} at {budget:g}, seed {seed} logged "
                                  f"no validation {key}" + ("" if until is None else f" in the first {until} updates"))
             winner = race_winner(values, key, method)
-            models.append((race, budget, seed, checkpoint if winner == method else other))
-            scored[(race, budget, seed)] = scored[(winner, budget, seed)]
+            kept = racers[winner]
+            models.append((race, budget, seed, trained[kept]))
+            scored[(race, budget, seed)] = scored[kept]
+            if trained[kept] is None:  # the winner's record, without what another race of it said
+                record, hyps = reused[kept]
+                reused[(race, budget, seed)] = ({k: v for k, v in record.items() if k != "race"}, hyps)
             races_run[(race, budget, seed)] = {"updates": until, "selected_on": key, "values": values,
                                                "winner": winner}
     return races_run
@@ -117,7 +133,9 @@ def method_entries(run, models, scored, reused, inits_of, speeds):
         per_seed = [scored[(method, budget, s)][0] for s, _ in runs]
         here = [c for _, c in runs if c is not None]  # all seeds taken over: the student they started from
         entry = {"method": method, "budget": budget,
-                 "params": params_of(here[0] if here else inits_of[(method, budget)]),
+                 # every seed taken over: the student it started from (a race's: its racers')
+                 "params": params_of(here[0] if here else inits_of[(RACES[method][0] if method in RACES else method,
+                                                                     budget)]),
                  "metrics": {k: round(statistics.mean(m[k] for m in per_seed), 2) for k in per_seed[0]},
                  "sd": {k: round(statistics.stdev(m[k] for m in per_seed), 2) for k in per_seed[0]}
                  if len(per_seed) > 1 else None, "valid_nll": None, "updates": None}

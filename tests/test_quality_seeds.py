@@ -195,6 +195,52 @@ def test_table_names_a_comparison_of_the_same_students_instead_of_an_interval():
     assert lines[-1].split(" | ")[3] == "same students (makd_race kept makd)"
 
 
+def test_races_are_decided_from_taken_over_racers_curves(tmp_path):
+    """A resumed run (--reuse) still holds its races: a racer taken over is read from its seed record's validation
+    curve ([updates, nll, metric]), one trained here from its train.log, the same values; the race's seed is its
+    winner's record and hypotheses, and the races of the committed results files come out as they were decided."""
+    from types import SimpleNamespace
+
+    from benchmarks.records import add_races, race_value
+
+    def curve(*points):
+        return [[u, 4.0, v] for u, v in points]
+
+    ce, kd = curve((500, 20.0), (1000, 20.5), (2000, 25.0)), curve((500, 21.0), (1000, 21.5), (2000, 24.0))
+    log = tmp_path / "b50" / "svd_ce" / "seed2" / "train.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("".join(f'[valid] {{"epoch": 1, "valid_rougeL": "{v}", "valid_num_updates": "{u}"}}\n'
+                           for u, _, v in ce))
+    here = str(log.parent / "checkpoint_best.pt")
+    reused = {("svd_ce", 0.5, 1): ({"seed": 1, "curve": ce}, ["ce hyps"]),
+              ("svd_word_kd", 0.5, 1): ({"seed": 1, "curve": kd, "race": {"stale": True}}, ["kd hyps"]),
+              ("svd_word_kd", 0.5, 2): ({"seed": 2, "curve": kd}, ["kd hyps 2"])}
+    models = [("svd_ce", 0.5, 1, None), ("svd_word_kd", 0.5, 1, None), ("svd_ce", 0.5, 2, here),
+              ("svd_word_kd", 0.5, 2, None)]
+    scored = {m[:3]: ({"rougeL": float(i)}, [m[0]]) for i, m in enumerate(models)}
+    run = SimpleNamespace(args=SimpleNamespace(task="summarization"))
+    races = add_races(run, ["word_kd_race", "word_kd_race_full"], models, scored, 1000, reused)
+    # the short race (1,000 updates): word KD 21.5 against CE 20.5; the whole trainings: CE 25.0 against 24.0
+    assert {k: (r["winner"], r["values"]) for k, r in races.items()} == {
+        ("word_kd_race", 0.5, s): ("svd_word_kd", {"svd_word_kd": 21.5, "svd_ce": 20.5}) for s in (1, 2)} | {
+        ("word_kd_race_full", 0.5, s): ("svd_ce", {"svd_word_kd": 24.0, "svd_ce": 25.0}) for s in (1, 2)}
+    assert models[4:] == [("word_kd_race", 0.5, 1, None), ("word_kd_race", 0.5, 2, None),
+                          ("word_kd_race_full", 0.5, 1, None), ("word_kd_race_full", 0.5, 2, here)]
+    assert scored[("word_kd_race_full", 0.5, 2)] == scored[("svd_ce", 0.5, 2)]
+    # a race kept a taken-over racer: its seed is that racer's, without what another race of it said
+    assert reused[("word_kd_race", 0.5, 1)] == ({"seed": 1, "curve": kd}, ["kd hyps"])
+    assert ("word_kd_race_full", 0.5, 2) not in reused  # its winner trained here
+    # every race of the committed rerun results, recomputed from the racers' curves alone
+    for task in ("summarization", "translation"):
+        result = json.loads((ROOT / "benchmarks" / "results" / "rerun" / "patience8" / f"{task}.json").read_text())
+        seeds = {(m["method"], m["budget"], r["seed"]): r for m in result["methods"] for r in m.get("seeds") or []}
+        decided = [(k, r["race"]) for k, r in seeds.items() if "race" in r]
+        assert decided
+        for (_, budget, seed), race in decided:
+            assert {racer: race_value(None, seeds[(racer, budget, seed)], race["selected_on"], race["updates"])
+                    for racer in race["values"]} == race["values"]
+
+
 def test_quality_benchmark_reuse_takes_over_seeds_of_the_same_teacher(summarization_run, tmp_path):
     """--reuse (a run resumed on another machine): a fresh work directory retrains the teacher; once it writes the
     earlier run's test hypotheses, the earlier seeds are taken over from the results file and rescored, nothing else
